@@ -1,0 +1,1 @@
+"""burn-suite: label-free pretraining of binary networks (BURN) on SLURM."""

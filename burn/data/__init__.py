@@ -1,0 +1,1 @@
+"""Dataset lists, DALI and torchvision pipelines, generated data, pre-flight scan."""

@@ -1,0 +1,1 @@
+"""Distributed setup, training loops, checkpoints, signals and logging."""

@@ -1,0 +1,1 @@
+"""Student, teacher and classifier networks."""
