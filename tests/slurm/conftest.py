@@ -1,0 +1,80 @@
+"""The local SLURM test cluster (slurm/local-cluster/start.sh) as a pytest fixture.
+
+Tests marked ``slurm`` skip, with the reason, when no cluster answers; ``make test`` starts one.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+
+import pytest
+
+#: Job states after which SLURM will not run the job again (on its own).
+FINAL_STATES = {
+    "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL",
+    "DEADLINE", "PREEMPTED",
+}
+
+
+def _run(*cmd: str, timeout: float = 20) -> str:
+    return subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=timeout).stdout
+
+
+def cluster_problem() -> str | None:
+    """Why the local cluster cannot be used, or None when both nodes answer."""
+    if shutil.which("sinfo") is None:
+        return "sinfo is not installed (run slurm/local-cluster/start.sh)"
+    try:
+        out = _run("sinfo", "-h", "-N", "-o", "%N %t")
+    except (subprocess.SubprocessError, OSError) as err:
+        return f"sinfo does not answer ({err}); start the cluster: bash slurm/local-cluster/start.sh"
+    states = dict(line.split() for line in out.splitlines() if line.strip())
+    usable = [n for n, s in states.items() if s.rstrip("*") in {"idle", "mix", "alloc", "comp"}]
+    if len(usable) < 2:
+        return f"need 2 usable SLURM nodes, sinfo says {states}"
+    return None
+
+
+@dataclass
+class SlurmCluster:
+    """Small helpers over the real SLURM commands."""
+
+    def state(self, job_id: str) -> str:
+        """State of the job's allocation from sacct ('' while accounting does not know it yet)."""
+        out = _run("sacct", "-n", "-P", "-X", "-j", job_id, "-o", "State")
+        lines = [line.split()[0] for line in out.splitlines() if line.strip()]
+        return lines[-1] if lines else ""
+
+    def wait(self, job_id: str, timeout: float = 120) -> str:
+        """Wait until the job reaches a final state; returns it (fails the test on time-out)."""
+        deadline = time.monotonic() + timeout
+        state = ""
+        while time.monotonic() < deadline:
+            state = self.state(job_id)
+            if state in FINAL_STATES and not self.in_queue(job_id):
+                return state
+            time.sleep(1)
+        pytest.fail(f"SLURM job {job_id} not finished after {timeout} s (last state {state!r})")
+
+    def in_queue(self, job_id: str) -> bool:
+        out = _run("squeue", "-h", "-j", job_id, "-o", "%T")
+        return out.strip() not in ("", "COMPLETED", "CANCELLED", "FAILED")
+
+    def restarts(self, job_id: str) -> int:
+        out = _run("scontrol", "show", "job", job_id)
+        for word in out.split():
+            if word.startswith("Restarts="):
+                return int(word.split("=", 1)[1])
+        raise AssertionError(f"no Restarts= in scontrol show job {job_id}:\n{out}")
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> SlurmCluster:
+    """The running local cluster; skips the test when none answers."""
+    problem = cluster_problem()
+    if problem:
+        pytest.skip(problem)
+    return SlurmCluster()
