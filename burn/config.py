@@ -134,6 +134,8 @@ class LinearConfig:
     milestones: List[int] = field(default_factory=lambda: [60, 80])
     """Epochs at which the learning rate is multiplied by 0.1."""
     num_classes: int = 1000
+    precision: str = "binary"
+    """Student precision of the evaluated backbone: binary (stage-2 weights) | binact | fp."""
 
 
 @dataclass

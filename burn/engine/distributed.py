@@ -1,0 +1,165 @@
+"""The process group, from whichever launcher started us: SLURM (srun / Submitit), torchrun, or nothing.
+
+The launcher's job is to start N copies of the same command; this module turns its environment into
+one small `DistInfo` object and an initialised process group. Everything that needs a rank asks
+`DistInfo`, never the environment.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import re
+import subprocess
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, List, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+log = logging.getLogger(__name__)
+
+#: Base of the rendezvous port derived from the SLURM job id (several jobs may share a host).
+_PORT_BASE = 20000
+_PORT_SPAN = 20000
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """All distributed facts of this process."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    backend: Optional[str]
+    """"nccl" or "gloo" when a process group is up; None for a lone process."""
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.backend is not None
+
+
+def _first_slurm_host(nodelist: str) -> str:
+    """First hostname of a SLURM node list such as ``node[1-2],gpu7``."""
+    try:
+        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True,
+                             text=True, timeout=30, check=True).stdout.split()
+        if out:
+            return out[0]
+    except (OSError, subprocess.SubprocessError):
+        pass
+    # scontrol unavailable: expand the simplest form ourselves.
+    first = re.split(r",(?![^\[]*\])", nodelist)[0]
+    match = re.match(r"^(.*)\[(\d+)", first)
+    return match.group(1) + match.group(2) if match else first
+
+
+def _launcher_env() -> tuple[int, int, int]:
+    """(rank, world_size, local_rank) from torchrun or SLURM; sets MASTER_ADDR/PORT for SLURM."""
+    env = os.environ
+    if "RANK" in env and "WORLD_SIZE" in env:  # torchrun, or a caller that set them (Submitit helper)
+        return int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0))
+    if "SLURM_PROCID" in env and "SLURM_NTASKS" in env and "SLURM_JOB_ID" in env:
+        rank, world = int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"])
+        if world > 1:
+            env.setdefault("MASTER_ADDR", _first_slurm_host(env.get("SLURM_JOB_NODELIST", "localhost")))
+            env.setdefault("MASTER_PORT", str(_PORT_BASE + int(env["SLURM_JOB_ID"]) % _PORT_SPAN))
+        return rank, world, int(env.get("SLURM_LOCALID", 0))
+    return 0, 1, 0
+
+
+def init_distributed(timeout_s: float = 600.0) -> DistInfo:
+    """Join the process group (nccl with CUDA, gloo without) and pick this rank's device."""
+    rank, world, local_rank = _launcher_env()
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda", local_rank % max(torch.cuda.device_count(), 1)) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    backend = None
+    if world > 1:
+        backend = "nccl" if cuda else "gloo"
+        if not dist.is_initialized():
+            dist.init_process_group(backend, init_method="env://", rank=rank, world_size=world,
+                                    timeout=timedelta(seconds=timeout_s))
+        log.info("rank %d/%d (local %d) joined %s group at %s:%s", rank, world, local_rank, backend,
+                 os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT"))
+    return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=device, backend=backend)
+
+
+def shutdown_distributed() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(info: DistInfo) -> None:
+    if info.distributed:
+        dist.barrier()
+
+
+def wrap_ddp(model: torch.nn.Module, info: DistInfo) -> torch.nn.Module:
+    """DistributedDataParallel when there is a process group; the bare module otherwise."""
+    if not info.distributed:
+        return model
+    device_ids = [info.device] if info.device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=device_ids)
+
+
+def all_gather_objects(info: DistInfo, obj: Any) -> List[Any]:
+    """Every rank's `obj`, in rank order (a lone process gets ``[obj]``)."""
+    if not info.distributed:
+        return [obj]
+    out: List[Any] = [None] * info.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def any_rank(info: DistInfo, *flags: bool) -> List[bool]:
+    """Logical OR of each flag over all ranks, in one collective (a host sync point)."""
+    t = torch.tensor([float(f) for f in flags], device=info.device if info.backend == "nccl" else "cpu")
+    if info.distributed:
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return [bool(v) for v in t.tolist()]
+
+
+# ---------------------------------------------------------------------------------------------------
+# RNG: seeds derive from the *global* rank (a local rank repeats across nodes).
+
+def seed_everything(seed: int, rank: int) -> None:
+    s = seed * 1000 + rank
+    random.seed(s)
+    np.random.seed(s % 2**32)
+    torch.manual_seed(s)
+
+
+def rng_state() -> dict:
+    """This process's RNG states in a form `torch.load(weights_only=True)` accepts."""
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])

@@ -1,0 +1,130 @@
+"""Linear evaluation: frozen feature entries (eval mode), trainable MLP head + linear classifier."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any, Dict
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from burn.data.loaders import build_eval_loader
+from burn.engine.logging import write_json_atomic
+from burn.engine.distributed import wrap_ddp
+from burn.engine.loop import StageLoop, accumulation_steps
+from burn.engine.precision import build_amp
+from burn.engine.schedules import build_step_decay
+from burn.models.reactnet import ReActNetA
+from burn.weights import load_backbone
+
+log = logging.getLogger("burn")
+
+RESULTS_FILE = "linear_eval.json"
+
+
+class LinearEvalModel(nn.Module):
+    """The original recipe: the 14 feature entries are frozen and stay in eval mode; the 1024-d MLP head
+    (`fc.0`) and the classifier (`fc_cls`, `head.fc_cls` in the original) train."""
+
+    def __init__(self, backbone: ReActNetA, num_classes: int):
+        super().__init__()
+        self.backbone = backbone
+        for p in backbone.feature.parameters():
+            p.requires_grad_(False)
+        self.fc_cls = nn.Linear(backbone.out_dim, num_classes)
+
+    def train(self, mode: bool = True) -> "LinearEvalModel":
+        super().train(mode)
+        self.backbone.feature.eval()  # frozen BN statistics
+        return self
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            features = self.backbone.forward_features(images)
+        return self.fc_cls(self.backbone.fc(features))
+
+
+class LinearEvalTrainer(StageLoop):
+    stage = "linear"
+
+    def build(self, data_state: Any) -> None:
+        cfg, info, lin = self.cfg, self.info, self.cfg.linear
+        if not cfg.pretrained:
+            raise ValueError("stage=linear needs pretrained=<backbone file> (e.g. a stage-2 run's backbone.pth)")
+        self.amp = build_amp(cfg.train.precision, info.device)
+        backbone = ReActNetA(precision=lin.precision, width=cfg.model.width)
+        backbone.load_state_dict(load_backbone(cfg.pretrained), strict=True)
+        self.model = LinearEvalModel(backbone, lin.num_classes).to(info.device)
+        self.ddp = wrap_ddp(self.model, info)
+        self.accum = accumulation_steps(lin.global_batch, lin.per_gpu_batch, info.world_size)
+        self.loader = build_eval_loader(cfg.data, split="train", batch_size=lin.per_gpu_batch, shard_id=info.rank,
+                                        num_shards=info.world_size, seed=cfg.seed, dtype=self.amp.input_dtype,
+                                        state=data_state)
+        steps_per_epoch = max(1, self.loader.steps_per_epoch // self.accum)
+        epochs = cfg.epochs if cfg.epochs is not None else lin.epochs
+        self.total_steps = int(cfg.steps) if cfg.steps else max(1, math.ceil(epochs * steps_per_epoch))
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.SGD(self.trainable, lr=lin.lr, momentum=lin.momentum,
+                                         weight_decay=lin.weight_decay)
+        self.scheduler = build_step_decay(self.optimizer, list(lin.milestones), epochs, self.total_steps)
+        self.scaler = self.amp.scaler()
+
+    def train_step(self) -> tuple[Dict[str, torch.Tensor], bool]:
+        self.ddp.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_sum = torch.zeros((), device=self.info.device)
+        for micro in range(self.accum):
+            images, labels = next(self.loader)
+            labels = labels.to(self.info.device)
+            with self.amp.autocast():
+                loss = F.cross_entropy(self.ddp(images).float(), labels)
+            self.scaler.scale(loss / self.accum).backward()
+            loss_sum += loss.detach() / self.accum
+        grad_norm, applied, lr = self.apply_update()
+        return {"loss": loss_sum, "lr": lr, "grad_norm": grad_norm}, applied
+
+    @torch.no_grad()
+    def evaluate(self) -> Dict[str, float]:
+        """Top-1 / top-5 (percent) over the whole validation list; every rank scores its shard."""
+        cfg = self.cfg
+        val = build_eval_loader(cfg.data, split="val", batch_size=cfg.linear.per_gpu_batch, shard_id=self.info.rank,
+                                num_shards=self.info.world_size, seed=cfg.seed, dtype=self.amp.input_dtype)
+        self.model.eval()
+        counts = torch.zeros(3, dtype=torch.float64, device=self.info.device)  # top1, top5, samples
+        for images, labels in val:
+            labels = labels.to(self.info.device)
+            with self.amp.autocast():
+                logits = self.model(images).float()
+            topk = logits.topk(min(5, logits.shape[1]), dim=1).indices
+            hits = topk.eq(labels[:, None])
+            counts += torch.stack([hits[:, 0].sum(), hits.any(dim=1).sum(), torch.tensor(len(labels))]).double()
+        if self.info.distributed:
+            dist.all_reduce(counts)
+        top1, top5, n = counts.tolist()
+        return {"top1": 100.0 * top1 / n, "top5": 100.0 * top5 / n, "num_samples": int(n)}
+
+    # ---- state -----------------------------------------------------------------------------------
+    def model_state(self) -> Dict[str, Any]:
+        return {"student": self.model.backbone.state_dict(), "fc_cls": self.model.fc_cls.state_dict()}
+
+    def load_model_state(self, state: Dict[str, Any]) -> None:
+        self.model.backbone.load_state_dict(state["student"], strict=True)
+        self.model.fc_cls.load_state_dict(state["fc_cls"], strict=True)
+
+
+    def finish(self) -> None:
+        self.results = self.evaluate()
+        if self.info.is_main:
+            self.results.update(step=self.step, pretrained=str(self.cfg.pretrained))
+            write_json_atomic(Path(self.run_dir) / RESULTS_FILE, self.results)
+            self.metrics.scalars(self.step, {"top1": self.results["top1"], "top5": self.results["top5"]},
+                                 prefix="val")
+            log.info("linear evaluation: top-1 %.2f%%, top-5 %.2f%% on %d images", self.results["top1"],
+                     self.results["top5"], self.results["num_samples"])
+
+    def final_summary(self) -> Dict[str, Any]:
+        return {"top1": self.results["top1"], "top5": self.results["top5"]}

@@ -1,0 +1,84 @@
+"""Rank-0 reporting: TensorBoard scalars, a progress bar or log lines, and progress.json.
+
+progress.json is the machine-readable "where is this stage" file that launch/status.py reads; it is
+replaced atomically so a reader never sees half of it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Dict, Optional
+
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+log = logging.getLogger("burn")
+
+
+def configure_console_logging(rank: int) -> None:
+    """Plain log lines prefixed with the rank; non-zero ranks only report warnings."""
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, force=True,
+                        format=f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stdout)
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+
+
+class MetricLogger:
+    """Everything a stage reports. Only rank 0 builds one that writes; others get `enabled=False`."""
+
+    def __init__(self, run_dir: Path, *, enabled: bool, stage: str, start_step: int, total_steps: int,
+                 progress_bar: str = "auto", restarts: int = 0):
+        self.enabled = enabled
+        self.run_dir = Path(run_dir)
+        self.stage = stage
+        self.total_steps = total_steps
+        self.restarts = restarts
+        self.writer: Optional[SummaryWriter] = None
+        self.bar: Optional[tqdm] = None
+        if not enabled:
+            return
+        # purge_step drops events a killed run logged after its last checkpoint, so the curve holds
+        # every step exactly once across resumes.
+        self.writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=start_step if start_step else None)
+        show_bar = progress_bar == "on" or (progress_bar == "auto" and sys.stderr.isatty())
+        if show_bar:
+            self.bar = tqdm(total=total_steps, initial=start_step, desc=f"stage {stage}", dynamic_ncols=True)
+
+    def scalars(self, step: int, values: Dict[str, float], prefix: str = "train") -> None:
+        if not self.enabled:
+            return
+        for key, value in values.items():
+            self.writer.add_scalar(f"{prefix}/{key}", value, step)
+        if self.bar is not None:
+            self.bar.set_postfix({k: f"{v:.4g}" for k, v in values.items() if k in ("loss", "lr", "top1")})
+        else:
+            text = " ".join(f"{k}={v:.4g}" for k, v in values.items())
+            log.info("stage %s step %d/%d %s", self.stage, step, self.total_steps, text)
+
+    def advance(self, n: int = 1) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def progress(self, state: str, step: int, epoch: int = 0, **extra) -> None:
+        if not self.enabled:
+            return
+        data = {"stage": self.stage, "state": state, "step": step, "total_steps": self.total_steps,
+                "epoch": epoch, "restarts": self.restarts, "updated": time.time(), **extra}
+        write_json_atomic(self.run_dir / "progress.json", data)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.writer is not None:
+            self.writer.flush()
+            self.writer.close()

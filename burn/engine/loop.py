@@ -1,0 +1,237 @@
+"""The skeleton every stage shares: resume, the optimizer-step loop, preemption, checkpoints, logging.
+
+A stage (pretraining, linear evaluation) subclasses `StageLoop` and supplies `build()`,
+`train_step()`, its model state and `finish()`; this class owns everything that must be identical
+between stages for resume to be exact. The control flow reads top to bottom in `run()`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from burn.engine.checkpoint import CheckpointManager
+from burn.engine.distributed import DistInfo, all_gather_objects, any_rank, barrier, rng_state, set_rng_state
+from burn.engine.logging import MetricLogger
+from burn.engine.signals import REQUEUE_EXIT_CODE, PreemptionHandler, warn_if_slow_checkpoint
+
+log = logging.getLogger("burn")
+
+CHECKPOINT_FORMAT = "burn-suite/checkpoint"
+DONE_MARKER = "DONE"
+
+#: Config sections whose change makes a resumed run a different experiment.
+_IDENTITY_KEYS = ("stage", "seed", "model", "data.root", "data.train_list", "data.train_labeled_list",
+                  "data.val_list", "data.aug", "train.global_batch", "train.per_gpu_batch",
+                  "linear.global_batch", "linear.per_gpu_batch", "linear.num_classes", "pretrained")
+
+
+def accumulation_steps(global_batch: int, per_gpu_batch: int, world_size: int) -> int:
+    """Micro-batches per optimizer step so that per_gpu_batch x world x accumulation = global_batch."""
+    per_forward = per_gpu_batch * world_size
+    if global_batch <= 0 or per_gpu_batch <= 0 or global_batch % per_forward:
+        raise ValueError(
+            f"global batch {global_batch} is not a positive multiple of per-GPU batch {per_gpu_batch} x "
+            f"{world_size} ranks = {per_forward}; change train.global_batch or train.per_gpu_batch.")
+    return global_batch // per_forward
+
+
+class ConfigMismatchError(RuntimeError):
+    pass
+
+
+def _identity(cfg: DictConfig) -> Dict[str, Any]:
+    return {k: OmegaConf.to_container(OmegaConf.select(cfg, k), resolve=True)
+            if OmegaConf.is_config(OmegaConf.select(cfg, k)) else OmegaConf.select(cfg, k)
+            for k in _IDENTITY_KEYS}
+
+
+def check_resume_config(saved_yaml: str, cfg: DictConfig, path: Path, force: bool) -> None:
+    """Refuse to resume a run whose model or data the new command would change."""
+    saved, now = _identity(OmegaConf.create(saved_yaml)), _identity(cfg)
+    changed = [k for k in _IDENTITY_KEYS if saved[k] != now[k]]
+    if not changed:
+        return
+    detail = "; ".join(f"{k}: {saved[k]!r} -> {now[k]!r}" for k in changed)
+    if force:
+        log.warning("resuming %s despite changed config (checkpoint.force=true): %s", path, detail)
+        return
+    raise ConfigMismatchError(
+        f"{path} was written by a run with a different config ({detail}). Use a new run_dir, or "
+        f"checkpoint.force=true to resume anyway.")
+
+
+class StageLoop:
+    """Base class of a stage. Subclasses set `stage` and implement the hooks below."""
+
+    stage: str = "?"
+
+    def __init__(self, cfg: DictConfig, info: DistInfo, run_dir: Path, preemption: PreemptionHandler):
+        self.cfg, self.info, self.run_dir = cfg, info, Path(run_dir)
+        self.step = 0
+        self.total_steps = 0
+        self.ckpt = CheckpointManager(self.run_dir / "checkpoints", keep_last=cfg.checkpoint.keep_last)
+        self.preemption = preemption
+        """Installed by the caller as early as possible: a signal before the loop starts still counts."""
+        self.metrics: Optional[MetricLogger] = None
+
+    # ---- hooks -----------------------------------------------------------------------------------
+    def build(self, data_state: Any) -> None:
+        """Build model, optimizer, schedules and the data loader (resuming its position), set total_steps."""
+        raise NotImplementedError
+
+    def train_step(self) -> tuple[Dict[str, torch.Tensor], bool]:
+        """One optimizer step; returns (metrics on device, whether the update was applied)."""
+        raise NotImplementedError
+
+    def model_state(self) -> Dict[str, Any]:
+        raise NotImplementedError
+
+    def load_model_state(self, state: Dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    # ---- shared by every stage: they all have self.optimizer, .scheduler, .scaler, .loader ---------
+    def apply_update(self) -> tuple[torch.Tensor, bool, float]:
+        """Unscale, check, step the optimizer and the schedule. Returns (grad norm, applied, lr used).
+
+        A non-finite gradient skips the update, as GradScaler does; the schedule still advances so it
+        stays a function of the step count."""
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, float("inf"))
+        applied = bool(torch.isfinite(grad_norm))  # one host sync per optimizer step
+        if self.scaler.is_enabled():
+            self.scaler.step(self.optimizer)  # skips the update itself on inf/nan gradients
+            self.scaler.update()
+        elif applied:
+            self.optimizer.step()
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.scheduler.step()
+        return grad_norm, applied, lr
+
+    def optim_state(self) -> Dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict()}
+
+    def load_optim_state(self, state: Dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+
+    def data_state(self) -> Any:
+        return self.loader.state_dict()
+
+    def epoch(self) -> int:
+        return int(self.loader.epoch) if hasattr(self, "loader") else 0
+
+    def finish(self) -> None:
+        """Write the stage's products (extraction, evaluation) after the last step. Rank 0 writes."""
+
+    # ---- the loop --------------------------------------------------------------------------------
+    def run(self) -> int:
+        """Train to the end (exit 0) or until preempted (checkpoint written, exit REQUEUE_EXIT_CODE)."""
+        resume = self._load_resume_point()
+        self.build(resume["data"][self.info.rank] if resume else None)
+        if resume:
+            self._restore(resume)
+        restarts = int(os.environ.get("SLURM_RESTART_COUNT", 0))
+        self.metrics = MetricLogger(self.run_dir, enabled=self.info.is_main, stage=self.stage,
+                                    start_step=self.step, total_steps=self.total_steps,
+                                    progress_bar=self.cfg.log.progress_bar, restarts=restarts)
+        try:
+            return self._loop()
+        except BaseException:
+            self.metrics.progress("failed", self.step, self.epoch())
+            raise
+        finally:
+            self.metrics.close()
+
+    def _loop(self) -> int:
+        cfg = self.cfg
+        bad_in_a_row = 0
+        while self.step < self.total_steps:
+            metrics, applied = self.train_step()
+            self.step += 1
+            bad_in_a_row = 0 if applied else bad_in_a_row + 1
+            if bad_in_a_row > cfg.train.max_bad_steps:
+                raise FloatingPointError(
+                    f"{bad_in_a_row} optimizer steps in a row had a non-finite loss or gradient (last at "
+                    f"step {self.step}); stopping. The last good checkpoint in {self.ckpt.directory} is untouched.")
+            # One collective per step: every rank learns of a signal that reached any of them.
+            (stop,) = any_rank(self.info, self.preemption.requested)
+            if self.step % cfg.log.every_steps == 0 or self.step == self.total_steps:
+                self._log(metrics)
+            self.metrics.advance()
+            if stop:
+                self.save_checkpoint()
+                self.metrics.progress("preempted", self.step, self.epoch())
+                log.warning("preemption signal (%s): checkpoint at step %d written; exiting with %d "
+                            "(requeue me)", self.preemption.reason or "on another rank", self.step,
+                            REQUEUE_EXIT_CODE)
+                return REQUEUE_EXIT_CODE
+            if self.step % cfg.checkpoint.every_steps == 0 and self.step < self.total_steps:
+                self.save_checkpoint()
+        self.save_checkpoint()
+        self.finish()
+        barrier(self.info)
+        if self.info.is_main:
+            (self.run_dir / DONE_MARKER).touch()
+            self.metrics.progress("done", self.step, self.epoch(), **self.final_summary())
+        return 0
+
+    def final_summary(self) -> Dict[str, Any]:
+        return {}
+
+    def _log(self, metrics: Dict[str, torch.Tensor]) -> None:
+        values = {k: float(v) for k, v in metrics.items()}  # host sync, on logging steps only
+        self.metrics.scalars(self.step, values)
+        self.metrics.progress("running", self.step, self.epoch(),
+                              **{k: values[k] for k in ("loss", "lambda", "lr", "images_per_s") if k in values})
+
+    # ---- checkpoints -----------------------------------------------------------------------------
+    def state_dict(self, data_states: list, rng_states: list) -> Dict[str, Any]:
+        return {"format": CHECKPOINT_FORMAT, "version": 1, "stage": self.stage, "step": self.step,
+                "epoch": self.epoch(), "world_size": self.info.world_size, "model": self.model_state(),
+                **self.optim_state(), "rng": rng_states, "data": data_states,
+                "config": OmegaConf.to_yaml(self.cfg, resolve=True), **self.extra_state()}
+
+    def extra_state(self) -> Dict[str, Any]:
+        return {}
+
+    def save_checkpoint(self) -> None:
+        """Collective: gathers every rank's data and RNG state; rank 0 writes, the others wait."""
+        data_states = all_gather_objects(self.info, self.data_state())
+        rng_states = all_gather_objects(self.info, rng_state())
+        if self.info.is_main:
+            if self.ckpt.latest_step() != self.step:
+                path = self.ckpt.save(self.state_dict(data_states, rng_states), self.step)
+                seconds = self.ckpt.last_save_seconds
+                log.info("checkpoint %s written in %.2f s", path, seconds)
+                warn_if_slow_checkpoint(seconds, self.cfg.checkpoint.signal_lead_s)
+        barrier(self.info)
+
+    def _load_resume_point(self) -> Optional[Dict[str, Any]]:
+        """Every rank loads the checkpoint rank 0 chose (the newest valid one)."""
+        found = self.ckpt.load_latest() if self.info.is_main else None
+        path = all_gather_objects(self.info, str(found[1]) if found else None)[0]
+        if path is None:
+            return None
+        state = found[0] if self.info.is_main else self.ckpt.load(Path(path))
+        check_resume_config(state["config"], self.cfg, Path(path), self.cfg.checkpoint.force)
+        if state["world_size"] != self.info.world_size:
+            raise ConfigMismatchError(
+                f"{path} was written by {state['world_size']} ranks, this job has {self.info.world_size}; "
+                "exact resume needs the same number of ranks.")
+        if self.info.is_main:
+            log.info("resuming from %s (step %d)", path, state["step"])
+        return state
+
+    def _restore(self, state: Dict[str, Any]) -> None:
+        self.step = state["step"]
+        self.load_model_state(state["model"])
+        self.load_optim_state(state)
+        set_rng_state(state["rng"][self.info.rank])

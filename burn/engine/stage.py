@@ -1,0 +1,73 @@
+"""Run one stage in this process, as one rank of many: what every SLURM task (and torchrun worker) runs.
+
+Exit codes (also the return value of `run_stage`):
+  0   the stage is complete (rerunning a complete stage is a no-op);
+  75  REQUEUE_EXIT_CODE: a preemption signal arrived, a checkpoint was written, requeue me;
+  1   error (raised as an exception from `run_stage`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from burn.data.loaders import ensure_synthetic
+from burn.engine.distributed import barrier, init_distributed, seed_everything, shutdown_distributed
+from burn.engine.logging import configure_console_logging
+from burn.engine.loop import DONE_MARKER
+from burn.engine.signals import PreemptionHandler
+
+log = logging.getLogger("burn")
+
+RUNNABLE_STAGES = ("1", "2", "linear")
+
+
+def stage_dir_name(stage: str) -> str:
+    return "linear" if stage == "linear" else f"stage{stage}"
+
+
+def resolve_run_dir(cfg: DictConfig) -> Path:
+    """`run_dir` if given, else runs/<name>/stage<N> (runs/<name>/linear), absolute."""
+    path = Path(cfg.run_dir) if cfg.run_dir else Path("runs") / cfg.name / stage_dir_name(str(cfg.stage))
+    return path.absolute()
+
+
+def _cpu_threads() -> None:
+    """One rank per SLURM task: use the task's CPUs, not every core of the node."""
+    cpus = os.environ.get("SLURM_CPUS_PER_TASK") or os.environ.get("OMP_NUM_THREADS")
+    if cpus:
+        torch.set_num_threads(int(cpus))
+
+
+def run_stage(cfg: DictConfig) -> int:
+    stage = str(cfg.stage)
+    if stage not in RUNNABLE_STAGES:
+        raise ValueError(f"stage={stage!r}: the stage runner runs one of {RUNNABLE_STAGES} "
+                         "(stage=all is for launch/submit.py)")
+    # Handlers first: a signal that arrives while we start up still produces a checkpoint + requeue.
+    with PreemptionHandler() as preemption:
+        info = init_distributed()
+        try:
+            configure_console_logging(info.rank)
+            _cpu_threads()
+            run_dir = resolve_run_dir(cfg)
+            if (run_dir / DONE_MARKER).exists():
+                log.info("stage %s in %s is already complete; nothing to do", stage, run_dir)
+                return 0
+            if info.is_main:
+                run_dir.mkdir(parents=True, exist_ok=True)
+                ensure_synthetic(cfg.data)
+                (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+            barrier(info)
+            seed_everything(cfg.seed, info.rank)
+            if stage == "linear":
+                from burn.engine.linear import LinearEvalTrainer as Loop
+            else:
+                from burn.engine.trainer import PretrainTrainer as Loop
+            return Loop(cfg, info, run_dir, preemption).run()
+        finally:
+            shutdown_distributed()

@@ -1,0 +1,139 @@
+"""BURN pretraining (stages 1 and 2): DDP, AMP, gradient accumulation, warmup + cosine, lambda schedule."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any, Dict
+
+import torch
+
+from burn.config import STAGE_PRECISION
+from burn.data.loaders import build_pretrain_loader
+from burn.engine.distributed import wrap_ddp
+from burn.engine.loop import StageLoop, accumulation_steps
+from burn.engine.precision import AmpSettings, build_amp
+from burn.engine.schedules import build_warmup_cosine
+from burn.models.burn import build_burn_model
+from burn.objective import lambda_at
+from burn.weights import load_stage1_init, write_backbone_extraction, write_stage1_extraction
+
+log = logging.getLogger("burn")
+
+STAGE1_EXTRACTION = "stage1_extraction.pth"
+BACKBONE_EXTRACTION = "backbone.pth"
+
+
+def file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class PretrainTrainer(StageLoop):
+    """Student (binact in stage 1, binary in stage 2) learning from the frozen teacher through the
+    jointly trained teacher classifier."""
+
+    def __init__(self, cfg, info, run_dir: Path, preemption):
+        super().__init__(cfg, info, run_dir, preemption)
+        self.stage = str(cfg.stage)
+        self.precision = STAGE_PRECISION[self.stage]
+        self.accum = accumulation_steps(cfg.train.global_batch, cfg.train.per_gpu_batch, info.world_size)
+
+    # ---- wiring ----------------------------------------------------------------------------------
+    def build(self, data_state: Any) -> None:
+        cfg, info = self.cfg, self.info
+        self.amp: AmpSettings = build_amp(cfg.train.precision, info.device)
+        self.model = build_burn_model(cfg.model, self.precision).to(info.device)
+        if cfg.pretrained:
+            if self.stage != "2":
+                raise ValueError("pretrained= initialises stage 2 (from a stage-1 extraction); stage 1 starts "
+                                 "from scratch.")
+            self.model.load_trainable_state_dicts(load_stage1_init(cfg.pretrained))
+        if info.device.type == "cuda":
+            self.model = self.model.to(memory_format=torch.channels_last) if cfg.train.channels_last else self.model
+            if info.distributed:  # SyncBatchNorm needs CUDA tensors; on CPU each rank keeps its own BN.
+                self.model.student_classifier = torch.nn.SyncBatchNorm.convert_sync_batchnorm(
+                    self.model.student_classifier)
+                self.model.teacher_classifier = torch.nn.SyncBatchNorm.convert_sync_batchnorm(
+                    self.model.teacher_classifier)
+        self.ddp = wrap_ddp(self.model, info)
+        self.loader = build_pretrain_loader(
+            cfg.data, batch_size=cfg.train.per_gpu_batch, shard_id=info.rank, num_shards=info.world_size,
+            seed=cfg.seed, dtype=self.amp.input_dtype, state=data_state)
+        self.steps_per_epoch = self.loader.steps_per_epoch // self.accum
+        if self.steps_per_epoch < 1:
+            raise ValueError(f"the training list gives {self.loader.steps_per_epoch} batches per rank, fewer than "
+                             f"the {self.accum} micro-batches of one optimizer step")
+        epochs = cfg.epochs if cfg.epochs is not None else cfg.train.epochs
+        self.total_steps = int(cfg.steps) if cfg.steps else max(1, math.ceil(epochs * self.steps_per_epoch))
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adam(self.trainable, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+        warmup = min(round(cfg.optim.warmup_epochs * self.steps_per_epoch), self.total_steps - 1)
+        self.scheduler = build_warmup_cosine(self.optimizer, warmup, self.total_steps, cfg.optim.warmup_start_factor)
+        self.scaler = self.amp.scaler()
+        if info.is_main:
+            log.info("stage %s: %s student, %d ranks x %d images x %d accumulation = %d per step; %d steps "
+                     "(%d per epoch)", self.stage, self.precision, info.world_size, cfg.train.per_gpu_batch,
+                     self.accum, cfg.train.global_batch, self.total_steps, self.steps_per_epoch)
+
+    # ---- one optimizer step ------------------------------------------------------------------------
+    def train_step(self) -> tuple[Dict[str, torch.Tensor], bool]:
+        cfg = self.cfg
+        started = time.perf_counter()
+        lam = lambda_at(self.step, self.total_steps, cfg.optim.lambda_start, cfg.optim.lambda_end)
+        self.ddp.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        sums = torch.zeros(3, device=self.info.device)  # loss, kl, fs over the micro-batches
+        data_wait = 0.0
+        for micro in range(self.accum):
+            t0 = time.perf_counter()
+            view1, view2 = next(self.loader)
+            data_wait += time.perf_counter() - t0
+            if self.info.device.type == "cuda" and cfg.train.channels_last:
+                view1 = view1.contiguous(memory_format=torch.channels_last)
+                view2 = view2.contiguous(memory_format=torch.channels_last)
+            # Gradients are all-reduced on the last micro-batch only.
+            last = micro == self.accum - 1
+            sync = contextlib.nullcontext() if last or not self.info.distributed else self.ddp.no_sync()
+            with sync:
+                with self.amp.autocast():
+                    out = self.ddp(view1, view2, lam, cfg.optim.temperature)
+                self.scaler.scale(out["loss"] / self.accum).backward()
+            sums += torch.stack([out["loss"], out["kl"], out["fs"]]).detach().float() / self.accum
+        grad_norm, applied, lr = self.apply_update()
+        images = cfg.train.per_gpu_batch * self.accum * self.info.world_size
+        metrics = {"loss": sums[0], "kl": sums[1], "fs": sums[2], "grad_norm": grad_norm, "lambda": lam,
+                   "lr": lr, "grad_scale": self.scaler.get_scale() if self.scaler.is_enabled() else 1.0,
+                   "images_per_s": images / (time.perf_counter() - started), "data_wait_s": data_wait}
+        return metrics, applied
+
+    # ---- state -----------------------------------------------------------------------------------
+    def model_state(self) -> Dict[str, Any]:
+        return self.model.trainable_state_dicts()
+
+    def load_model_state(self, state: Dict[str, Any]) -> None:
+        self.model.load_trainable_state_dicts(state)
+
+
+    def extra_state(self) -> Dict[str, Any]:
+        # The frozen teacher is referenced, not copied: its path and checksum identify it.
+        if not hasattr(self, "_teacher_ref"):
+            path = self.cfg.model.teacher_weights
+            self._teacher_ref = {"path": path, "sha256": file_sha256(path) if path else None}
+        return {"teacher": self._teacher_ref}
+
+    def finish(self) -> None:
+        if not self.info.is_main:
+            return
+        parts = self.model.trainable_state_dicts()
+        if self.stage == "1":
+            write_stage1_extraction(self.run_dir / STAGE1_EXTRACTION, parts, author="burn-suite")
+        else:
+            write_backbone_extraction(self.run_dir / BACKBONE_EXTRACTION, parts["student"], author="burn-suite")

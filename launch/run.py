@@ -1,0 +1,27 @@
+"""Stage runner: `python launch/run.py stage=1|2|linear [overrides]`.
+
+Runs one stage in this process, or as one rank of many under srun / torchrun. Exit status: 0 done,
+75 checkpointed after a preemption signal (requeue me), 1 error. See burn/engine/stage.py.
+"""
+
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from burn.config import register_configs  # noqa: E402
+from burn.engine.stage import run_stage  # noqa: E402
+
+register_configs()
+
+
+@hydra.main(version_base=None, config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> None:
+    sys.exit(run_stage(cfg))
+
+
+if __name__ == "__main__":
+    main()
