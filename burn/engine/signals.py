@@ -1,0 +1,179 @@
+"""Preemption signals: a flag-only handler, a cross-rank stop decision, and the requeue exit code.
+
+SLURM announces preemption or the time limit with a signal some seconds before the kill
+(``--signal=USR2@120``; SIGTERM on plain cancellation/preemption). The handler here only
+records that the signal came; the training loop polls :func:`should_stop` at step boundaries,
+writes a checkpoint and exits with :data:`REQUEUE_EXIT_CODE`.
+
+Why flag-only: a Python signal handler runs in the main thread between two bytecodes, i.e.
+possibly in the middle of ``torch.save`` or a collective. Doing real work there (saving, logging
+through handlers that take locks, collectives) could deadlock or corrupt the checkpoint being
+written. Setting an attribute is safe at any point, also when a second signal arrives.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Iterable
+from types import FrameType
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+log = logging.getLogger(__name__)
+
+REQUEUE_EXIT_CODE = 75
+"""Exit code meaning "a preemption signal arrived, a checkpoint was written, requeue me".
+
+75 is EX_TEMPFAIL from sysexits.h (``os.EX_TEMPFAIL``): a temporary failure, try again later.
+0 means the stage is complete, 1 an error; launchers requeue only on 75.
+"""
+
+PREEMPTION_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGUSR2, signal.SIGTERM)
+"""SIGUSR2: SLURM's advance warning (``--signal=USR2@<lead>``); SIGTERM: cancellation/preemption."""
+
+
+class PreemptionHandler:
+    """Records the first preemption signal; restores the previous handlers on :meth:`restore`.
+
+    Use as a context manager (installs :data:`PREEMPTION_SIGNALS`), or call :meth:`install`.
+    Must be installed from the main thread (a CPython rule for ``signal.signal``).
+    """
+
+    def __init__(self) -> None:
+        # (signal number, time.time()) of the first signal, written in one store so a nested
+        # signal arriving inside the handler cannot leave a half-updated record.
+        self._first: tuple[int, float] | None = None
+        self._count = 0
+        self._previous: dict[int, Any] = {}
+
+    def install(self, signals: Iterable[int] = PREEMPTION_SIGNALS) -> PreemptionHandler:
+        """Route ``signals`` to this handler, remembering the handlers they replace."""
+        if threading.current_thread() is not threading.main_thread():
+            raise RuntimeError("PreemptionHandler.install must run in the main thread (CPython rule)")
+        if self._previous:
+            raise RuntimeError("PreemptionHandler is already installed; call restore() first")
+        for signum in signals:
+            self._previous[signum] = signal.signal(signum, self._on_signal)
+        return self
+
+    def restore(self) -> None:
+        """Put back the handlers that :meth:`install` replaced (no-op when not installed)."""
+        for signum, previous in self._previous.items():
+            # getsignal() returns None for handlers not set from Python; fall back to the default.
+            signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
+        self._previous.clear()
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        # Flag only: no logging, no I/O, no torch calls (see the module docstring).
+        if self._first is None:
+            self._first = (signum, time.time())
+        self._count += 1
+
+    @property
+    def requested(self) -> bool:
+        """True once any installed signal has arrived in this process."""
+        return self._first is not None
+
+    @property
+    def reason(self) -> str | None:
+        """Name of the first signal received (e.g. ``"SIGUSR2"``), or None."""
+        return None if self._first is None else signal.Signals(self._first[0]).name
+
+    @property
+    def received_at(self) -> float | None:
+        """``time.time()`` when the first signal arrived, or None."""
+        return None if self._first is None else self._first[1]
+
+    @property
+    def signal_count(self) -> int:
+        """How many installed signals arrived (repeats included)."""
+        return self._count
+
+    def __enter__(self) -> PreemptionHandler:
+        return self.install()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.restore()
+
+
+def _collective_device(group: Any) -> torch.device:
+    # A pure NCCL group only reduces CUDA tensors; gloo and mixed "cpu:gloo,cuda:nccl" take CPU ones.
+    if dist.get_backend(group) == dist.Backend.NCCL:
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def should_stop(
+    flag_local: bool,
+    process_group_available: bool,
+    *,
+    group: Any = None,
+    device: torch.device | str | None = None,
+) -> bool:
+    """Whether *any* rank has received a preemption signal (all-reduce MAX of the local flags).
+
+    SLURM may signal only some tasks (or the batch shell's child on one node). Reducing the flag
+    makes every rank stop, checkpoint and exit at the same step.
+
+    This is a COLLECTIVE when ``process_group_available`` is true: every rank of ``group`` must
+    call it at the same point of the loop (e.g. after each optimizer step), or the job hangs.
+    It synchronises with the host, so call it at step boundaries, not inside the step.
+
+    Args:
+        flag_local: this rank's flag, usually ``PreemptionHandler.requested``.
+        process_group_available: True when running distributed; then torch.distributed must be
+            initialised. False returns ``flag_local`` unchanged.
+        group: process group to reduce over (default: the world).
+        device: where the one-element tensor lives; default CUDA for an NCCL group, else CPU.
+    """
+    if not process_group_available:
+        return bool(flag_local)
+    if not (dist.is_available() and dist.is_initialized()):
+        raise RuntimeError(
+            "should_stop(process_group_available=True) but torch.distributed is not initialized; "
+            "call init_process_group first or pass process_group_available=False"
+        )
+    device = torch.device(device) if device is not None else _collective_device(group)
+    flag = torch.tensor([1 if flag_local else 0], dtype=torch.int32, device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=group)
+    return bool(flag.item())
+
+
+def warn_if_slow_checkpoint(
+    save_seconds: float,
+    lead_seconds: float,
+    *,
+    safety_factor: float = 2.0,
+    step_seconds: float = 0.0,
+) -> bool:
+    """Log a warning when a checkpoint written after the signal may not beat the kill.
+
+    After the signal the loop still finishes its current step (``step_seconds``) and then
+    writes; the write can be slower at preemption time (every job on the filesystem saves at
+    once), hence ``safety_factor``. Returns True when it warned.
+
+    Args:
+        save_seconds: duration of a recent save (``CheckpointManager.last_save_seconds``).
+        lead_seconds: seconds between the signal and the kill (``checkpoint.signal_lead_s``).
+    """
+    needed = step_seconds + safety_factor * save_seconds
+    if needed <= lead_seconds:
+        return False
+    log.warning(
+        "A checkpoint write took %.1f s; with a x%.1f safety factor plus %.1f s to finish the "
+        "current step that is %.1f s, more than the %.1f s between the preemption signal and the "
+        "kill. Raise checkpoint.signal_lead_s together with SLURM --signal=USR2@<seconds>, or "
+        "write to faster storage.",
+        save_seconds,
+        safety_factor,
+        step_seconds,
+        needed,
+        lead_seconds,
+    )
+    return True
+
