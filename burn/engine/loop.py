@@ -25,12 +25,6 @@ log = logging.getLogger("burn")
 CHECKPOINT_FORMAT = "burn-suite/checkpoint"
 DONE_MARKER = "DONE"
 
-#: Config sections whose change makes a resumed run a different experiment.
-_IDENTITY_KEYS = ("stage", "seed", "model", "data.root", "data.train_list", "data.train_labeled_list",
-                  "data.val_list", "data.aug", "train.global_batch", "train.per_gpu_batch",
-                  "linear.global_batch", "linear.per_gpu_batch", "linear.num_classes", "pretrained")
-
-
 def accumulation_steps(global_batch: int, per_gpu_batch: int, world_size: int) -> int:
     """Micro-batches per optimizer step so that per_gpu_batch x world x accumulation = global_batch."""
     per_forward = per_gpu_batch * world_size
@@ -39,31 +33,6 @@ def accumulation_steps(global_batch: int, per_gpu_batch: int, world_size: int) -
             f"global batch {global_batch} is not a positive multiple of per-GPU batch {per_gpu_batch} x "
             f"{world_size} ranks = {per_forward}; change train.global_batch or train.per_gpu_batch.")
     return global_batch // per_forward
-
-
-class ConfigMismatchError(RuntimeError):
-    pass
-
-
-def _identity(cfg: DictConfig) -> Dict[str, Any]:
-    return {k: OmegaConf.to_container(OmegaConf.select(cfg, k), resolve=True)
-            if OmegaConf.is_config(OmegaConf.select(cfg, k)) else OmegaConf.select(cfg, k)
-            for k in _IDENTITY_KEYS}
-
-
-def check_resume_config(saved_yaml: str, cfg: DictConfig, path: Path, force: bool) -> None:
-    """Refuse to resume a run whose model or data the new command would change."""
-    saved, now = _identity(OmegaConf.create(saved_yaml)), _identity(cfg)
-    changed = [k for k in _IDENTITY_KEYS if saved[k] != now[k]]
-    if not changed:
-        return
-    detail = "; ".join(f"{k}: {saved[k]!r} -> {now[k]!r}" for k in changed)
-    if force:
-        log.warning("resuming %s despite changed config (checkpoint.force=true): %s", path, detail)
-        return
-    raise ConfigMismatchError(
-        f"{path} was written by a run with a different config ({detail}). Use a new run_dir, or "
-        f"checkpoint.force=true to resume anyway.")
 
 
 class StageLoop:
@@ -79,6 +48,8 @@ class StageLoop:
         self.preemption = preemption
         """Installed by the caller as early as possible: a signal before the loop starts still counts."""
         self.metrics: Optional[MetricLogger] = None
+        self.noticed_at: Optional[str] = None
+        """Where this rank first saw the preemption flag (for the log)."""
 
     # ---- hooks -----------------------------------------------------------------------------------
     def build(self, data_state: Any) -> None:
@@ -169,9 +140,9 @@ class StageLoop:
             if stop:
                 self.save_checkpoint()
                 self.metrics.progress("preempted", self.step, self.epoch())
-                log.warning("preemption signal (%s): checkpoint at step %d written; exiting with %d "
-                            "(requeue me)", self.preemption.reason or "on another rank", self.step,
-                            REQUEUE_EXIT_CODE)
+                log.warning("preemption signal (%s, noticed at %s): checkpoint at step %d written; exiting "
+                            "with %d (requeue me)", self.preemption.reason or "on another rank",
+                            self.noticed_at or "the step boundary", self.step, REQUEUE_EXIT_CODE)
                 return REQUEUE_EXIT_CODE
             if self.step % cfg.checkpoint.every_steps == 0 and self.step < self.total_steps:
                 self.save_checkpoint()
@@ -221,9 +192,8 @@ class StageLoop:
         if path is None:
             return None
         state = found[0] if self.info.is_main else self.ckpt.load(Path(path))
-        check_resume_config(state["config"], self.cfg, Path(path), self.cfg.checkpoint.force)
         if state["world_size"] != self.info.world_size:
-            raise ConfigMismatchError(
+            raise ValueError(
                 f"{path} was written by {state['world_size']} ranks, this job has {self.info.world_size}; "
                 "exact resume needs the same number of ranks.")
         if self.info.is_main:

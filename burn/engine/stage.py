@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Any, Dict
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -24,6 +25,38 @@ from burn.engine.signals import PreemptionHandler
 log = logging.getLogger("burn")
 
 RUNNABLE_STAGES = ("1", "2", "linear")
+
+#: Config sections whose change makes a resumed run a different experiment.
+_IDENTITY_KEYS = ("stage", "seed", "model", "data.root", "data.train_list", "data.train_labeled_list",
+                  "data.val_list", "data.aug", "train.global_batch", "train.per_gpu_batch",
+                  "linear.global_batch", "linear.per_gpu_batch", "linear.num_classes", "pretrained")
+
+
+class ConfigMismatchError(RuntimeError):
+    pass
+
+
+def _identity(cfg: DictConfig) -> Dict[str, Any]:
+    values = {}
+    for key in _IDENTITY_KEYS:
+        value = OmegaConf.select(cfg, key)
+        values[key] = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+    return values
+
+
+def check_resume_config(saved_yaml: str, cfg: DictConfig, run_dir: Path, force: bool) -> None:
+    """Refuse to continue a run directory whose model or data the new command would change."""
+    saved, now = _identity(OmegaConf.create(saved_yaml)), _identity(cfg)
+    changed = [k for k in _IDENTITY_KEYS if saved[k] != now[k]]
+    if not changed:
+        return
+    detail = "; ".join(f"{k}: {saved[k]!r} -> {now[k]!r}" for k in changed)
+    if force:
+        log.warning("continuing %s despite a changed config (checkpoint.force=true): %s", run_dir, detail)
+        return
+    raise ConfigMismatchError(
+        f"{run_dir} belongs to a run with a different config ({detail}). Use a new run_dir, or "
+        f"checkpoint.force=true to continue anyway.")
 
 
 def stage_dir_name(stage: str) -> str:
@@ -55,6 +88,8 @@ def run_stage(cfg: DictConfig) -> int:
             configure_console_logging(info.rank)
             _cpu_threads()
             run_dir = resolve_run_dir(cfg)
+            if (run_dir / "config.yaml").exists():
+                check_resume_config((run_dir / "config.yaml").read_text(), cfg, run_dir, cfg.checkpoint.force)
             if (run_dir / DONE_MARKER).exists():
                 log.info("stage %s in %s is already complete; nothing to do", stage, run_dir)
                 return 0

@@ -107,6 +107,9 @@ class PretrainTrainer(StageLoop):
                     out = self.ddp(view1, view2, lam, cfg.optim.temperature)
                 self.scaler.scale(out["loss"] / self.accum).backward()
             sums += torch.stack([out["loss"], out["kl"], out["fs"]]).detach().float() / self.accum
+            if self.preemption.requested and self.noticed_at is None:
+                # The step still completes: checkpoints only happen at optimizer-step boundaries.
+                self.noticed_at = f"micro-batch {micro + 1}/{self.accum} of step {self.step + 1}"
         grad_norm, applied, lr = self.apply_update()
         images = cfg.train.per_gpu_batch * self.accum * self.info.world_size
         metrics = {"loss": sums[0], "kl": sums[1], "fs": sums[2], "grad_norm": grad_norm, "lambda": lam,
