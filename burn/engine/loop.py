@@ -48,6 +48,7 @@ class StageLoop:
         self.preemption = preemption
         """Installed by the caller as early as possible: a signal before the loop starts still counts."""
         self.metrics: Optional[MetricLogger] = None
+        self._saved_step: Optional[int] = None
         self.noticed_at: Optional[str] = None
         """Where this rank first saw the preemption flag (for the log)."""
 
@@ -177,12 +178,12 @@ class StageLoop:
         """Collective: gathers every rank's data and RNG state; rank 0 writes, the others wait."""
         data_states = all_gather_objects(self.info, self.data_state())
         rng_states = all_gather_objects(self.info, rng_state())
-        if self.info.is_main:
-            if self.ckpt.latest_step() != self.step:
-                path = self.ckpt.save(self.state_dict(data_states, rng_states), self.step)
-                seconds = self.ckpt.last_save_seconds
-                log.info("checkpoint %s written in %.2f s", path, seconds)
-                warn_if_slow_checkpoint(seconds, self.cfg.checkpoint.signal_lead_s)
+        if self.info.is_main and self._saved_step != self.step:
+            path = self.ckpt.save(self.state_dict(data_states, rng_states), self.step)
+            seconds = self.ckpt.last_save_seconds
+            log.info("checkpoint %s written in %.2f s", path, seconds)
+            warn_if_slow_checkpoint(seconds, self.cfg.checkpoint.signal_lead_s)
+        self._saved_step = self.step
         barrier(self.info)
 
     def _load_resume_point(self) -> Optional[Dict[str, Any]]:
@@ -201,7 +202,7 @@ class StageLoop:
         return state
 
     def _restore(self, state: Dict[str, Any]) -> None:
-        self.step = state["step"]
+        self.step = self._saved_step = state["step"]
         self.load_model_state(state["model"])
         self.load_optim_state(state)
         set_rng_state(state["rng"][self.info.rank])
