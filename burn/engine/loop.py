@@ -104,8 +104,8 @@ class StageLoop:
         """Write the stage's products (extraction, evaluation) after the last step. Rank 0 writes."""
 
     # ---- the loop --------------------------------------------------------------------------------
-    def run(self) -> int:
-        """Train to the end (exit 0) or until preempted (checkpoint written, exit REQUEUE_EXIT_CODE)."""
+    def prepare(self) -> None:
+        """Resume point, components, restored state, reporting: everything before the first step."""
         resume = self._load_resume_point()
         self.build(resume["data"][self.info.rank] if resume else None)
         if resume:
@@ -114,6 +114,10 @@ class StageLoop:
         self.metrics = MetricLogger(self.run_dir, enabled=self.info.is_main, stage=self.stage,
                                     start_step=self.step, total_steps=self.total_steps,
                                     progress_bar=self.cfg.log.progress_bar, restarts=restarts)
+
+    def run(self) -> int:
+        """Train to the end (exit 0) or until preempted (checkpoint written, exit REQUEUE_EXIT_CODE)."""
+        self.prepare()
         try:
             return self._loop()
         except BaseException:
@@ -123,9 +127,27 @@ class StageLoop:
             self.metrics.close()
 
     def _loop(self) -> int:
+        if self.train_until(self.total_steps):
+            self.save_checkpoint()
+            self.metrics.progress("preempted", self.step, self.epoch())
+            log.warning("preemption signal (%s, noticed at %s): checkpoint at step %d written; exiting "
+                        "with %d (requeue me)", self.preemption.reason or "on another rank",
+                        self.noticed_at or "the step boundary", self.step, REQUEUE_EXIT_CODE)
+            return REQUEUE_EXIT_CODE
+        self.save_checkpoint()
+        self.finish()
+        barrier(self.info)
+        if self.info.is_main:
+            (self.run_dir / DONE_MARKER).touch()
+            self.metrics.progress("done", self.step, self.epoch(), **self.final_summary())
+        return 0
+
+    def train_until(self, last_step: int) -> bool:
+        """Optimizer steps up to `last_step`, with logging and periodic checkpoints. Returns True when a
+        preemption signal stopped it early (every rank returns at the same step)."""
         cfg = self.cfg
         bad_in_a_row = 0
-        while self.step < self.total_steps:
+        while self.step < last_step:
             metrics, applied = self.train_step()
             self.step += 1
             bad_in_a_row = 0 if applied else bad_in_a_row + 1
@@ -139,21 +161,10 @@ class StageLoop:
                 self._log(metrics)
             self.metrics.advance()
             if stop:
-                self.save_checkpoint()
-                self.metrics.progress("preempted", self.step, self.epoch())
-                log.warning("preemption signal (%s, noticed at %s): checkpoint at step %d written; exiting "
-                            "with %d (requeue me)", self.preemption.reason or "on another rank",
-                            self.noticed_at or "the step boundary", self.step, REQUEUE_EXIT_CODE)
-                return REQUEUE_EXIT_CODE
+                return True
             if self.step % cfg.checkpoint.every_steps == 0 and self.step < self.total_steps:
                 self.save_checkpoint()
-        self.save_checkpoint()
-        self.finish()
-        barrier(self.info)
-        if self.info.is_main:
-            (self.run_dir / DONE_MARKER).touch()
-            self.metrics.progress("done", self.step, self.epoch(), **self.final_summary())
-        return 0
+        return False
 
     def final_summary(self) -> Dict[str, Any]:
         return {}
