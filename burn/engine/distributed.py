@@ -122,14 +122,6 @@ def all_gather_objects(info: DistInfo, obj: Any) -> List[Any]:
     return out
 
 
-def any_rank(info: DistInfo, *flags: bool) -> List[bool]:
-    """Logical OR of each flag over all ranks, in one collective (a host sync point)."""
-    t = torch.tensor([float(f) for f in flags], device=info.device if info.backend == "nccl" else "cpu")
-    if info.distributed:
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return [bool(v) for v in t.tolist()]
-
-
 # ---------------------------------------------------------------------------------------------------
 # RNG: seeds derive from the *global* rank (a local rank repeats across nodes).
 

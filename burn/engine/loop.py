@@ -16,9 +16,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from burn.engine.checkpoint import CheckpointManager
-from burn.engine.distributed import DistInfo, all_gather_objects, any_rank, barrier, rng_state, set_rng_state
+from burn.engine.distributed import DistInfo, all_gather_objects, barrier, rng_state, set_rng_state
 from burn.engine.logging import MetricLogger
-from burn.engine.signals import REQUEUE_EXIT_CODE, PreemptionHandler, warn_if_slow_checkpoint
+from burn.engine.signals import REQUEUE_EXIT_CODE, PreemptionHandler, should_stop, warn_if_slow_checkpoint
 
 log = logging.getLogger("burn")
 
@@ -156,7 +156,7 @@ class StageLoop:
                     f"{bad_in_a_row} optimizer steps in a row had a non-finite loss or gradient (last at "
                     f"step {self.step}); stopping. The last good checkpoint in {self.ckpt.directory} is untouched.")
             # One collective per step: every rank learns of a signal that reached any of them.
-            (stop,) = any_rank(self.info, self.preemption.requested)
+            stop = should_stop(self.preemption.requested, self.info.distributed)
             if self.step % cfg.log.every_steps == 0 or self.step == self.total_steps:
                 self._log(metrics)
             self.metrics.advance()
