@@ -1,0 +1,89 @@
+"""BurnModel: the student and its classifier learn to match a frozen teacher trunk followed by a
+trainable teacher classifier (the paper's jointly trained "moving target")."""
+
+from __future__ import annotations
+
+from typing import Dict, Iterator, Mapping, Union
+
+import torch
+from torch import nn
+
+from burn.models.heads import Classifier
+from burn.models.reactnet import ReActNetA
+from burn.models.teacher import Teacher
+from burn.objective import burn_loss
+
+TRAINABLE_PARTS = ("student", "student_classifier", "teacher_classifier")
+
+
+class BurnModel(nn.Module):
+    """Student backbone + classifier, frozen teacher trunk + trainable teacher classifier.
+
+    ``forward(view1, view2, lam, temperature)`` returns ``{"loss", "kl", "fs"}`` (0-dim float32
+    tensors, see :func:`burn.objective.burn_loss`). The loss reaches the student, the student
+    classifier and the teacher classifier; the teacher trunk runs in eval mode under ``no_grad``
+    and neither trains nor updates its BatchNorm statistics.
+
+    Batching of the two views: the student and both classifiers see each view as its own batch, so
+    every BatchNorm normalises one view with that view's statistics over N images, as the original
+    implementation did (it runs the views separately) and as the paper's per-GPU N assumes.
+    Concatenating the views would mix both views' statistics in each BN and change the method. The
+    teacher trunk, in eval mode, uses its running statistics only, so it takes both views as one
+    concatenated batch: identical result, one larger (faster) forward.
+    """
+
+    def __init__(self, student: nn.Module, student_classifier: nn.Module, teacher: Teacher,
+                 teacher_classifier: nn.Module):
+        super().__init__()
+        self.student = student
+        self.student_classifier = student_classifier
+        self.teacher = teacher
+        self.teacher_classifier = teacher_classifier
+
+    def forward(self, view1: torch.Tensor, view2: torch.Tensor, lam: Union[float, torch.Tensor],
+                temperature: float = 0.2) -> Dict[str, torch.Tensor]:
+        if view1.shape != view2.shape:
+            raise ValueError(f"views differ in shape: {tuple(view1.shape)} vs {tuple(view2.shape)}")
+        teacher_features = self.teacher(torch.cat([view1, view2])).chunk(2)
+        t1, t2 = (self.teacher_classifier(f) for f in teacher_features)
+        p1, p2 = (self.student_classifier(self.student(v)) for v in (view1, view2))
+        loss, kl, fs = burn_loss(p1, p2, t1, t2, lam, temperature)
+        return {"loss": loss, "kl": kl, "fs": fs}
+
+    def trainable_modules(self) -> Dict[str, nn.Module]:
+        return {name: getattr(self, name) for name in TRAINABLE_PARTS}
+
+    def trainable_parameters(self) -> Iterator[nn.Parameter]:
+        """Parameters of the student, the student classifier and the teacher classifier."""
+        for module in self.trainable_modules().values():
+            yield from module.parameters()
+
+    def trainable_state_dicts(self) -> Dict[str, Dict[str, torch.Tensor]]:
+        """``{"student", "student_classifier", "teacher_classifier"}`` state dicts (original names)."""
+        return {name: module.state_dict() for name, module in self.trainable_modules().items()}
+
+    def load_trainable_state_dicts(self, state: Mapping[str, Mapping[str, torch.Tensor]]) -> None:
+        """Strict inverse of :meth:`trainable_state_dicts`."""
+        if set(state) != set(TRAINABLE_PARTS):
+            raise KeyError(f"expected parts {sorted(TRAINABLE_PARTS)}, got {sorted(state)}")
+        for name, module in self.trainable_modules().items():
+            module.load_state_dict(state[name], strict=True)
+
+
+def build_burn_model(model_cfg, precision: str) -> BurnModel:
+    """Build a BurnModel from a ModelConfig (dataclass or DictConfig with its fields).
+
+    Both classifiers are freshly Kaiming-initialised; the teacher trunk loads
+    ``model_cfg.teacher_weights`` when given (random otherwise: tiny presets and tests only).
+    """
+    student = ReActNetA(precision=precision, width=model_cfg.width)
+    teacher = Teacher(model_cfg.teacher_arch)
+    if model_cfg.teacher_weights:
+        teacher.load_weights(model_cfg.teacher_weights)
+    hidden, out = model_cfg.classifier_hidden, model_cfg.classifier_out
+    return BurnModel(
+        student=student,
+        student_classifier=Classifier(student.out_dim, hidden, out),
+        teacher=teacher,
+        teacher_classifier=Classifier(teacher.out_dim, hidden, out),
+    )
