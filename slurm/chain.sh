@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Submit stage 1, stage 2 and linear evaluation as three plain sbatch jobs chained with afterok.
+#
+#   slurm/chain.sh RUN_DIR [sbatch options...] -- [launch/run.py overrides...]
+#   slurm/chain.sh runs/tiny --nodes=2 --ntasks-per-node=1 --time=30 -- preset=tiny
+#
+# RUN_DIR is the parent of stage1/, stage2/, linear/ (the same layout as launch/submit.py
+# stage=all): stage 2 starts from stage1/stage1_extraction.pth, linear evaluates
+# stage2/backbone.pth. A stage whose dir holds DONE is skipped. Logs: <stage dir>/slurm/<job id>.out.
+# Each job is recorded in <stage dir>/slurm/jobs.jsonl for launch/status.py. Prints the job ids.
+set -euo pipefail
+
+if (($# < 1)) || [[ $1 == -* ]]; then
+    echo "usage: $0 RUN_DIR [sbatch options...] -- [overrides...]" >&2
+    exit 2
+fi
+RUN_DIR=$(realpath -m "$1")
+shift
+SBATCH_OPTS=()
+while (($#)) && [[ $1 != -- ]]; do
+    SBATCH_OPTS+=("$1")
+    shift
+done
+(($#)) && shift # the --
+OVERRIDES=("$@")
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+export BURN_REPO=$REPO
+
+submit_stage() {
+    local stage=$1 dir=$2 dependency=$3 pretrained=$4 job_id extra=()
+    mkdir -p "$dir/slurm"
+    [[ -n $dependency ]] && extra+=("--dependency=afterok:$dependency")
+    local args=("stage=$stage" "run_dir=$dir" "${OVERRIDES[@]}")
+    [[ -n $pretrained ]] && args+=("pretrained=$pretrained")
+    job_id=$(sbatch --parsable --job-name="burn-$stage" --output="$dir/slurm/%j.out" \
+        "${extra[@]}" "${SBATCH_OPTS[@]}" "$REPO/slurm/stage.sbatch" "${args[@]}")
+    job_id=${job_id%%;*}
+    printf '{"job_id": "%s", "stage": "%s", "via": "sbatch", "dependency": "%s", "submitted": %s, "log": "%s"}\n' \
+        "$job_id" "$stage" "$dependency" "$(date +%s)" "$dir/slurm/$job_id.out" >>"$dir/slurm/jobs.jsonl"
+    echo "$job_id"
+}
+
+previous=""
+for stage in 1 2 linear; do
+    case $stage in
+    1) dir=$RUN_DIR/stage1 pretrained="" ;;
+    2) dir=$RUN_DIR/stage2 pretrained=$RUN_DIR/stage1/stage1_extraction.pth ;;
+    linear) dir=$RUN_DIR/linear pretrained=$RUN_DIR/stage2/backbone.pth ;;
+    esac
+    if [[ -e $dir/DONE ]]; then
+        echo "stage $stage: complete (DONE), skipped"
+        previous=""
+        continue
+    fi
+    previous=$(submit_stage "$stage" "$dir" "$previous" "$pretrained")
+    echo "stage $stage: job $previous, log $dir/slurm/$previous.out"
+done
+echo "status: python $REPO/launch/status.py $RUN_DIR"
