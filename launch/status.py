@@ -1,0 +1,198 @@
+"""Where is my run? `python launch/status.py RUN_DIR`
+
+RUN_DIR is the parent of a stage=all run (stage1/, stage2/, linear/) or one stage's run dir. For
+each stage: its SLURM jobs and their states (squeue while queued, sacct after), restarts,
+step/total, last loss, lambda, images/s (progress.json) and top-1 (linear_eval.json). A failed
+job is named together with its log file and the log's last lines.
+
+Exit status: 0 when nothing failed, 1 when a stage or job failed, 2 when RUN_DIR holds no stage.
+Reads files and asks SLURM; imports neither torch nor the training code, so it answers fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+STAGE_DIRS = ("stage1", "stage2", "linear")
+#: Written by launch/jobs.py and slurm/chain.sh: one JSON line per submitted job of a stage.
+JOBS_FILE = Path("slurm") / "jobs.jsonl"
+FAILED_STATES = {"FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE",
+                 "PREEMPTED"}
+LOG_TAIL_LINES = 8
+
+
+def _run(cmd: List[str]) -> Optional[str]:
+    """stdout of a SLURM command, or None when SLURM is not reachable."""
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout if out.returncode == 0 else None
+
+
+def _read_json(path: Path) -> Dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+@dataclass
+class JobState:
+    job_id: str
+    state: str = "UNKNOWN"
+    """SLURM state; UNKNOWN when neither squeue nor sacct know the job."""
+    reason: str = ""
+    exit_code: str = ""
+    restarts: Optional[int] = None
+
+    @property
+    def failed(self) -> bool:
+        return self.state.split()[0] in FAILED_STATES
+
+
+def job_state(job_id: str) -> JobState:
+    """squeue while the job is listed, else sacct; scontrol adds the restart count while it knows it."""
+    job = JobState(job_id)
+    queued = _run(["squeue", "-h", "-j", job_id, "-o", "%T|%r"])
+    if queued and queued.strip():
+        job.state, job.reason = queued.strip().split("\n")[0].split("|", 1)
+    else:
+        acct = _run(["sacct", "-n", "-P", "-X", "-j", job_id, "-o", "State,ExitCode,Reason"])
+        lines = [line for line in (acct or "").splitlines() if line.strip()]
+        if lines:
+            job.state, job.exit_code, job.reason = lines[-1].split("|", 2)
+    shown = _run(["scontrol", "-o", "show", "job", job_id])
+    for word in (shown or "").split():
+        if word.startswith("Restarts="):
+            job.restarts = int(word.split("=", 1)[1])
+    if job.reason in ("None", "(null)"):
+        job.reason = ""
+    return job
+
+
+@dataclass
+class StageStatus:
+    name: str
+    path: Path
+    done: bool
+    progress: Dict[str, Any]
+    results: Dict[str, Any]
+    jobs: List[Dict[str, Any]] = field(default_factory=list)
+    latest: Optional[JobState] = None
+
+    @property
+    def failed(self) -> bool:
+        if self.done:
+            return False
+        return (self.latest is not None and self.latest.failed) or self.progress.get("state") == "failed"
+
+
+def read_stage(path: Path) -> StageStatus:
+    records = []
+    jobs_file = path / JOBS_FILE
+    if jobs_file.exists():
+        records = [json.loads(line) for line in jobs_file.read_text().splitlines() if line.strip()]
+    status = StageStatus(path.name, path, (path / "DONE").exists(), _read_json(path / "progress.json"),
+                         _read_json(path / "linear_eval.json"), records)
+    if records:
+        status.latest = job_state(str(records[-1]["job_id"]))
+    return status
+
+
+def find_stages(run_dir: Path) -> List[Path]:
+    children = [run_dir / name for name in STAGE_DIRS if (run_dir / name).is_dir()]
+    if children:
+        return children
+    markers = ("progress.json", "config.yaml", "DONE", str(JOBS_FILE))
+    return [run_dir] if any((run_dir / m).exists() for m in markers) else []
+
+
+def log_files(stage: StageStatus) -> List[Path]:
+    """The latest job's log files, the one with a traceback (or the error log) first."""
+    if not stage.jobs:
+        return []
+    record = stage.jobs[-1]
+    if record.get("log"):
+        candidates = [Path(record["log"])]
+    else:
+        log_dir = Path(record.get("log_dir", stage.path / "slurm" / str(record["job_id"])))
+        candidates = sorted(log_dir.glob("*_log.err")) + sorted(log_dir.glob("*_log.out"))
+    existing = [p for p in candidates if p.is_file()]
+    return sorted(existing, key=lambda p: "Traceback" not in p.read_text(errors="replace"))
+
+
+def _fmt(value: Any, spec: str) -> str:
+    return format(value, spec) if isinstance(value, (int, float)) else "-"
+
+
+def stage_line(stage: StageStatus) -> str:
+    p, parts = stage.progress, [f"{stage.name:7s}"]
+    parts.append("DONE   " if stage.done else f"{p.get('state', 'no progress yet'):7s}")
+    if stage.latest:
+        job = stage.latest
+        parts.append(f"job {job.job_id} {job.state}" + (f" ({job.reason})" if job.reason else ""))
+        if len(stage.jobs) > 1:
+            parts.append("earlier: " + ",".join(str(r["job_id"]) for r in stage.jobs[:-1]))
+    restarts = stage.latest.restarts if stage.latest and stage.latest.restarts is not None else p.get("restarts")
+    if restarts is not None:
+        parts.append(f"restarts {restarts}")
+    if p:
+        parts.append(f"step {p.get('step', '-')}/{p.get('total_steps', '-')}")
+        parts.append(f"loss {_fmt(p.get('loss'), '.4f')}")
+        parts.append(f"lambda {_fmt(p.get('lambda'), '.3f')}")
+        parts.append(f"img/s {_fmt(p.get('images_per_s'), '.1f')}")
+    if "top1" in stage.results:
+        parts.append(f"top-1 {stage.results['top1']:.2f}% top-5 {_fmt(stage.results.get('top5'), '.2f')}%")
+    return "  ".join(parts)
+
+
+def failure_report(stage: StageStatus) -> List[str]:
+    job = stage.latest
+    what = f"job {job.job_id} {job.state}" if job else "the stage"
+    if job and job.exit_code:
+        what += f" (exit code {job.exit_code})"
+    if job and job.reason:
+        what += f", reason {job.reason}"
+    lines = [f"FAILED {stage.name}: {what}"]
+    logs = log_files(stage)
+    if logs:
+        lines.append(f"  log: {logs[0]}")
+        tail = logs[0].read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
+        lines += [f"    | {line}" for line in tail]
+    elif job and "Dependency" in (job.reason or ""):
+        lines.append("  (never started: the stage it depends on did not succeed)")
+    return lines
+
+
+def report(run_dir: Path) -> tuple[List[str], bool]:
+    """The status lines of a run dir and whether anything failed."""
+    stages = [read_stage(path) for path in find_stages(run_dir)]
+    lines = [f"run dir {run_dir}"] + [stage_line(s) for s in stages]
+    failed = [s for s in stages if s.failed]
+    for stage in failed:
+        lines += failure_report(stage)
+    return lines, bool(failed)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_dir", type=Path, help="a stage=all run dir or one stage's run dir")
+    run_dir = parser.parse_args(argv).run_dir.absolute()
+    if not find_stages(run_dir):
+        print(f"status.py: {run_dir} holds no stage run (no stage1/, stage2/, linear/, progress.json "
+              "or config.yaml)", file=sys.stderr)
+        return 2
+    lines, failed = report(run_dir)
+    print("\n".join(lines))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

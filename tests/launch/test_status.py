@@ -1,0 +1,59 @@
+"""launch/status.py on run directories laid out as the stage runner and launch/jobs.py write them."""
+
+import json
+from pathlib import Path
+
+from launch import status
+
+
+def write_stage(path: Path, progress: dict, done: bool = False, results: dict | None = None) -> Path:
+    path.mkdir(parents=True)
+    (path / "progress.json").write_text(json.dumps(progress))
+    if done:
+        (path / "DONE").touch()
+    if results:
+        (path / "linear_eval.json").write_text(json.dumps(results))
+    return path
+
+
+def progress(stage: str, state: str, step: int, **extra) -> dict:
+    return {"stage": stage, "state": state, "step": step, "total_steps": 40, "epoch": 0, "restarts": 2,
+            "loss": 1.23456, "lambda": 0.25, "lr": 1e-3, "images_per_s": 321.0, "updated": 0, **extra}
+
+
+def test_reports_every_stage_of_an_all_run(tmp_path, capsys):
+    write_stage(tmp_path / "stage1", progress("1", "done", 40), done=True)
+    write_stage(tmp_path / "stage2", progress("2", "running", 12))
+    write_stage(tmp_path / "linear", progress("linear", "done", 40), done=True,
+                results={"top1": 41.5, "top5": 88.25})
+
+    assert status.main([str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"run dir {tmp_path}"
+    stage1, stage2, linear = lines[1:4]
+    assert stage1.startswith("stage1   DONE") and "step 40/40" in stage1 and "restarts 2" in stage1
+    assert "running" in stage2 and "step 12/40" in stage2
+    assert "loss 1.2346" in stage2 and "lambda 0.250" in stage2 and "img/s 321.0" in stage2
+    assert "top-1 41.50% top-5 88.25%" in linear
+
+
+def test_names_the_failed_job_and_its_log(tmp_path, capsys):
+    stage = write_stage(tmp_path / "stage1", progress("1", "failed", 3))
+    log_dir = stage / "slurm" / "999999999"
+    log_dir.mkdir(parents=True)
+    (log_dir / "999999999_0_log.out").write_text("starting\n")
+    (log_dir / "999999999_1_log.err").write_text("Traceback (most recent call last):\nValueError: boom\n")
+    (stage / "slurm" / "jobs.jsonl").write_text(
+        json.dumps({"job_id": "999999999", "stage": "1", "log_dir": str(log_dir)}) + "\n")
+
+    assert status.main([str(stage)]) == 1
+    out = capsys.readouterr().out
+    assert "job 999999999" in out
+    assert "FAILED stage1: job 999999999" in out
+    assert f"log: {log_dir / '999999999_1_log.err'}" in out
+    assert "| ValueError: boom" in out
+
+
+def test_a_directory_without_stages_is_an_error(tmp_path, capsys):
+    assert status.main([str(tmp_path)]) == 2
+    assert "holds no stage run" in capsys.readouterr().err
