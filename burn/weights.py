@@ -59,6 +59,15 @@ PRETRAINING_PREFIXES = {
     "diff_branch_net.0.": "teacher_trunk",
     "diff_branch_net.1.": "teacher_classifier",
 }
+LAYOUT_DESCRIPTIONS = {
+    MOCO: "MoCo v2 release (encoder_q trunk kept, its fc, encoder_k and queue ignored)",
+    TEACHER: "original BURN teacher file",
+    STAGE1: "original stage-1 extraction",
+    BACKBONE: "original backbone extraction",
+    PRETRAINING: "original BURN pretraining checkpoint (mmcv)",
+    TORCHVISION: "torchvision ResNet state dict (fc ignored)",
+    SUITE: "burn-suite checkpoint",
+}
 STAGE1_PARTS = ("student", "student_classifier", "teacher_classifier")
 DEFAULT_AUTHOR = "burn-suite"
 _BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
@@ -79,6 +88,8 @@ def load_weights_file(path: str | os.PathLike) -> Any:
         # torch's message is long; keep its line that names the refused global.
         lines = [ln.strip() for ln in str(err).splitlines() if "Unsupported" in ln]
         reason = lines[0].split(". Please")[0] if lines else type(err).__name__
+        if "Unsupported operand" in reason:  # bytes that are no pickle opcode: not a torch file
+            raise WeightsError(f"{path}: not a readable torch weights file ({reason})") from None
         raise WeightsError(
             f"{path}: refused to load: the file holds pickled Python objects, not only tensors and "
             f"plain containers (torch.load weights_only=True); nothing in it was executed. "
@@ -290,7 +301,7 @@ def count_parameters(sd: Mapping[str, torch.Tensor]) -> int:
 
 def _inspect(path: str) -> None:
     layout, parts = read_parts(path)
-    print(f"{path}: layout {layout}")
+    print(f"{path}: layout {layout} - {LAYOUT_DESCRIPTIONS[layout]}")
     for part, sd in parts.items():
         print(f"  {part:<20} {count_parameters(sd):>14,} parameters  ({len(sd)} tensors)")
 
