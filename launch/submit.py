@@ -1,0 +1,269 @@
+"""Queue a stage, or all three chained, on SLURM (or run them here): the front door of burn-suite.
+
+    python launch/submit.py stage=1 nodes=2 preset=tiny            # one stage, 2 nodes
+    python launch/submit.py stage=all preset=tiny                  # stage 1 -> 2 -> linear (afterok)
+    python launch/submit.py stage=all preset=tiny cluster=local    # same code, in this process
+    python launch/submit.py -m hydra/launcher=submitit_slurm optim.lr=1e-4,3e-4 ...   # a sweep
+
+The config is composed and validated (dataset lists, batch divisibility, weight files) *before*
+anything is queued. On SLURM the command prints job ids, the run dir, log locations and the
+TensorBoard command, and returns at once. Re-running the same command skips complete stages
+(DONE), leaves still-queued jobs alone and resumes the others in the same run dirs.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run from a checkout without installing
+# Jobs inherit this environment (sbatch --export=ALL): they import launch.jobs from the checkout.
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+
+import hydra  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from hydra.types import RunMode  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+
+from burn.config import STAGES, register_configs  # noqa: E402
+from launch import jobs  # noqa: E402
+
+register_configs()
+
+STAGE_ORDER = ("1", "2", "linear")
+#: Keys that choose where and how to queue, not what to compute (kept out of sweep run dir names).
+LAUNCH_KEYS = ("cluster", "nodes", "gpus_per_node", "partition", "time", "account", "qos", "constraint",
+               "mem", "cpus_per_task", "signal_delay_s", "max_requeues", "stage", "run_dir")
+
+
+class LaunchConfigError(ValueError):
+    """The composed config cannot run; raised before anything is queued."""
+
+
+# ---- run directories and the per-stage configs ----------------------------------------------------
+
+def stage_dir_name(stage: str) -> str:
+    return "linear" if stage == "linear" else f"stage{stage}"
+
+
+def _sweep_suffix() -> Optional[str]:
+    """In a multirun, a deterministic sub-directory per job from its overrides (``optim.lr=0.0001``)."""
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    keep = sorted(o for o in HydraConfig.get().overrides.task
+                  if not o.startswith("hydra") and o.split("=", 1)[0].lstrip("+~") not in LAUNCH_KEYS)
+    return ",".join(keep).replace("/", "_") or "default"
+
+
+def base_run_dir(cfg: DictConfig) -> Path:
+    """run_dir as given (absolute), else runs/<name>[/<sweep overrides>]: never a timestamp, so the
+    same command lands in the same directory and resumes."""
+    if cfg.run_dir:
+        return Path(cfg.run_dir).absolute()
+    path = Path("runs") / cfg.name
+    suffix = _sweep_suffix()
+    return (path / suffix if suffix else path).absolute()
+
+
+def _absolute(path: Optional[str]) -> Optional[str]:
+    return str(Path(path).absolute()) if path else path
+
+
+def plan_stages(cfg: DictConfig) -> List[DictConfig]:
+    """One resolved config per stage to run, in order, with run_dir and pretrained filled in.
+
+    stage=all: run_dir is the parent of stage1/, stage2/, linear/; stage 2 starts from
+    stage1/stage1_extraction.pth and linear evaluates stage2/backbone.pth."""
+    stage = str(cfg.stage)
+    if stage not in STAGES:
+        raise LaunchConfigError(f"stage={stage!r}: choose one of {', '.join(STAGES)}")
+    if OmegaConf.is_missing(cfg.data, "root"):
+        raise LaunchConfigError("data.root is not set: point it at an ImageNet-style tree "
+                                "(or use preset=tiny for the generated one)")
+    base = jobs.stage_config(OmegaConf.to_yaml(cfg, resolve=True))  # typed, detached from Hydra
+    base.data.root = _absolute(base.data.root)
+    base.model.teacher_weights = _absolute(base.model.teacher_weights)
+    base.pretrained = _absolute(base.pretrained)
+    root = base_run_dir(cfg)
+    if stage != "all":
+        stage_cfg = copy.deepcopy(base)
+        stage_cfg.run_dir = str(root if cfg.run_dir else root / stage_dir_name(stage))
+        return [stage_cfg]
+    if cfg.pretrained:
+        raise LaunchConfigError("pretrained= cannot be combined with stage=all: stage 2 starts from "
+                                "stage 1's extraction and linear evaluates stage 2's backbone")
+    products = {"1": None, "2": root / "stage1" / "stage1_extraction.pth",
+                "linear": root / "stage2" / "backbone.pth"}
+    planned = []
+    for name in STAGE_ORDER:
+        stage_cfg = copy.deepcopy(base)
+        stage_cfg.stage = name
+        stage_cfg.run_dir = str(root / stage_dir_name(name))
+        stage_cfg.pretrained = str(products[name]) if products[name] else None
+        planned.append(stage_cfg)
+    return planned
+
+
+# ---- validation (before queueing) -----------------------------------------------------------------
+
+def check_launch_keys(cfg: DictConfig) -> None:
+    if cfg.cluster not in ("auto", "slurm", "local"):
+        raise LaunchConfigError(f"cluster={cfg.cluster!r}: choose auto, slurm or local")
+    for key in ("nodes", "gpus_per_node", "cpus_per_task", "time"):
+        if cfg[key] < 1:
+            raise LaunchConfigError(f"{key}={cfg[key]}: must be at least 1")
+    if not 0 < cfg.signal_delay_s < cfg.time * 60:
+        raise LaunchConfigError(f"signal_delay_s={cfg.signal_delay_s} must lie between 0 and the time "
+                                f"limit ({cfg.time} min = {cfg.time * 60} s)")
+    if cfg.max_requeues < 0:
+        raise LaunchConfigError(f"max_requeues={cfg.max_requeues}: must be >= 0")
+
+
+def check_batch(stage_cfg: DictConfig, world_size: int) -> None:
+    """The global batch must split evenly into per-GPU batches over all ranks (and accumulation)."""
+    section = "linear" if stage_cfg.stage == "linear" else "train"
+    global_batch, per_gpu = stage_cfg[section].global_batch, stage_cfg[section].per_gpu_batch
+    if per_gpu < 1 or global_batch < 1 or global_batch % (per_gpu * world_size):
+        raise LaunchConfigError(
+            f"stage {stage_cfg.stage}: {section}.global_batch={global_batch} is not a positive multiple "
+            f"of {section}.per_gpu_batch={per_gpu} x {world_size} ranks (nodes x gpus_per_node) = "
+            f"{per_gpu * world_size}")
+
+
+def check_weights(path: str, key: str, stage: str) -> None:
+    """The file exists and has a layout that holds what this stage needs from it."""
+    from burn.weights import WeightsError, load_backbone, load_stage1_init, read_teacher_trunk
+
+    loader = {"teacher": read_teacher_trunk, "2": load_stage1_init, "linear": load_backbone}[
+        "teacher" if key == "model.teacher_weights" else stage]
+    try:
+        loader(path)
+    except WeightsError as err:
+        raise LaunchConfigError(f"{key}={path}: {err}") from None
+
+
+def dataset_splits(planned: List[DictConfig]) -> List[str]:
+    """The splits the planned stages read: pretraining the unlabelled train list, linear the
+    labelled train and val lists."""
+    splits = []
+    for stage_cfg in planned:
+        splits += ["train_labeled", "val"] if stage_cfg.stage == "linear" else ["train"]
+    return list(dict.fromkeys(splits))
+
+
+def check_dataset(data_cfg: DictConfig, splits: List[str]) -> None:
+    """Generate the synthetic set if asked to, then check the root, its lists and their files."""
+    from burn.data.loaders import ensure_synthetic, validate_dataset
+
+    try:
+        ensure_synthetic(data_cfg)
+        validate_dataset(data_cfg, splits)
+    except (OSError, ValueError) as err:  # DatasetError is a ValueError
+        raise LaunchConfigError(f"data.root={data_cfg.root}: {err}") from None
+
+
+def validate(cfg: DictConfig, planned: List[DictConfig], world_size: int, with_data: bool = True) -> None:
+    """Everything that can be known before queueing; raises LaunchConfigError naming the key."""
+    check_launch_keys(cfg)
+    todo = [c for c in planned if not (Path(c.run_dir) / "DONE").exists()]
+    if with_data and todo:
+        check_dataset(todo[0].data, dataset_splits(todo))
+    produced = set()  # weight files an earlier stage of this submission will write
+    for stage_cfg in todo:
+        check_batch(stage_cfg, world_size)
+        if stage_cfg.stage != "linear" and stage_cfg.model.teacher_weights:
+            check_weights(stage_cfg.model.teacher_weights, "model.teacher_weights", stage_cfg.stage)
+        if stage_cfg.pretrained and stage_cfg.pretrained not in produced:
+            check_weights(stage_cfg.pretrained, "pretrained", stage_cfg.stage)
+        produced |= {str(Path(stage_cfg.run_dir) / n) for n in ("stage1_extraction.pth", "backbone.pth")}
+
+
+# ---- where to run ---------------------------------------------------------------------------------
+
+def slurm_answers() -> bool:
+    """True when sbatch exists and the controller answers sinfo."""
+    try:
+        for cmd in (["sbatch", "--version"], ["sinfo", "-h", "-o", "%P"]):
+            subprocess.run(cmd, check=True, capture_output=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return True
+
+
+def pick_cluster(choice: str, world_size: int) -> str:
+    if choice == "auto":
+        choice = "slurm" if slurm_answers() else "local"
+    elif choice == "slurm" and not slurm_answers():
+        raise LaunchConfigError("cluster=slurm but `sbatch --version` / `sinfo` do not answer; start "
+                                "the controller (or bash slurm/local-cluster/start.sh), or use cluster=local")
+    if choice == "local" and world_size != 1:
+        raise LaunchConfigError(f"cluster=local runs one process, but nodes x gpus_per_node = {world_size}; "
+                                "use nodes=1 gpus_per_node=1, or torchrun launch/run.py for several ranks")
+    return choice
+
+
+def inside_submitit_job() -> bool:
+    """True inside a hydra-submitit-launcher sweep job: run the stages here, don't queue more."""
+    return "SUBMITIT_EXECUTOR" in os.environ and "SLURM_JOB_ID" in os.environ
+
+
+def print_submission(cfg: DictConfig, submitted: List[jobs.SubmittedStage]) -> None:
+    root = base_run_dir(cfg) if str(cfg.stage) == "all" else Path(submitted[0].stage_dir)
+    print(f"burn-suite: stage={cfg.stage} on SLURM, {cfg.nodes} node(s) x {cfg.gpus_per_node} task(s)")
+    for item in submitted:
+        name = stage_dir_name(item.stage)
+        if item.action == "done":
+            print(f"  {name:7s} complete (DONE) - skipped")
+            continue
+        what = "already queued" if item.action == "queued" else "submitted"
+        print(f"  {name:7s} job {item.job_id} {what}; logs {item.log_dir}/{item.job_id}_<task>_log.{{out,err}}")
+    ids = " ".join(i.job_id for i in submitted if i.job_id)
+    print(f"run dir:     {root}")
+    print(f"status:      python {REPO / 'launch' / 'status.py'} {root}")
+    print(f"TensorBoard: tensorboard --logdir {root}")
+    if ids:
+        print(f"cancel:      scancel {ids}")
+
+
+def print_local_results(summaries: List[dict]) -> None:
+    for summary in summaries:
+        if "top1" in summary:
+            print(f"linear evaluation top-1: {summary['top1']:.2f}% (top-5 {summary.get('top5', 0):.2f}%) "
+                  f"in {summary['run_dir']}")
+    if summaries:
+        print(f"TensorBoard: tensorboard --logdir {Path(summaries[0]['run_dir']).parent}")
+
+
+def launch(cfg: DictConfig) -> None:
+    """Validate, then queue on SLURM, run here, or (inside a sweep job) run on every task."""
+    planned = plan_stages(cfg)
+    if inside_submitit_job():
+        # The stage runner generates/validates the data on rank 0; the rest is checked here.
+        validate(cfg, planned, int(os.environ.get("SLURM_NTASKS", 1)), with_data=False)
+        jobs.run_stages_here(planned, cfg.max_requeues)
+        return
+    world_size = cfg.nodes * cfg.gpus_per_node
+    validate(cfg, planned, world_size)
+    if pick_cluster(cfg.cluster, world_size) == "local":
+        print_local_results(jobs.run_stages_here(planned, cfg.max_requeues))
+        return
+    print_submission(cfg, jobs.submit_stages(planned, cfg.max_requeues))
+
+
+@hydra.main(version_base=None, config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> None:
+    try:
+        launch(cfg)
+    except LaunchConfigError as err:
+        # Hydra would print a traceback for an error that is the user's config, not a bug.
+        print(f"submit.py: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

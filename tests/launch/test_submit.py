@@ -1,0 +1,104 @@
+"""launch/submit.py before anything is queued: stage plans, validation errors, the sbatch script."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from launch import jobs, submit
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def compose_cfg(*overrides: str):
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
+        return compose("config", overrides=["preset=tiny", *overrides])
+
+
+def test_stage_all_plans_three_chained_stages_under_one_parent(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    planned = submit.plan_stages(compose_cfg("stage=all", "data.root=data/x"))
+    root = tmp_path / "runs" / "tiny"
+    assert [c.stage for c in planned] == ["1", "2", "linear"]
+    assert [c.run_dir for c in planned] == [str(root / d) for d in ("stage1", "stage2", "linear")]
+    assert [c.pretrained for c in planned] == [
+        None, str(root / "stage1" / "stage1_extraction.pth"), str(root / "stage2" / "backbone.pth")]
+    assert planned[0].data.root == str(tmp_path / "data" / "x")  # jobs may start elsewhere
+    assert OmegaConf.is_config(planned[0]) and planned[0].train.per_gpu_batch == 16
+
+
+def test_single_stage_run_dir_is_the_stage_dir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert submit.plan_stages(compose_cfg("stage=2"))[0].run_dir == str(tmp_path / "runs/tiny/stage2")
+    given = submit.plan_stages(compose_cfg("stage=1", f"run_dir={tmp_path}/mine"))[0]
+    assert given.run_dir == str(tmp_path / "mine")
+
+
+def test_stage_all_refuses_pretrained():
+    with pytest.raises(submit.LaunchConfigError, match="pretrained= cannot be combined with stage=all"):
+        submit.plan_stages(compose_cfg("stage=all", "pretrained=/x.pth"))
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["stage=1", "nodes=2", "train.global_batch=48"],
+     r"train.global_batch=48 is not a positive multiple of train.per_gpu_batch=16 x 2 ranks"),
+    (["stage=linear", "gpus_per_node=4", "linear.global_batch=64"],
+     r"linear.global_batch=64 is not a positive multiple of linear.per_gpu_batch=32 x 4 ranks"),
+])
+def test_batch_must_split_over_all_ranks(overrides, message):
+    cfg = compose_cfg(*overrides)
+    with pytest.raises(submit.LaunchConfigError, match=message):
+        submit.check_batch(submit.plan_stages(cfg)[0], cfg.nodes * cfg.gpus_per_node)
+
+
+def test_signal_lead_must_fit_in_the_time_limit():
+    with pytest.raises(submit.LaunchConfigError, match="signal_delay_s=120 must lie between 0 and the time"):
+        submit.check_launch_keys(compose_cfg("time=2", "signal_delay_s=120"))
+
+
+def test_weight_files_are_checked_before_queueing(tmp_path, tiny_data):
+    data = [f"data.root={tiny_data}", "data.synthetic.generate=false", f"run_dir={tmp_path}/run"]
+    cfg = compose_cfg("stage=2", f"pretrained={tmp_path}/missing.pth", *data)
+    with pytest.raises(submit.LaunchConfigError, match=r"pretrained=.*missing.pth: .*no such weights file"):
+        submit.validate(cfg, submit.plan_stages(cfg), 1)
+    odd = tmp_path / "odd.pth"
+    torch.save({"foo": torch.zeros(2)}, odd)
+    cfg = compose_cfg("stage=1", f"model.teacher_weights={odd}", *data)
+    with pytest.raises(submit.LaunchConfigError, match=r"model.teacher_weights=.*odd.pth: .*unknown weights layout"):
+        submit.validate(cfg, submit.plan_stages(cfg), 1)
+
+
+def test_a_missing_dataset_list_is_reported_with_its_key(tmp_path, tiny_data):
+    cfg = compose_cfg("stage=all", f"data.root={tiny_data}", "data.synthetic.generate=false",
+                      "data.val_list=meta/nope.txt", f"run_dir={tmp_path}/run")
+    with pytest.raises(submit.LaunchConfigError, match=r"nope.txt does not exist \(data.val_list"):
+        submit.validate(cfg, submit.plan_stages(cfg), 1)
+
+
+def test_cli_rejects_a_bad_config_with_exit_2_and_queues_nothing(tmp_path, tiny_data):
+    out = subprocess.run(
+        [sys.executable, str(REPO / "launch" / "submit.py"), "preset=tiny", "stage=all", "nodes=2",
+         "train.global_batch=48", f"data.root={tiny_data}", "data.synthetic.generate=false",
+         f"run_dir={tmp_path}/run"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stderr
+    assert "train.global_batch=48" in out.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_sbatch_script_requeues_signals_and_chains(tmp_path):
+    cfg = submit.plan_stages(compose_cfg("stage=2", "nodes=2", "gpus_per_node=2", "time=2",
+                                         "signal_delay_s=60", "partition=debug", f"run_dir={tmp_path}"))[0]
+    executor = jobs.build_executor(cfg, tmp_path, "afterok:123", use_gpus=False)
+    script = executor._executor._make_submission_file_text("CMD", "uid")  # what sbatch receives
+    for line in ("--requeue", "--signal=USR2@60", "--dependency=afterok:123", "--nodes=2",
+                 "--ntasks-per-node=2", "--time=2", "--partition=debug", "--cpus-per-task=1"):
+        assert f"#SBATCH {line}\n" in script
+    assert "gpus" not in script  # a CPU cluster: tasks, not GPUs
+    assert f"export PYTHONPATH={REPO}" in script
+    assert f"{tmp_path}/slurm/%j/%j_%t_log.out" in script
+    with_gpus = jobs.build_executor(cfg, tmp_path, None, use_gpus=True)._executor
+    assert "#SBATCH --gpus-per-node=2\n" in with_gpus._make_submission_file_text("CMD", "uid")
