@@ -1,0 +1,26 @@
+"""Data-test helpers: the tiny preset's data settings pointed at a dataset root."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import pytest
+from omegaconf import OmegaConf
+
+from burn.config import AugmentConfig, DataConfig
+
+
+def tiny_data_cfg(root: Path, backend: str = "dali", overrides: Optional[dict] = None):
+    """DataConfig of the tiny preset (32-px crops, eval 36/32, one thread), as Hydra passes it (a
+    structured DictConfig); ``overrides`` maps dotted keys to values."""
+    cfg = OmegaConf.structured(DataConfig(root=str(root), backend=backend, device="auto", num_threads=1,
+                                          eval_resize=36, eval_crop=32, aug=AugmentConfig(image_size=32)))
+    for key, value in (overrides or {}).items():
+        OmegaConf.update(cfg, key, value)
+    return cfg
+
+
+@pytest.fixture
+def make_cfg():
+    return tiny_data_cfg
