@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import io
 import multiprocessing
 import os
+import re
 import sys
 import tempfile
 import warnings
@@ -81,20 +83,29 @@ def _captured_stderr() -> Iterator[tempfile.TemporaryFile]:
             os.close(saved)
 
 
-def _decode_jpeg_strict(data: bytes) -> Optional[Problem]:
-    """Decode with libjpeg (torchvision) and treat its corrupt-data warnings as failures; PIL hides them."""
+@functools.lru_cache(maxsize=None)
+def _libjpeg_decoder():
+    """torchvision's libjpeg decoder (imported once, before worker processes fork), None if absent."""
     try:
         import torch
         from torchvision.io import decode_jpeg
     except ImportError:
+        return None
+    return lambda data: decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8))
+
+
+def _decode_jpeg_strict(data: bytes) -> Optional[Problem]:
+    """Decode with libjpeg (torchvision) and treat its corrupt-data warnings as failures; PIL hides them."""
+    decode = _libjpeg_decoder()
+    if decode is None:
         return _decode_with_pil(data)
     with _captured_stderr() as sink, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torchvision's deprecation notices are not about the file
         try:
-            decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8))
+            decode(data)
             failure = None
         except RuntimeError as err:
-            failure = str(err).strip()
+            failure = re.sub(r"^.*?\.cpp:\d+,\s*", "", str(err).strip())  # drop the C++ source location
         sink.seek(0)
         printed = sink.read().decode(errors="replace").strip()
     if failure:
@@ -172,6 +183,7 @@ def scan(samples: SampleList, workers: int = 0, progress: bool = True) -> List[T
     (0: one per CPU core)."""
     paths = samples.absolute_paths()
     workers = workers or os.cpu_count() or 1
+    _libjpeg_decoder()  # import once here rather than in every worker
     bar = tqdm(total=len(paths), unit="img", desc="scanning", disable=not progress, file=sys.stderr)
     problems = []
     with contextlib.ExitStack() as stack:
