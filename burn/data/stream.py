@@ -3,6 +3,7 @@ saved after any batch and restored exactly, in this process or a new one."""
 
 from __future__ import annotations
 
+import base64
 from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
@@ -74,11 +75,13 @@ class ResumableLoader:
         return torch.from_numpy(self._labels[indices])
 
     def state_dict(self) -> Dict[str, Any]:
-        """Position after the last returned batch: ints, strings and bytes only (``torch.load`` with
+        """Position after the last returned batch: a dict of ints and strings (``torch.load`` with
         ``weights_only=True`` reads it)."""
         checkpoint = self._pipeline_checkpoint() if self._step else b""
+        # Text, not bytes: torch.save's pickle protocol 2 stores bytes as a global call that
+        # torch.load(weights_only=True) refuses.
         return {"format": STATE_FORMAT, "version": STATE_VERSION, **self._identity, "epoch": self.epoch,
-                "step": self._step, "pipeline": checkpoint}
+                "step": self._step, "pipeline": base64.b64encode(checkpoint).decode("ascii")}
 
     def _read_state(self, state: Optional[Dict[str, Any]]) -> Tuple[int, int, bytes]:
         if state is None:
@@ -97,5 +100,9 @@ class ResumableLoader:
         if epoch < 0 or not 0 <= step < self.steps_per_epoch:
             raise DataError(f"data loader state position epoch={epoch} step={step} is out of range "
                             f"(0..{self.steps_per_epoch - 1} steps per epoch)")
-        return epoch, step, bytes(state.get("pipeline", b""))
+        try:
+            checkpoint = base64.b64decode(state.get("pipeline", ""), validate=True)
+        except (TypeError, ValueError) as err:
+            raise DataError(f"data loader state has an unreadable pipeline checkpoint ({err})") from err
+        return epoch, step, checkpoint
 

@@ -21,7 +21,7 @@ from torchvision.transforms.v2 import functional as F
 
 from burn.data.check import decode_failure
 from burn.data.lists import SampleList
-from burn.data.sharding import eval_shard
+from burn.data.sharding import eval_shard, train_shard
 from burn.data.stream import ResumableLoader
 
 EVAL_CROP_SCALE = (0.08, 1.0)
@@ -135,16 +135,21 @@ class _Samples(Dataset):
 
 
 class _EndlessPlan(Sampler):
-    """Batches of (epoch, index) keys in the loader's shard order, from a start position onwards."""
+    """Batches of (epoch, index) keys in the shard order, from a start position onwards. It holds
+    plain values only: a reference back to the loader would put the DataLoader iterator into a
+    reference cycle, and a cycle collected by the GC loses the workers' shutdown message (each then
+    waits out DataLoader's 5 s join timeout)."""
 
     def __init__(self, loader: "TorchvisionTrainLoader", epoch: int, step: int):
-        self.loader, self.epoch, self.step = loader, epoch, step
+        self.shard = dict(num_samples=len(loader.samples), shard_id=loader.shard_id, num_shards=loader.num_shards,
+                          batch_size=loader.batch_size, seed=loader.seed)
+        self.steps, self.epoch, self.step = loader.steps_per_epoch, epoch, step
 
     def __iter__(self):
-        epoch, step, size = self.epoch, self.step, self.loader.batch_size
+        epoch, step, size = self.epoch, self.step, self.shard["batch_size"]
         while True:
-            order = self.loader.shard_order(epoch)
-            for j in range(step, self.loader.steps_per_epoch):
+            order = train_shard(**self.shard, epoch=epoch)
+            for j in range(step, self.steps):
                 yield [(epoch, int(i)) for i in order[j * size:(j + 1) * size]]
             epoch, step = epoch + 1, 0
 
