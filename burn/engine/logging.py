@@ -47,9 +47,9 @@ class MetricLogger:
         self.bar: Optional[tqdm] = None
         if not enabled:
             return
-        # purge_step drops events a killed run logged after its last checkpoint, so the curve holds
-        # every step exactly once across resumes.
-        self.writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=start_step if start_step else None)
+        # purge_step drops events a killed run logged after its last checkpoint (steps > start_step),
+        # so the curve holds every step exactly once across resumes.
+        self.writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=start_step + 1 if start_step else None)
         show_bar = progress_bar == "on" or (progress_bar == "auto" and sys.stderr.isatty())
         if show_bar:
             self.bar = tqdm(total=total_steps, initial=start_step, desc=f"stage {stage}", dynamic_ncols=True)
