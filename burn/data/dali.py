@@ -38,11 +38,16 @@ def _coin(probability: float):
     return fn.random.coin_flip(probability=float(probability), dtype=types.BOOL)
 
 
+def _uniform(low: float, high: float):
+    """U(low, high) per sample; the constant ``low`` when the range is empty (DALI rejects it)."""
+    return fn.random.uniform(range=[float(low), float(high)]) if high > low else float(low)
+
+
 def _jitter_factor(strength: float, on, identity: float, low: float, high: float):
     """Uniform factor in [low, high] where ``on`` (0/1 float) is set, ``identity`` elsewhere."""
     if strength <= 0:
         return identity
-    return identity + on * (fn.random.uniform(range=[float(low), float(high)]) - identity)
+    return identity + on * (_uniform(low, high) - identity)
 
 
 def _color_jitter_and_gray(image, aug):
@@ -76,7 +81,7 @@ def _pretrain_view(image, aug, dtype):
     if aug.blur_prob > 0:
         if _coin(aug.blur_prob):
             # No window_size: DALI sizes the window from sigma (as PIL's GaussianBlur(radius=sigma) does).
-            image = fn.gaussian_blur(image, sigma=fn.random.uniform(range=[float(v) for v in aug.blur_sigma]))
+            image = fn.gaussian_blur(image, sigma=_uniform(*aug.blur_sigma))
     if aug.solarize_prob > 0:
         if _coin(aug.solarize_prob):
             image = fn.lookup_table(image, keys=list(range(256)), values=_SOLARIZE_TABLE, dtype=types.UINT8)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
@@ -24,3 +25,18 @@ def tiny_data_cfg(root: Path, backend: str = "dali", overrides: Optional[dict] =
 @pytest.fixture
 def make_cfg():
     return tiny_data_cfg
+
+
+def garble_middle(data: bytes, seed: int = 0) -> bytes:
+    """Overwrite a quarter of the entropy-coded data, in the middle, with random bytes (a bad disk
+    block). Without 0xFF bytes no false marker appears, so PIL and DALI decode it without complaint."""
+    start_of_scan = data.index(b"\xff\xda")
+    length = (len(data) - start_of_scan) // 4
+    middle = start_of_scan + (len(data) - start_of_scan - length) // 2
+    noise = np.random.default_rng(seed).integers(0, 255, length, dtype=np.uint8).tobytes()
+    return data[:middle] + noise + data[middle + length:]
+
+
+@pytest.fixture
+def garble():
+    return garble_middle

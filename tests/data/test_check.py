@@ -7,7 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image
 
@@ -17,23 +16,13 @@ from burn.data.synthetic import render_image
 REPO = Path(__file__).resolve().parents[2]
 
 
-def garble_middle(data: bytes, seed: int = 0) -> bytes:
-    """Overwrite a quarter of the entropy-coded data, in the middle, with random bytes (a bad disk
-    block). Without 0xFF bytes no false marker appears, so PIL and DALI decode it without complaint."""
-    start_of_scan = data.index(b"\xff\xda")
-    length = (len(data) - start_of_scan) // 4
-    middle = start_of_scan + (len(data) - start_of_scan - length) // 2
-    noise = np.random.default_rng(seed).integers(0, 255, length, dtype=np.uint8).tobytes()
-    return data[:middle] + noise + data[middle + length:]
-
-
-def make_bad_files(folder: Path, good: Path) -> dict:
+def make_bad_files(folder: Path, good: Path, garble) -> dict:
     """One bad file of each kind beside copies of a good JPEG; returns {relative path: kind}."""
     data = good.read_bytes()
     bad = {"c000/truncated.JPEG": ("truncated", data[: len(data) // 2]),
            "c000/empty.JPEG": ("empty", b""),
            "c001/text.JPEG": ("not-an-image", b"<html>404 not found</html>\n"),
-           "c001/garbled.JPEG": ("corrupt", garble_middle(data))}
+           "c001/garbled.JPEG": ("corrupt", garble(data))}
     for relative, (_, content) in bad.items():
         (folder / relative).parent.mkdir(parents=True, exist_ok=True)
         (folder / relative).write_bytes(content)
@@ -41,7 +30,7 @@ def make_bad_files(folder: Path, good: Path) -> dict:
 
 
 @pytest.fixture
-def tree(tmp_path) -> tuple:
+def tree(tmp_path, garble) -> tuple:
     """A split folder with 6 good JPEGs and 4 bad files, its list, and the bad files' kinds."""
     root = tmp_path / "train"
     good_paths = []
@@ -50,7 +39,7 @@ def tree(tmp_path) -> tuple:
         (root / relative).parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(render_image(0, index % 2, 0, index, 96)).save(root / relative, quality=90)
         good_paths.append(relative)
-    kinds = make_bad_files(root, root / good_paths[0])
+    kinds = make_bad_files(root, root / good_paths[0], garble)
     listing = tmp_path / "train.txt"
     order = good_paths[:3] + list(kinds) + good_paths[3:]
     listing.write_text("".join(f"{p} {i % 2}\n" for i, p in enumerate(order)))

@@ -170,3 +170,39 @@ def test_decode_failure_names_the_file(tiny_data, make_cfg, backend, tmp_path):
     message = str(error.value)
     assert str(root / "train" / victim) in message and "truncated" in message
     assert "python -m burn.data.check" in message and "train.txt" in message
+
+
+def _unnormalized(view: torch.Tensor) -> torch.Tensor:
+    """Back to 0..255 pixel values."""
+    return (view.float() * STD.view(1, 3, 1, 1) + MEAN.view(1, 3, 1, 1)) * 255
+
+
+def _roughness(view: torch.Tensor) -> float:
+    pixels = _unnormalized(view)
+    return (pixels[..., 1:] - pixels[..., :-1]).abs().mean().item()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_recipe_switches(tiny_data, make_cfg, backend):
+    plain = {"aug.jitter_prob": 0.0, "aug.grayscale_prob": 0.0, "aug.blur_prob": 0.0, "aug.solarize_prob": 0.0}
+    gray = next(_pretrain(make_cfg(tiny_data, backend, {**plain, "aug.grayscale_prob": 1.0})))[0]
+    channels = _unnormalized(gray)
+    assert (channels[:, 0] - channels[:, 1]).abs().max() < 1.5 and (channels[:, 1] - channels[:, 2]).abs().max() < 1.5
+    solarized = next(_pretrain(make_cfg(tiny_data, backend, {**plain, "aug.solarize_prob": 1.0})))[0]
+    assert _unnormalized(solarized).max() < 128.5  # every value >= 128 was inverted
+    sharp = next(_pretrain(make_cfg(tiny_data, backend, plain)))[0]
+    blurred = next(_pretrain(make_cfg(tiny_data, backend, {**plain, "aug.blur_prob": 1.0,
+                                                           "aug.blur_sigma": [2.0, 2.0]})))[0]
+    assert _roughness(blurred) < 0.6 * _roughness(sharp)
+    assert _unnormalized(sharp).max() > 200  # the checks above are not trivially met
+
+
+def test_pipeline_device_follows_configuration():
+    from burn.data.loaders import pipeline_on_gpu
+    assert pipeline_on_gpu("auto") == torch.cuda.is_available()
+    assert pipeline_on_gpu("cpu") is False
+    if not torch.cuda.is_available():
+        with pytest.raises(DataError, match="data.device=gpu"):
+            pipeline_on_gpu("gpu")
+    with pytest.raises(ValueError, match="auto, gpu or cpu"):
+        pipeline_on_gpu("tpu")

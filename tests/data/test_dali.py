@@ -1,0 +1,39 @@
+"""DALI specifics: why the pre-flight scan exists, and the GPU ("mixed") pipeline when a GPU is there."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from burn.data.check import inspect_image
+from burn.data.loaders import build_eval_loader, build_pretrain_loader
+
+
+def test_dali_decodes_a_garbled_jpeg_silently(tiny_data, make_cfg, tmp_path, garble):
+    """The failure mode only the scan catches: no error, just a damaged image in the batch."""
+    root = tmp_path / "ds"
+    shutil.copytree(tiny_data, root)
+    victim = root / "val" / "c000" / "c000_val_00000.JPEG"
+    victim.write_bytes(garble(victim.read_bytes()))
+    loader = build_eval_loader(make_cfg(root), split="val", batch_size=16, shard_id=0, num_shards=1, seed=0)
+    assert sum(len(labels) for _, labels in loader) == 100
+    assert inspect_image(str(victim)).kind == "corrupt"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_gpu_pipeline_returns_cuda_tensors_and_resumes_exactly(tiny_data, make_cfg, dtype):
+    cfg = make_cfg(tiny_data, overrides={"device": "gpu"})
+    loader = build_pretrain_loader(cfg, batch_size=16, shard_id=0, num_shards=1, seed=0, dtype=dtype)
+    view1, view2 = next(loader)
+    assert view1.is_cuda and view1.dtype == dtype and view1.shape == (16, 3, 32, 32)
+    assert (view1.float() - view2.float()).abs().mean() > 0.1
+    state = loader.state_dict()
+    expected = [next(loader) for _ in range(3)]
+    resumed = build_pretrain_loader(cfg, batch_size=16, shard_id=0, num_shards=1, seed=0, dtype=dtype, state=state)
+    for (a1, a2), (b1, b2) in zip(expected, [next(resumed) for _ in range(3)]):
+        assert torch.equal(a1, b1) and torch.equal(a2, b2)
+    images, labels = next(iter(build_eval_loader(cfg, split="val", batch_size=16, shard_id=0, num_shards=1, seed=0)))
+    assert images.is_cuda and labels.dtype == torch.int64
