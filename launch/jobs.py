@@ -174,6 +174,10 @@ class StageJob(submitit.helpers.Checkpointable):
 
     def __call__(self) -> Dict[str, Any]:
         cfg = stage_config(self.stage_yaml)
+        env = os.environ
+        print(f"burn: stage {cfg.stage} job {slurm_job_id()} global rank {_task_rank()}/"
+              f"{env.get('SLURM_NTASKS', 1)} on {env.get('SLURMD_NODENAME', '?')}, restart "
+              f"{env.get('SLURM_RESTART_COUNT', 0)}, run dir {cfg.run_dir}", flush=True)
         code = run_stage(cfg)  # installs burn's SIGUSR2/SIGTERM handlers over Submitit's
         return conclude_task(cfg, code, self.max_requeues)
 

@@ -72,8 +72,8 @@ def job_state(job_id: str) -> JobState:
     for word in (shown or "").split():
         if word.startswith("Restarts="):
             job.restarts = int(word.split("=", 1)[1])
-    if job.reason in ("None", "(null)"):
-        job.reason = ""
+    if job.reason in ("None", "(null)") or job.state in ("COMPLETED", "RUNNING"):
+        job.reason = ""  # sacct keeps the last pending reason (e.g. Dependency) after the job ran
     return job
 
 
@@ -155,6 +155,10 @@ def stage_line(stage: StageStatus) -> str:
 
 def failure_report(stage: StageStatus) -> List[str]:
     job = stage.latest
+    record = stage.jobs[-1] if stage.jobs else {}
+    if job and job.state.startswith("CANCELLED") and "Dependency" in job.reason:
+        return [f"CANCELLED {stage.name}: job {job.job_id} never ran: it waited for "
+                f"{record.get('dependency') or 'an earlier job'}, which did not succeed"]
     what = f"job {job.job_id} {job.state}" if job else "the stage"
     if job and job.exit_code:
         what += f" (exit code {job.exit_code})"
@@ -166,8 +170,6 @@ def failure_report(stage: StageStatus) -> List[str]:
         lines.append(f"  log: {logs[0]}")
         tail = logs[0].read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
         lines += [f"    | {line}" for line in tail]
-    elif job and "Dependency" in (job.reason or ""):
-        lines.append("  (never started: the stage it depends on did not succeed)")
     return lines
 
 

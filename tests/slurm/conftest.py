@@ -12,6 +12,9 @@ from dataclasses import dataclass
 
 import pytest
 
+#: Queue states of a job that will still run, or is running.
+ACTIVE_STATES = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING",
+                 "COMPLETING", "SUSPENDED", "RESIZING", "SIGNALING", "STAGE_OUT"}
 #: Job states after which SLURM will not run the job again (on its own).
 FINAL_STATES = {
     "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL",
@@ -60,8 +63,11 @@ class SlurmCluster:
         pytest.fail(f"SLURM job {job_id} not finished after {timeout} s (last state {state!r})")
 
     def in_queue(self, job_id: str) -> bool:
-        out = _run("squeue", "-h", "-j", job_id, "-o", "%T")
-        return out.strip() not in ("", "COMPLETED", "CANCELLED", "FAILED")
+        try:
+            out = _run("squeue", "-h", "-j", job_id, "-o", "%T")
+        except subprocess.CalledProcessError:  # squeue forgets finished jobs: "Invalid job id"
+            return False
+        return out.strip() in ACTIVE_STATES
 
     def restarts(self, job_id: str) -> int:
         out = _run("scontrol", "show", "job", job_id)
