@@ -24,17 +24,19 @@ class ResumableLoader:
 
     Attributes: ``steps_per_epoch`` (same on every rank), ``epoch`` (completed epochs),
     ``samples`` (the SampleList read), ``last_indices`` (indices into ``samples`` of the last batch).
-    Backends implement ``_next_batch``, ``_pipeline_checkpoint`` and ``_end_epoch``."""
+    Backends implement ``_next_batch``, ``_pipeline_checkpoint`` and ``_end_epoch``; ``layout`` adds
+    backend settings that a state must match to be continued exactly."""
 
     backend = "?"
 
     def __init__(self, samples: SampleList, *, kind: str, batch_size: int, shard_id: int, num_shards: int,
-                 seed: int, state: Optional[Dict[str, Any]]):
+                 seed: int, state: Optional[Dict[str, Any]], layout: Optional[Dict[str, int]] = None):
         self.samples = samples
         self.batch_size, self.shard_id, self.num_shards, self.seed = batch_size, shard_id, num_shards, seed
         self.steps_per_epoch = steps_per_epoch(len(samples), num_shards, batch_size)
         self._identity = {"backend": self.backend, "kind": kind, "num_samples": len(samples),
-                          "num_shards": num_shards, "shard_id": shard_id, "batch_size": batch_size, "seed": seed}
+                          "num_shards": num_shards, "shard_id": shard_id, "batch_size": batch_size, "seed": seed,
+                          **(layout or {})}
         self.epoch, self._step, self._restored_checkpoint = self._read_state(state)
         self.last_indices: Optional[np.ndarray] = None
         self._labels = None if samples.labels is None else np.asarray(samples.labels, dtype=np.int64)
@@ -44,7 +46,7 @@ class ResumableLoader:
         raise NotImplementedError
 
     def _pipeline_checkpoint(self) -> bytes:
-        """Backend state needed besides (epoch, step) to continue mid-epoch; b"" when none."""
+        """Backend state needed besides (epoch, step) to continue exactly; b"" when none."""
         return b""
 
     def _end_epoch(self) -> None:
@@ -77,7 +79,7 @@ class ResumableLoader:
     def state_dict(self) -> Dict[str, Any]:
         """Position after the last returned batch: a dict of ints and strings (``torch.load`` with
         ``weights_only=True`` reads it)."""
-        checkpoint = self._pipeline_checkpoint() if self._step else b""
+        checkpoint = self._pipeline_checkpoint()
         # Text, not bytes: torch.save's pickle protocol 2 stores bytes as a global call that
         # torch.load(weights_only=True) refuses.
         return {"format": STATE_FORMAT, "version": STATE_VERSION, **self._identity, "epoch": self.epoch,

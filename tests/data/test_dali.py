@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from burn.data.check import inspect_image
+from burn.data.errors import DataError
 from burn.data.loaders import build_eval_loader, build_pretrain_loader
 
 
@@ -37,3 +38,26 @@ def test_gpu_pipeline_returns_cuda_tensors_and_resumes_exactly(tiny_data, make_c
         assert torch.equal(a1, b1) and torch.equal(a2, b2)
     images, labels = next(iter(build_eval_loader(cfg, split="val", batch_size=16, shard_id=0, num_shards=1, seed=0)))
     assert images.is_cuda and labels.dtype == torch.int64
+
+
+def test_resume_across_pipeline_boundaries(tiny_data, make_cfg, monkeypatch):
+    """With one epoch per pipeline, positions at, just before and just after a pipeline change."""
+    from burn.data.dali import DaliTrainLoader
+
+    monkeypatch.setattr(DaliTrainLoader, "min_batches_per_pipeline", 12)
+    cfg = make_cfg(tiny_data)
+    args = dict(batch_size=16, shard_id=1, num_shards=2, seed=7)
+    loader = build_pretrain_loader(cfg, **args)
+    assert loader.epochs_per_pipeline == 1 and loader.steps_per_epoch == 12
+    reference, states = [], {}
+    for step in range(28):
+        states[step] = loader.state_dict()
+        reference.append(next(loader))
+    assert states[12]["pipeline"] == "" and states[13]["pipeline"] != ""  # a fresh pipeline needs no checkpoint
+    for step in (0, 11, 12, 13, 24):
+        resumed = build_pretrain_loader(cfg, **args, state=states[step])
+        for a, b in zip(reference[step:step + 3], [next(resumed) for _ in range(3)]):
+            assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    monkeypatch.setattr(DaliTrainLoader, "min_batches_per_pipeline", 256)
+    with pytest.raises(DataError, match="epochs_per_pipeline"):
+        build_pretrain_loader(cfg, **args, state=states[13])
