@@ -52,11 +52,13 @@ def stage_dir_name(stage: str) -> str:
 
 
 def _sweep_suffix() -> Optional[str]:
-    """In a multirun, a deterministic sub-directory per job from its overrides (``optim.lr=0.0001``)."""
+    """In a multirun, a deterministic sub-directory per job from its overrides (``optim.lr=0.0001``),
+    leaving out launch keys, logging keys and the preset/name already in the path."""
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
         return None
+    skip = set(LAUNCH_KEYS) | {"preset", "name"}
     keep = sorted(o for o in HydraConfig.get().overrides.task
-                  if not o.startswith("hydra") and o.split("=", 1)[0].lstrip("+~") not in LAUNCH_KEYS)
+                  if not o.startswith(("hydra", "log.")) and o.split("=", 1)[0].lstrip("+~") not in skip)
     return ",".join(keep).replace("/", "_") or "default"
 
 
