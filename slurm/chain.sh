@@ -37,7 +37,8 @@ submit_stage() {
         "${extra[@]}" "${SBATCH_OPTS[@]}" "$REPO/slurm/stage.sbatch" "${args[@]}")
     job_id=${job_id%%;*}
     printf '{"job_id": "%s", "stage": "%s", "via": "sbatch", "dependency": "%s", "submitted": %s, "log": "%s"}\n' \
-        "$job_id" "$stage" "$dependency" "$(date +%s)" "$dir/slurm/$job_id.out" >>"$dir/slurm/jobs.jsonl"
+        "$job_id" "$stage" "${dependency:+afterok:$dependency}" "$(date +%s)" "$dir/slurm/$job_id.out" \
+        >>"$dir/slurm/jobs.jsonl"
     echo "$job_id"
 }
 

@@ -97,6 +97,10 @@ def runs(slurm_cluster, tiny_data, tmp_path_factory):
     submit(tiny_data, broken, "stage=all")
     submit(tiny_data, root / "timeout", "stage=1", "nodes=1", "time=2", "signal_delay_s=60",
            f"steps={TIME_LIMIT_STEPS}")
+    subprocess.run([str(REPO / "slurm" / "chain.sh"), str(root / "chain"), "--nodes=2", "--ntasks-per-node=1",
+                    "--cpus-per-task=1", "--time=10", "--", "preset=tiny", "steps=2", f"data.root={tiny_data}",
+                    "data.synthetic.generate=false", "log.progress_bar=off"],
+                   env={**os.environ, "BURN_PYTHON": sys.executable}, check=True, capture_output=True)
     yield root
     ids = [r["job_id"] for f in root.glob("**/slurm/jobs.jsonl") for r in map(json.loads, f.read_text().splitlines())]
     subprocess.run(["scancel", *ids], capture_output=True)
@@ -177,6 +181,17 @@ def test_stage_all_chains_three_two_node_jobs_with_afterok(runs, reference, slur
     again = submit(tiny_data, root, "stage=all")  # everything complete: nothing is queued
     assert again.count("complete (DONE) - skipped") == 3
     assert len(job_records(root / "stage1")) == 1
+
+
+def test_chain_sh_runs_the_three_sbatch_stages_with_afterok(runs, slurm_cluster):
+    root = runs / "chain"
+    (s1,), (s2,), (lin,) = (job_records(root / d) for d in ("stage1", "stage2", "linear"))
+    assert s2["dependency"] == f"afterok:{s1['job_id']}" and lin["dependency"] == f"afterok:{s2['job_id']}"
+    assert slurm_cluster.wait(lin["job_id"], timeout=400) == "COMPLETED"
+    assert "pretrained=" + str(root / "stage2" / "backbone.pth") in Path(lin["log"]).read_text()
+    status = subprocess.run([sys.executable, str(REPO / "launch" / "status.py"), str(root)],
+                            capture_output=True, text=True)
+    assert status.returncode == 0 and status.stdout.count("DONE") == 3 and "top-1" in status.stdout
 
 
 def test_failing_stage1_cancels_its_dependants_and_status_names_it(runs, slurm_cluster):
