@@ -33,7 +33,8 @@ def cluster_problem() -> str | None:
     try:
         out = _run("sinfo", "-h", "-N", "-o", "%N %t")
     except (subprocess.SubprocessError, OSError) as err:
-        return f"sinfo does not answer ({err}); start the cluster: bash slurm/local-cluster/start.sh"
+        detail = (getattr(err, "stderr", None) or str(err)).strip()
+        return f"sinfo does not answer ({detail}); start the cluster: bash slurm/local-cluster/start.sh"
     states = dict(line.split() for line in out.splitlines() if line.strip())
     usable = [n for n, s in states.items() if s.rstrip("*") in {"idle", "mix", "alloc", "comp"}]
     if len(usable) < 2:
