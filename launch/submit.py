@@ -9,6 +9,14 @@ The config is composed and validated (dataset lists, batch divisibility, weight 
 anything is queued. On SLURM the command prints job ids, the run dir, log locations and the
 TensorBoard command, and returns at once. Re-running the same command skips complete stages
 (DONE), leaves still-queued jobs alone and resumes the others in the same run dirs.
+
+Sweeps (hydra-submitit-launcher): `-m hydra/launcher=submitit_slurm` queues one array task per
+combination; inside it this same script runs the requested stage(s) on every task, one after the
+other, in runs/<name>/<swept overrides>/. The job size comes from hydra.launcher.* (nodes,
+tasks_per_node, timeout_min, signal_delay_s, cpus_per_task), not from nodes/gpus_per_node/time. The
+launcher BLOCKS until every job has finished (run it under tmux/nohup). Its max_num_timeout
+(default 0) only concerns Submitit's own USR2 handler, which burn's replaces: a preempted or timed
+out sweep job still checkpoints and requeues itself up to max_requeues.
 """
 
 from __future__ import annotations
