@@ -52,17 +52,21 @@ def _jitter_factor(strength: float, on, identity: float, low: float, high: float
 
 def _color_jitter_and_gray(image, aug):
     """ColorJitter(b, c, s, h) with probability ``jitter_prob``, then grayscale with ``grayscale_prob``,
-    as one colour-matrix operation (grayscale = saturation 0 after the jitter)."""
+    as one colour-matrix operation (grayscale = saturation 0 after the jitter). It only runs on the
+    images that draw one of the two: on CPU it costs about as much as the resized crop."""
     if aug.jitter_prob <= 0 and aug.grayscale_prob <= 0:
         return image
-    b, c, s, h = (float(v) for v in aug.jitter)
-    on = fn.cast(_coin(aug.jitter_prob), dtype=types.FLOAT)
-    keep_color = 1.0 - fn.cast(_coin(aug.grayscale_prob), dtype=types.FLOAT)
-    return fn.color_twist(image,
-                          brightness=_jitter_factor(b, on, 1.0, max(0.0, 1 - b), 1 + b),
-                          contrast=_jitter_factor(c, on, 1.0, max(0.0, 1 - c), 1 + c),
-                          saturation=_jitter_factor(s, on, 1.0, max(0.0, 1 - s), 1 + s) * keep_color,
-                          hue=_jitter_factor(h, on, 0.0, -360.0 * h, 360.0 * h))  # fraction of a turn -> degrees
+    jitter, gray = _coin(aug.jitter_prob), _coin(aug.grayscale_prob)
+    if jitter | gray:
+        b, c, s, h = (float(v) for v in aug.jitter)
+        on = fn.cast(jitter, dtype=types.FLOAT)
+        keep_color = 1.0 - fn.cast(gray, dtype=types.FLOAT)
+        image = fn.color_twist(image,
+                               brightness=_jitter_factor(b, on, 1.0, max(0.0, 1 - b), 1 + b),
+                               contrast=_jitter_factor(c, on, 1.0, max(0.0, 1 - c), 1 + c),
+                               saturation=_jitter_factor(s, on, 1.0, max(0.0, 1 - s), 1 + s) * keep_color,
+                               hue=_jitter_factor(h, on, 0.0, -360.0 * h, 360.0 * h))  # turns -> degrees
+    return image
 
 
 def _normalize(image, aug, dtype, mirror=None):
