@@ -69,10 +69,9 @@ def _color_jitter_and_gray(image, aug):
     return image
 
 
-def _normalize(image, aug, dtype, mirror=None):
-    return fn.crop_mirror_normalize(image, dtype=dtype, output_layout="CHW", mirror=mirror,
-                                    mean=[255.0 * float(m) for m in aug.mean],
-                                    std=[255.0 * float(s) for s in aug.std])
+def _normalize(image, aug, dtype, **crop_or_mirror):
+    return fn.crop_mirror_normalize(image, dtype=dtype, output_layout="CHW", mean=[255.0 * float(m) for m in aug.mean],
+                                    std=[255.0 * float(s) for s in aug.std], **crop_or_mirror)
 
 
 def _pretrain_view(image, aug, dtype):
@@ -120,10 +119,7 @@ def _eval_train_graph(files, aug, dtype, decoder_device):
 def _val_graph(files, aug, dtype, decoder_device, resize, crop):
     image, position = _read_and_decode(files, decoder_device)
     image = fn.resize(image, resize_shorter=float(resize), interp_type=types.INTERP_LINEAR, antialias=True)
-    image = fn.crop_mirror_normalize(image, dtype=dtype, output_layout="CHW", crop=[int(crop), int(crop)],
-                                     mean=[255.0 * float(m) for m in aug.mean],
-                                     std=[255.0 * float(s) for s in aug.std])
-    return image, position
+    return _normalize(image, aug, dtype, crop=[int(crop), int(crop)]), position  # centred crop
 
 
 # ---- running pipelines ------------------------------------------------------------------------------
