@@ -7,7 +7,7 @@ install:
 	$(PY) -m pip install -q -e '.[test]'
 
 demo: install
-	$(PY) launch/submit.py preset=tiny stage=all
+	$(PY) launch/submit.py preset=tiny stage=all cluster=local
 
 cluster-up:
 	bash slurm/local-cluster/start.sh

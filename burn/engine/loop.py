@@ -49,6 +49,7 @@ class StageLoop:
         """Installed by the caller as early as possible: a signal before the loop starts still counts."""
         self.metrics: Optional[MetricLogger] = None
         self._saved_step: Optional[int] = None
+        self._last_logged: Dict[str, float] = {}
         self.noticed_at: Optional[str] = None
         """Where this rank first saw the preemption flag (for the log)."""
 
@@ -129,7 +130,7 @@ class StageLoop:
     def _loop(self) -> int:
         if self.train_until(self.total_steps):
             self.save_checkpoint()
-            self.metrics.progress("preempted", self.step, self.epoch())
+            self.metrics.progress("preempted", self.step, self.epoch(), **self._last_logged)
             log.warning("preemption signal (%s, noticed at %s): checkpoint at step %d written; exiting "
                         "with %d (requeue me)", self.preemption.reason or "on another rank",
                         self.noticed_at or "the step boundary", self.step, REQUEUE_EXIT_CODE)
@@ -139,7 +140,7 @@ class StageLoop:
         barrier(self.info)
         if self.info.is_main:
             (self.run_dir / DONE_MARKER).touch()
-            self.metrics.progress("done", self.step, self.epoch(), **self.final_summary())
+            self.metrics.progress("done", self.step, self.epoch(), **self._last_logged, **self.final_summary())
         return 0
 
     def train_until(self, last_step: int) -> bool:
@@ -160,7 +161,7 @@ class StageLoop:
             if self.step % cfg.log.every_steps == 0 or self.step == self.total_steps:
                 self._log(metrics)
             self.metrics.advance()
-            if stop:
+            if stop and self.step < self.total_steps:  # at the last step, finishing beats a requeue
                 return True
             if self.step % cfg.checkpoint.every_steps == 0 and self.step < self.total_steps:
                 self.save_checkpoint()
@@ -172,8 +173,8 @@ class StageLoop:
     def _log(self, metrics: Dict[str, torch.Tensor]) -> None:
         values = {k: float(v) for k, v in metrics.items()}  # host sync, on logging steps only
         self.metrics.scalars(self.step, values)
-        self.metrics.progress("running", self.step, self.epoch(),
-                              **{k: values[k] for k in ("loss", "lambda", "lr", "images_per_s") if k in values})
+        self._last_logged = {k: values[k] for k in ("loss", "lambda", "lr", "images_per_s") if k in values}
+        self.metrics.progress("running", self.step, self.epoch(), **self._last_logged)
 
     # ---- checkpoints -----------------------------------------------------------------------------
     def state_dict(self, data_states: list, rng_states: list) -> Dict[str, Any]:

@@ -83,9 +83,9 @@ def run_stage(cfg: DictConfig) -> int:
                          "(stage=all is for launch/submit.py)")
     # Handlers first: a signal that arrives while we start up still produces a checkpoint + requeue.
     with PreemptionHandler() as preemption:
+        configure_console_logging(int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", 0))))
         info = init_distributed()
         try:
-            configure_console_logging(info.rank)
             _cpu_threads()
             run_dir = resolve_run_dir(cfg)
             if (run_dir / "config.yaml").exists():
