@@ -74,7 +74,6 @@ class LinearEvalTrainer(StageLoop):
         self.scaler = self.amp.scaler()
 
     def train_step(self) -> tuple[Dict[str, torch.Tensor], bool]:
-        self.ddp.train()
         self.optimizer.zero_grad(set_to_none=True)
         loss_sum = torch.zeros((), device=self.info.device)
         for micro in range(self.accum):

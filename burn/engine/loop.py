@@ -111,6 +111,7 @@ class StageLoop:
         self.build(resume["data"][self.info.rank] if resume else None)
         if resume:
             self._restore(resume)
+        self.ddp.train()  # once: nothing switches to eval mode before the last step
         restarts = int(os.environ.get("SLURM_RESTART_COUNT", 0))
         self.metrics = MetricLogger(self.run_dir, enabled=self.info.is_main, stage=self.stage,
                                     start_step=self.step, total_steps=self.total_steps,

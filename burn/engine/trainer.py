@@ -88,7 +88,6 @@ class PretrainTrainer(StageLoop):
         cfg = self.cfg
         started = time.perf_counter()
         lam = lambda_at(self.step, self.total_steps, cfg.optim.lambda_start, cfg.optim.lambda_end)
-        self.ddp.train()
         self.optimizer.zero_grad(set_to_none=True)
         sums = torch.zeros(3, device=self.info.device)  # loss, kl, fs over the micro-batches
         data_wait = 0.0
