@@ -25,6 +25,7 @@ log = logging.getLogger("burn")
 CHECKPOINT_FORMAT = "burn-suite/checkpoint"
 DONE_MARKER = "DONE"
 
+
 def accumulation_steps(global_batch: int, per_gpu_batch: int, world_size: int) -> int:
     """Micro-batches per optimizer step so that per_gpu_batch x world x accumulation = global_batch."""
     per_forward = per_gpu_batch * world_size
