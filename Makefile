@@ -4,7 +4,7 @@ PY ?= python3
 .PHONY: install demo test cluster-up cluster-down
 
 install:
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q --root-user-action=ignore -e '.[test]'
 
 demo: install
 	$(PY) launch/submit.py preset=tiny stage=all cluster=local
