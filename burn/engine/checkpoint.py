@@ -309,6 +309,6 @@ class CheckpointManager:
             # Sidecar first: an interrupted prune leaves an unreadable .pt, never a bad match.
             sidecar_path(checkpoint).unlink(missing_ok=True)
             checkpoint.unlink(missing_ok=True)
-            log.info("Pruned checkpoint %s (keep_last=%d)", checkpoint, self.keep_last)
+            log.debug("Pruned checkpoint %s (keep_last=%d)", checkpoint, self.keep_last)
         if doomed:
             _fsync_directory(self.directory)

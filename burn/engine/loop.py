@@ -193,10 +193,8 @@ class StageLoop:
         data_states = all_gather_objects(self.info, self.data_state())
         rng_states = all_gather_objects(self.info, rng_state())
         if self.info.is_main and self._saved_step != self.step:
-            path = self.ckpt.save(self.state_dict(data_states, rng_states), self.step)
-            seconds = self.ckpt.last_save_seconds
-            log.info("checkpoint %s written in %.2f s", path, seconds)
-            warn_if_slow_checkpoint(seconds, self.cfg.checkpoint.signal_lead_s)
+            self.ckpt.save(self.state_dict(data_states, rng_states), self.step)  # logs path and time
+            warn_if_slow_checkpoint(self.ckpt.last_save_seconds, self.cfg.checkpoint.signal_lead_s)
         self._saved_step = self.step
         barrier(self.info)
 
