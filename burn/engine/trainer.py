@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import math
 import time
@@ -14,6 +13,7 @@ import torch
 
 from burn.config import STAGE_PRECISION
 from burn.data.loaders import build_pretrain_loader
+from burn.engine.checkpoint import sha256_of_file
 from burn.engine.distributed import wrap_ddp
 from burn.engine.loop import StageLoop, accumulation_steps
 from burn.engine.precision import AmpSettings, build_amp
@@ -26,14 +26,6 @@ log = logging.getLogger("burn")
 
 STAGE1_EXTRACTION = "stage1_extraction.pth"
 BACKBONE_EXTRACTION = "backbone.pth"
-
-
-def file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class PretrainTrainer(StageLoop):
@@ -128,7 +120,7 @@ class PretrainTrainer(StageLoop):
         # The frozen teacher is referenced, not copied: its path and checksum identify it.
         if not hasattr(self, "_teacher_ref"):
             path = self.cfg.model.teacher_weights
-            self._teacher_ref = {"path": path, "sha256": file_sha256(path) if path else None}
+            self._teacher_ref = {"path": path, "sha256": sha256_of_file(path) if path else None}
         return {"teacher": self._teacher_ref}
 
     def finish(self) -> None:
