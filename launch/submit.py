@@ -39,6 +39,7 @@ from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from burn.config import STAGES, register_configs  # noqa: E402
+from burn.engine.stage import stage_dir_name  # noqa: E402
 from launch import jobs  # noqa: E402
 
 register_configs()
@@ -54,10 +55,6 @@ class LaunchConfigError(ValueError):
 
 
 # ---- run directories and the per-stage configs ----------------------------------------------------
-
-def stage_dir_name(stage: str) -> str:
-    return "linear" if stage == "linear" else f"stage{stage}"
-
 
 def _sweep_suffix() -> Optional[str]:
     """In a multirun, a deterministic sub-directory per job from its overrides (``optim.lr=0.0001``),
