@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 
 from burn.data.lists import validate_dataset
-from burn.data.synthetic import ensure_synthetic, generate_dataset
+from burn.data.synthetic import generate_dataset
 
 REPO = Path(__file__).resolve().parents[2]
 
