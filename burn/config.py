@@ -14,6 +14,9 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 STAGES = ("1", "2", "linear", "all")
+#: ``pretrained=random`` with stage=linear: evaluate a freshly initialised (seeded) student, the
+#: no-pretraining baseline that BURN must beat.
+RANDOM_BACKBONE = "random"
 #: Student precision per pretraining stage (burn_facts.md: stage 1 binarises activations only).
 STAGE_PRECISION = {"1": "binact", "2": "binary"}
 
@@ -26,7 +29,12 @@ class ModelConfig:
     """torchvision ResNet used as the frozen teacher trunk (resnet18/34 only for tiny presets)."""
     teacher_weights: Optional[str] = None
     """Teacher weights file (MoCo v2 release, original BURN teacher or torchvision state dict).
-    None keeps a random teacher: only sensible for the tiny preset and tests."""
+    ``auto``: a small supervised teacher trained once on data.root's labelled train split and cached
+    beside the data (burn/tiny_teacher.py; the tiny preset's choice). None keeps a random teacher
+    trunk: a control for experiments and tests, not a way to learn anything."""
+    teacher_classifier: str = "joint"
+    """joint: the teacher classifier trains with the student (the paper's moving target) at
+    optim.teacher_classifier_lr_scale x the student's lr | frozen: it stays at its random init."""
     classifier_hidden: int = 2000
     """Hidden width of both classifiers (Linear-BN-ReLU-Linear)."""
     classifier_out: int = 2000
@@ -99,6 +107,10 @@ class OptimConfig:
     """Linear warmup length; the rest of the stage follows a cosine to 0."""
     warmup_start_factor: float = 1e-4
     """Warmup starts at lr * this factor."""
+    teacher_classifier_lr_scale: float = 1.0
+    """The teacher classifier's lr as a multiple of optim.lr (model.teacher_classifier=joint). See
+    docs/moving-target.md for why this is not 1: at the student's lr the two classifiers collapse onto
+    one constant output within a few hundred steps."""
     temperature: float = 0.2
     lambda_start: float = 0.1
     lambda_end: float = 0.3
@@ -173,7 +185,8 @@ class BurnConfig:
     steps: Optional[int] = None
     """Length of this stage in optimizer steps; wins over epochs when given."""
     pretrained: Optional[str] = None
-    """Stage 2: a stage-1 extraction (or checkpoint); linear: a backbone extraction (or checkpoint)."""
+    """Stage 2: a stage-1 extraction (or checkpoint); linear: a backbone extraction (or checkpoint), or
+    ``random`` for the no-pretraining baseline (a seeded random student)."""
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -199,6 +212,10 @@ class BurnConfig:
     signal_delay_s: int = 120
     """Seconds before the time limit at which SLURM sends USR2."""
     max_requeues: int = 20
+    compare_baseline: bool = False
+    """stage=all with cluster=local: also run linear evaluation of a randomly initialised student
+    (pretrained=random, same recipe and seed) in <run_dir>/baseline and print both top-1s. On SLURM,
+    queue `stage=linear pretrained=random` yourself."""
 
 
 def register_configs() -> None:

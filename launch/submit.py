@@ -38,8 +38,10 @@ from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from burn.config import STAGES, register_configs  # noqa: E402
+from burn.config import RANDOM_BACKBONE, STAGES, register_configs  # noqa: E402
 from burn.engine.stage import stage_dir_name  # noqa: E402
+from burn.tiny_teacher import AUTO as AUTO_TEACHER  # noqa: E402
+from burn.tiny_teacher import resolve_auto_teacher  # noqa: E402
 from launch import jobs  # noqa: E402
 
 register_configs()
@@ -47,7 +49,7 @@ register_configs()
 STAGE_ORDER = ("1", "2", "linear")
 #: Keys that choose where and how to queue, not what to compute (kept out of sweep run dir names).
 LAUNCH_KEYS = ("cluster", "nodes", "gpus_per_node", "partition", "time", "account", "qos", "constraint",
-               "mem", "cpus_per_task", "signal_delay_s", "max_requeues", "stage", "run_dir")
+               "mem", "cpus_per_task", "signal_delay_s", "max_requeues", "stage", "run_dir", "compare_baseline")
 
 
 class LaunchConfigError(ValueError):
@@ -78,7 +80,8 @@ def base_run_dir(cfg: DictConfig) -> Path:
 
 
 def _absolute(path: Optional[str]) -> Optional[str]:
-    return str(Path(path).absolute()) if path else path
+    """An absolute path; the symbolic values (``auto``, ``random``) and None stay as they are."""
+    return str(Path(path).absolute()) if path and path not in (AUTO_TEACHER, RANDOM_BACKBONE) else path
 
 
 def plan_stages(cfg: DictConfig) -> List[DictConfig]:
@@ -180,12 +183,14 @@ def validate(cfg: DictConfig, planned: List[DictConfig], world_size: int, with_d
     todo = [c for c in planned if not (Path(c.run_dir) / "DONE").exists()]
     if with_data and todo:
         check_dataset(todo[0].data, dataset_splits(todo))
+    for stage_cfg in planned:  # model.teacher_weights=auto: a deterministic path beside the data
+        resolve_auto_teacher(stage_cfg, train=stage_cfg.stage != "linear" and any(stage_cfg is c for c in todo))
     produced = set()  # weight files an earlier stage of this submission will write
     for stage_cfg in todo:
         check_batch(stage_cfg, world_size)
         if stage_cfg.stage != "linear" and stage_cfg.model.teacher_weights:
             check_weights(stage_cfg.model.teacher_weights, "model.teacher_weights", stage_cfg.stage)
-        if stage_cfg.pretrained and stage_cfg.pretrained not in produced:
+        if stage_cfg.pretrained and stage_cfg.pretrained not in produced | {RANDOM_BACKBONE}:
             check_weights(stage_cfg.pretrained, "pretrained", stage_cfg.stage)
         produced |= {str(Path(stage_cfg.run_dir) / n) for n in ("stage1_extraction.pth", "backbone.pth")}
 
@@ -246,6 +251,17 @@ def print_local_results(summaries: List[dict]) -> None:
         print(f"TensorBoard: tensorboard --logdir {Path(summaries[0]['run_dir']).parent}")
 
 
+def compare_with_baseline(linear_cfg: DictConfig, burn_summary: dict, max_requeues: int) -> None:
+    """The same linear evaluation of a randomly initialised student: what pretraining has to beat."""
+    baseline_cfg = copy.deepcopy(linear_cfg)
+    baseline_cfg.pretrained = RANDOM_BACKBONE
+    baseline_cfg.run_dir = str(Path(linear_cfg.run_dir).parent / "baseline")
+    baseline = jobs.run_stages_here([baseline_cfg], max_requeues)[-1]
+    if "top1" in burn_summary and "top1" in baseline:
+        print(f"linear top-1: BURN {burn_summary['top1']:.2f}% | no pretraining (random student) "
+              f"{baseline['top1']:.2f}% | BURN - baseline: {burn_summary['top1'] - baseline['top1']:+.2f} points")
+
+
 def launch(cfg: DictConfig) -> None:
     """Validate, then queue on SLURM, run here, or (inside a sweep job) run on every task."""
     planned = plan_stages(cfg)
@@ -257,7 +273,10 @@ def launch(cfg: DictConfig) -> None:
     world_size = cfg.nodes * cfg.gpus_per_node
     validate(cfg, planned, world_size)
     if pick_cluster(cfg.cluster, world_size) == "local":
-        print_local_results(jobs.run_stages_here(planned, cfg.max_requeues))
+        summaries = jobs.run_stages_here(planned, cfg.max_requeues)
+        print_local_results(summaries)
+        if cfg.compare_baseline and str(cfg.stage) == "all":
+            compare_with_baseline(planned[-1], summaries[-1], cfg.max_requeues)
         return
     print_submission(cfg, jobs.submit_stages(planned, cfg.max_requeues))
 

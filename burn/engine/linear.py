@@ -12,6 +12,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from burn.config import RANDOM_BACKBONE
 from burn.data.loaders import build_eval_loader
 from burn.engine.logging import write_json_atomic
 from burn.engine.distributed import wrap_ddp
@@ -54,10 +55,15 @@ class LinearEvalTrainer(StageLoop):
     def build(self, data_state: Any) -> None:
         cfg, info, lin = self.cfg, self.info, self.cfg.linear
         if not cfg.pretrained:
-            raise ValueError("stage=linear needs pretrained=<backbone file> (e.g. a stage-2 run's backbone.pth)")
+            raise ValueError("stage=linear needs pretrained=<backbone file> (e.g. a stage-2 run's backbone.pth), "
+                             f"or pretrained={RANDOM_BACKBONE} for the no-pretraining baseline")
         self.amp = build_amp(cfg.train.precision, info.device)
-        backbone = ReActNetA(precision=lin.precision, width=cfg.model.width)
-        backbone.load_state_dict(load_backbone(cfg.pretrained), strict=True)
+        backbone = ReActNetA(precision=lin.precision, width=cfg.model.width)  # seeded by the stage runner
+        if cfg.pretrained == RANDOM_BACKBONE:
+            log.info("pretrained=%s: evaluating a randomly initialised student (the no-pretraining baseline)",
+                     RANDOM_BACKBONE)
+        else:
+            backbone.load_state_dict(load_backbone(cfg.pretrained), strict=True)
         self.model = LinearEvalModel(backbone, lin.num_classes).to(info.device)
         self.ddp = wrap_ddp(self.model, info)
         self.accum = accumulation_steps(lin.global_batch, lin.per_gpu_batch, info.world_size)

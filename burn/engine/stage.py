@@ -21,6 +21,7 @@ from burn.engine.distributed import barrier, init_distributed, seed_everything, 
 from burn.engine.logging import configure_console_logging
 from burn.engine.loop import DONE_MARKER
 from burn.engine.signals import PreemptionHandler
+from burn.tiny_teacher import ensure_teacher, resolve_auto_teacher, teacher_path
 
 log = logging.getLogger("burn")
 
@@ -88,6 +89,7 @@ def run_stage(cfg: DictConfig) -> int:
         try:
             _cpu_threads()
             run_dir = resolve_run_dir(cfg)
+            resolve_auto_teacher(cfg, train=False)  # the path first: the identity check compares it
             if (run_dir / "config.yaml").exists():
                 check_resume_config((run_dir / "config.yaml").read_text(), cfg, run_dir, cfg.checkpoint.force)
             if (run_dir / DONE_MARKER).exists():
@@ -96,6 +98,8 @@ def run_stage(cfg: DictConfig) -> int:
             if info.is_main:
                 run_dir.mkdir(parents=True, exist_ok=True)
                 ensure_synthetic(cfg.data)
+                if stage != "linear" and cfg.model.teacher_weights == str(teacher_path(cfg.data, cfg.model.teacher_arch)):
+                    ensure_teacher(cfg.data, cfg.model.teacher_arch)  # model.teacher_weights=auto
                 (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
             barrier(info)
             seed_everything(cfg.seed, info.rank)

@@ -14,6 +14,7 @@ from burn.models.teacher import Teacher
 from burn.objective import burn_loss
 
 TRAINABLE_PARTS = ("student", "student_classifier", "teacher_classifier")
+TEACHER_CLASSIFIER_MODES = ("joint", "frozen")
 
 
 class BurnModel(nn.Module):
@@ -81,9 +82,15 @@ def build_burn_model(model_cfg, precision: str) -> BurnModel:
     if model_cfg.teacher_weights:
         teacher.load_weights(model_cfg.teacher_weights)
     hidden, out = model_cfg.classifier_hidden, model_cfg.classifier_out
+    mode = getattr(model_cfg, "teacher_classifier", "joint")
+    if mode not in TEACHER_CLASSIFIER_MODES:
+        raise ValueError(f"model.teacher_classifier={mode!r}: choose one of {', '.join(TEACHER_CLASSIFIER_MODES)}")
+    teacher_classifier = Classifier(teacher.out_dim, hidden, out)
+    if mode == "frozen":  # a fixed random target; its BN still normalises with batch statistics
+        teacher_classifier.requires_grad_(False)
     return BurnModel(
         student=student,
         student_classifier=Classifier(student.out_dim, hidden, out),
         teacher=teacher,
-        teacher_classifier=Classifier(teacher.out_dim, hidden, out),
+        teacher_classifier=teacher_classifier,
     )
