@@ -1,0 +1,176 @@
+"""Does BURN pretraining help? The learning benchmark, on CPU, from nothing.
+
+    python benchmarks/learning.py            # 3 seeds, every variant (<= 30 min on 2 cores)
+    python benchmarks/learning.py --quick    # 1 seed (<= 8 min): the edit loop
+    python benchmarks/learning.py --variant lr01=optim.teacher_classifier_lr_scale=0.1 --only burn lr01
+
+1. Generates a dataset with the project's generator (classes differ in shape and texture; hues are
+   shared between classes, so colour alone does not name a class).
+2. Trains a small supervised teacher (ResNet-18) on its labelled train split and saves it as a
+   torchvision state dict (burn/tiny_teacher.py; the tiny preset's ``model.teacher_weights=auto``).
+3. Runs, with the same linear-evaluation recipe and seeds:
+   - ``burn``: stage 1 -> stage 2 -> linear with that teacher, the suite's defaults;
+   - ``baseline``: linear evaluation of a randomly initialised student (``pretrained=random``);
+   - ``random-teacher``: BURN with a random teacher trunk (shows that the teacher's knowledge is what
+     transfers);
+   - ``frozen``: BURN with the teacher classifier frozen at its random init;
+   plus any ``--variant NAME=OVERRIDES`` (space-separated Hydra overrides inside one argument).
+4. Prints top-1 per seed, mean and spread per variant, the KL term at the end of stage 1 (near 0
+   means the two classifiers agree on a constant: collapse), and last ``BURN - baseline: +X.X points``.
+
+Every run is a real ``launch/submit.py ... cluster=local`` process; results land in --workdir
+(default runs/learning-benchmark) and are reused when a run is complete (delete the folder to redo).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+DATA = {"classes": 16, "per_class": 80, "val_per_class": 25, "size": 48}
+#: The pretraining and linear recipe of every run (tiny preset underneath).
+COMMON = ["preset=tiny", f"data.synthetic.classes={DATA['classes']}", f"data.synthetic.per_class={DATA['per_class']}",
+          f"data.synthetic.val_per_class={DATA['val_per_class']}", f"data.synthetic.size={DATA['size']}",
+          "data.synthetic.generate=true", f"linear.num_classes={DATA['classes']}", "log.progress_bar=off",
+          "checkpoint.every_steps=100000", "log.every_steps=10"]
+PRETRAIN = ["train.epochs=6"]
+VARIANTS = {
+    "burn": [],
+    "baseline": None,  # linear evaluation only, of a random student
+    "random-teacher": ["model.teacher_weights=null"],
+    "frozen": ["model.teacher_classifier=frozen"],
+}
+
+
+def run(cmd: list, log_path: Path, threads: int) -> None:
+    # Runs go side by side with a share of the cores each: torch's thread pool slows down many times
+    # over when it competes for cores (measured: 5x on 2 busy cores), so never oversubscribe.
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(threads)}
+    with open(log_path, "w") as log:
+        code = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
+    if code != 0:
+        tail = "".join(log_path.read_text().splitlines(keepends=True)[-25:])
+        raise SystemExit(f"{' '.join(cmd)} failed with {code}; log {log_path}:\n{tail}")
+
+
+def final_kl(stage_dir: Path) -> float | None:
+    """The KL term logged last in stage 1 (TensorBoard), or None."""
+    try:
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+        acc = EventAccumulator(str(stage_dir / "tb"))
+        acc.Reload()
+        tags = [t for t in acc.Tags()["scalars"] if t.endswith("kl")]
+        return acc.Scalars(tags[0])[-1].value if tags else None
+    except Exception:  # a monitor, not the result: never fail the benchmark on it
+        return None
+
+
+def one(workdir: Path, data_root: Path, name: str, overrides: list | None, seed: int, extra: list,
+        threads: int) -> dict:
+    base = [sys.executable, "launch/submit.py", *COMMON, f"data.root={data_root}", f"seed={seed}", "cluster=local"]
+    if overrides is None:
+        settings = ["stage=linear", "pretrained=random", *extra]
+    else:
+        settings = ["stage=all", "model.teacher_weights=auto", *PRETRAIN, *extra, *overrides]
+    # Reuse a finished run only when its command and the config defaults (schema, preset) were the same.
+    defaults = b"".join((REPO / f).read_bytes() for f in ("burn/config.py", "conf/preset/tiny.yaml"))
+    digest = hashlib.sha256(" ".join(COMMON + settings).encode() + defaults).hexdigest()[:8]
+    run_dir = workdir / "runs" / f"{name}-s{seed}-{digest}"
+    result = run_dir / "linear" / "linear_eval.json"
+    if not result.is_file():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        target = run_dir / "linear" if overrides is None else run_dir
+        cmd = base + settings + [f"run_dir={target}"]
+        started = time.time()
+        run(cmd, run_dir / "log.txt", threads)
+        print(f"  {name} seed {seed}: {time.time() - started:.0f} s", flush=True)
+    top1 = json.loads(result.read_text())["top1"]
+    return {"top1": top1, "kl": final_kl(run_dir / "stage1") if overrides is not None else None}
+
+
+def train_teacher_once(data_root: Path, extra: list) -> Path:
+    """The tiny preset's auto teacher for this dataset, trained here before the runs start (they would
+    otherwise race to train it side by side)."""
+    from hydra import compose, initialize_config_dir
+
+    from burn.config import register_configs
+    from burn.tiny_teacher import ensure_teacher
+
+    register_configs()
+    with initialize_config_dir(str(REPO / "conf"), version_base=None):
+        cfg = compose("config", overrides=[*COMMON, f"data.root={data_root}", *extra])
+    return ensure_teacher(cfg.data, cfg.model.teacher_arch)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="one seed (the edit loop)")
+    parser.add_argument("--seeds", type=int, nargs="*", help="default 0 1 2 (0 with --quick)")
+    parser.add_argument("--workdir", type=Path, default=REPO / "runs" / "learning-benchmark")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME=OVERRIDES",
+                        help="an extra variant: NAME=override [override ...] (one argument)")
+    parser.add_argument("--only", nargs="*", help="run only these variants (baseline always runs)")
+    parser.add_argument("--extra", nargs="*", default=[], help="overrides for every run")
+    parser.add_argument("--jobs", type=int, default=2, help="runs side by side (each gets cores / jobs threads)")
+    args = parser.parse_args()
+    seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
+    variants = dict(VARIANTS)
+    for spec in args.variant:
+        name, _, rest = spec.partition("=")
+        variants[name] = rest.split()
+    if args.only:
+        variants = {k: v for k, v in variants.items() if k in args.only or k == "baseline"}
+
+    workdir = args.workdir.absolute()
+    data_root = workdir / "data"
+    started = time.time()
+    from burn.data.synthetic import generate_atomically
+    if not data_root.is_dir():
+        generate_atomically(data_root, **DATA, seed=0)
+    print(f"learning benchmark: {DATA['classes']} classes x {DATA['per_class']} train / {DATA['val_per_class']} "
+          f"val images ({DATA['size']} px) in {data_root}; seeds {seeds}", flush=True)
+
+    teacher = train_teacher_once(data_root, args.extra)
+    print(f"teacher: {teacher}", flush=True)
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    with ThreadPoolExecutor(args.jobs) as pool:
+        futures = {(name, s): pool.submit(one, workdir, data_root, name, ov, s, args.extra, threads)
+                   for s in seeds for name, ov in variants.items()}
+        results = {name: [futures[name, s].result() for s in seeds] for name in variants}
+    teacher_report = sorted(data_root.glob("teacher-*.json"))
+    if teacher_report:
+        report = json.loads(teacher_report[0].read_text())
+        print(f"teacher: supervised {report['arch']}, val top-1 {report['val_top1']:.1f}%")
+
+    print(f"\n| variant | top-1 per seed ({', '.join(map(str, seeds))}) | mean | spread (sd) | stage-1 final KL |")
+    print("| --- | --- | --- | --- | --- |")
+    means = {}
+    for name, rows in results.items():
+        tops = [r["top1"] for r in rows]
+        means[name] = statistics.mean(tops)
+        sd = statistics.stdev(tops) if len(tops) > 1 else 0.0
+        kls = [r["kl"] for r in rows if r["kl"] is not None]
+        kl = " / ".join(f"{k:.3g}" for k in kls) if kls else "-"
+        print(f"| {name} | {' / '.join(f'{t:.1f}' for t in tops)} | {means[name]:.1f} | {sd:.1f} | {kl} |")
+    print(f"\nwall time {time.time() - started:.0f} s")
+    if "burn" in means:
+        for other in ("random-teacher", "frozen"):
+            if other in means:
+                print(f"BURN - {other}: {means['burn'] - means[other]:+.1f} points")
+        print(f"BURN - baseline: {means['burn'] - means['baseline']:+.1f} points")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
