@@ -15,8 +15,8 @@ from burn.data.errors import DataError, DatasetError
 from burn.data.lists import balanced_subset, resolve_split, validate_dataset
 from burn.data.synthetic import ensure_synthetic
 
-__all__ = ["build_pretrain_loader", "build_eval_loader", "build_subset_eval_loader", "validate_dataset", "ensure_synthetic", "DataError",
-           "DatasetError", "pipeline_on_gpu"]
+__all__ = ["build_pretrain_loader", "build_eval_loader", "build_subset_eval_loader", "validate_dataset",
+           "ensure_synthetic", "DataError", "DatasetError", "pipeline_on_gpu"]
 
 _BACKENDS = ("dali", "torchvision")
 

@@ -16,7 +16,6 @@ the monitor's loaders are its own, so the training loader's position does not mo
 from __future__ import annotations
 
 import contextlib
-import logging
 import time
 from typing import Dict, Tuple
 
@@ -27,8 +26,6 @@ from torch import nn
 from burn.data.loaders import DatasetError, build_subset_eval_loader
 from burn.engine.distributed import DistInfo, rng_state, set_rng_state
 from burn.engine.monitors import knn_predict
-
-log = logging.getLogger("burn")
 
 
 def gather_rows(info: DistInfo, rows: torch.Tensor) -> torch.Tensor:

@@ -122,8 +122,9 @@ class PretrainTrainer(StageLoop):
     def _log(self, metrics: Dict[str, torch.Tensor]) -> None:
         super()._log(metrics)
         if self.collapse_alarm is not None and not self.collapse_alarm.fired and self.info.is_main:
-            message = self.collapse_alarm.check({k: float(v) for k, v in metrics.items() if k.startswith("collapse/")},
-                                                self._collapse_shape[1], self._collapse_shape[0], self.step)
+            values = {k: float(v) for k, v in metrics.items() if k.startswith("collapse/")}
+            batch, classes = self._collapse_shape
+            message = self.collapse_alarm.check(values, classes, batch, self.step)
             if message:
                 log.warning(message)
 

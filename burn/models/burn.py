@@ -21,9 +21,9 @@ class BurnModel(nn.Module):
 
     ``forward(view1, view2, lam, temperature)`` returns ``{"loss", "kl", "fs"}`` (0-dim float32
     tensors, see :func:`burn.objective.burn_loss`) and ``"student_out"`` / ``"teacher_out"``, the two
-    classifiers' detached outputs of both views stacked, ``(2N, K)``. The loss reaches the student, the student
-    classifier and the teacher classifier; the teacher trunk runs in eval mode under ``no_grad``
-    and neither trains nor updates its BatchNorm statistics.
+    classifiers' detached outputs of both views stacked, ``(2N, K)`` (for the collapse monitor). The
+    loss reaches the student, the student classifier and the teacher classifier; the teacher trunk
+    runs in eval mode under ``no_grad`` and neither trains nor updates its BatchNorm statistics.
 
     Batching of the two views: the student and both classifiers see each view as its own batch, so
     every BatchNorm normalises one view with that view's statistics over N images, as the original

@@ -26,6 +26,10 @@ def _collapsed(batch: int = 64, k: int = 256, seed: int = 1) -> torch.Tensor:
     return constant + 1e-3 * torch.randn(batch, k, generator=g)
 
 
+def _floats(metrics: dict) -> dict:
+    return {key: float(value) for key, value in metrics.items()}
+
+
 def test_hand_computed_stats():
     # Two images, two dimensions, orthogonal one-hot outputs at T=1.
     stats = collapse_stats(torch.tensor([[4.0, 0.0], [0.0, 4.0]]), temperature=1.0)
@@ -54,8 +58,7 @@ def test_collapsed_pair_is_flagged_and_healthy_pair_is_not():
     batch, k = 64, 256
     healthy = collapse_metrics({"student_out": _healthy(seed=0), "teacher_out": _healthy(seed=1)}, T)
     collapsed = collapse_metrics({"student_out": _collapsed(seed=2), "teacher_out": _collapsed(seed=3)}, T)
-    as_floats = lambda metrics: {key: float(value) for key, value in metrics.items()}  # noqa: E731
-    healthy, collapsed = as_floats(healthy), as_floats(collapsed)
+    healthy, collapsed = _floats(healthy), _floats(collapsed)
 
     assert collapsed_sides(healthy, k, batch, threshold=0.1) == []
     assert collapsed_sides(collapsed, k, batch, threshold=0.1) == ["student", "teacher"]
@@ -67,22 +70,22 @@ def test_collapsed_pair_is_flagged_and_healthy_pair_is_not():
         assert collapsed[f"collapse/{side}_batch_entropy"] < 0.1 * math.log(k)
         assert collapsed[f"collapse/{side}_std"] < 0.01 < 0.5 < healthy[f"collapse/{side}_std"]
     # Only one side collapsed: only that side is named.
-    mixed = as_floats(collapse_metrics({"student_out": _healthy(), "teacher_out": _collapsed()}, T))
+    mixed = _floats(collapse_metrics({"student_out": _healthy(), "teacher_out": _collapsed()}, T))
     assert collapsed_sides(mixed, k, batch, threshold=0.1) == ["teacher"]
 
 
 def test_flat_collapse_is_flagged_too():
     # Every image gets the same near-uniform softmax: high entropies, but no information about the image.
     flat = {"student_out": 1e-4 * _healthy(), "teacher_out": 1e-4 * _healthy(seed=5)}
-    values = {key: float(value) for key, value in collapse_metrics(flat, T).items()}
+    values = _floats(collapse_metrics(flat, T))
     assert values["collapse/student_batch_entropy"] > 0.99 * math.log(256)
     assert collapsed_sides(values, 256, 64, threshold=0.1) == ["student", "teacher"]
 
 
 def test_alarm_warns_once_and_explains():
     alarm = CollapseAlarm(threshold=0.1, temperature=T)
-    healthy = {key: float(v) for key, v in collapse_metrics({"student_out": _healthy(), "teacher_out": _healthy(seed=1)}, T).items()}
-    collapsed = {key: float(v) for key, v in collapse_metrics({"student_out": _collapsed(), "teacher_out": _healthy()}, T).items()}
+    healthy = _floats(collapse_metrics({"student_out": _healthy(), "teacher_out": _healthy(seed=1)}, T))
+    collapsed = _floats(collapse_metrics({"student_out": _collapsed(), "teacher_out": _healthy()}, T))
     assert alarm.check(healthy, 256, 64, step=1) is None
     message = alarm.check(collapsed, 256, 64, step=2)
     assert message is not None and "step 2" in message and "student classifier" in message
