@@ -63,6 +63,7 @@ class MetricLogger:
             self.bar.set_postfix({k: f"{v:.4g}" for k, v in values.items() if k in ("loss", "lr", "top1")})
         else:  # whole tags stay in TensorBoard only: the console line keeps the prefix's own values
             text = " ".join(f"{k}={v:.4g}" for k, v in values.items() if "/" not in k)
+            text = text if prefix == "train" else f"{prefix} {text}"  # e.g. "knn top1=..." vs linear "val top1=..."
             log.info("stage %s step %d/%d %s", self.stage, step, self.total_steps, text)
 
     def advance(self, n: int = 1) -> None:
