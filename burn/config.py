@@ -170,6 +170,35 @@ class LogConfig:
 
 
 @dataclass
+class MonitorConfig:
+    """Diagnostics of pretraining (stages 1 and 2); neither changes training or its exact resume.
+
+    The collapse monitor runs on every logging step (``log.every_steps``); the k-NN monitor every
+    ``knn_every`` optimizer steps and at the last step."""
+
+    collapse: bool = True
+    """Log collapse/* (spread and entropies of both classifiers' outputs) on logging steps."""
+    collapse_threshold: float = 0.1
+    """Warn (once per process) when a classifier's outputs carry less than this fraction of the
+    information they could about the image: H(batch-mean softmax) - mean per-image entropy <
+    threshold * log(min(K, batch)). 0 is complete collapse (every image gets the same softmax)."""
+    knn: bool = True
+    """Log knn/top1: weighted k-NN top-1 (percent) of the student's pooled backbone features."""
+    knn_every: int = 500
+    """Run the k-NN monitor every N optimizer steps (and at the last step)."""
+    knn_k: int = 20
+    """Neighbours per query (DINO / solo-learn's 20)."""
+    knn_temperature: float = 0.07
+    """Neighbour weights are exp(cosine / knn_temperature)."""
+    knn_bank_size: int = 20000
+    """At most this many images of data.train_labeled_list form the memory bank (class-balanced)."""
+    knn_query_size: int = 10000
+    """At most this many images of data.val_list are classified (class-balanced)."""
+    knn_batch: int = 256
+    """Images per forward on one rank while extracting features."""
+
+
+@dataclass
 class BurnConfig:
     stage: str = "1"
     """1 | 2 | linear (| all with launch/submit.py)."""
@@ -194,6 +223,7 @@ class BurnConfig:
     linear: LinearConfig = field(default_factory=LinearConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
     # --- launch keys (launch/submit.py); the stage runner ignores them ---
     cluster: str = "auto"
     """auto | slurm | local. auto: SLURM when sbatch answers."""

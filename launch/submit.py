@@ -158,11 +158,13 @@ def check_weights(path: str, key: str, stage: str) -> None:
 
 
 def dataset_splits(planned: List[DictConfig]) -> List[str]:
-    """The splits the planned stages read: pretraining the unlabelled train list, linear the
-    labelled train and val lists."""
+    """The splits the planned stages read: pretraining the unlabelled train list (and, with the k-NN
+    monitor on, the labelled ones), linear the labelled train and val lists."""
     splits = []
     for stage_cfg in planned:
         splits += ["train_labeled", "val"] if stage_cfg.stage == "linear" else ["train"]
+        if stage_cfg.stage != "linear" and stage_cfg.monitor.knn:
+            splits += ["train_labeled", "val"]
     return list(dict.fromkeys(splits))
 
 

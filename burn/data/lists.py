@@ -138,6 +138,25 @@ def resolve_split(data_cfg, split: str) -> SampleList:
     return samples if labeled else SampleList(samples.source, samples.base_dir, samples.paths, None, samples.lines)
 
 
+def balanced_subset(samples: SampleList, max_samples: int) -> SampleList:
+    """At most ``max_samples`` labelled samples, as evenly over the classes as the list allows: the i-th
+    sample of every class comes before the (i+1)-th of any. Deterministic; list order is kept."""
+    if samples.labels is None:
+        raise ValueError(f"{samples.source}: a class-balanced subset needs a labelled list")
+    if max_samples <= 0:
+        raise ValueError(f"max_samples must be > 0, got {max_samples}")
+    if len(samples) <= max_samples:
+        return samples
+    seen: Dict[int, int] = {}
+    rank_in_class = []
+    for label in samples.labels:
+        rank_in_class.append(seen.get(label, 0))
+        seen[label] = rank_in_class[-1] + 1
+    chosen = sorted(sorted(range(len(samples)), key=lambda i: (rank_in_class[i], samples.labels[i]))[:max_samples])
+    return SampleList(samples.source, samples.base_dir, tuple(samples.paths[i] for i in chosen),
+                      tuple(samples.labels[i] for i in chosen), tuple(samples.lines[i] for i in chosen))
+
+
 def find_missing(samples: SampleList, threads: int = 16) -> list[tuple[int, str]]:
     """(line, message) for every sample whose file is missing; stats run in threads (network storage)."""
     absolute = samples.absolute_paths()

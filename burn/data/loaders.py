@@ -12,11 +12,11 @@ from typing import Any, Dict, Optional
 import torch
 
 from burn.data.errors import DataError, DatasetError
-from burn.data.lists import resolve_split, validate_dataset
+from burn.data.lists import balanced_subset, resolve_split, validate_dataset
 from burn.data.synthetic import ensure_synthetic
 
-__all__ = ["build_pretrain_loader", "build_eval_loader", "validate_dataset", "ensure_synthetic", "DataError",
-           "DatasetError", "pipeline_on_gpu"]
+__all__ = ["build_pretrain_loader", "build_eval_loader", "build_subset_eval_loader", "validate_dataset",
+           "ensure_synthetic", "DataError", "DatasetError", "pipeline_on_gpu"]
 
 _BACKENDS = ("dali", "torchvision")
 
@@ -81,3 +81,16 @@ def build_eval_loader(data_cfg, *, split: str = "train", batch_size: int, shard_
         return val_loader(resolve_split(data_cfg, "val"), data_cfg, batch_size=batch_size, shard_id=shard_id,
                           num_shards=num_shards, seed=seed, dtype=dtype, gpu=gpu)
     raise ValueError(f"split must be 'train' or 'val', not {split!r}")
+
+
+def build_subset_eval_loader(data_cfg, *, split: str, max_samples: int, batch_size: int, shard_id: int,
+                             num_shards: int, seed: int, dtype: torch.dtype = torch.float32):
+    """A deterministic pass (resize + center crop, as ``split="val"`` of :func:`build_eval_loader`) over a
+    class-balanced subset of at most ``max_samples`` images of ``split`` ("train_labeled" or "val"), for
+    monitors. Same iteration contract as the validation loader; it draws no augmentation."""
+    if split not in ("train_labeled", "val"):
+        raise ValueError(f"split must be 'train_labeled' or 'val', not {split!r}")
+    _, val_loader = _backend(data_cfg)
+    samples = balanced_subset(resolve_split(data_cfg, split), max_samples)
+    return val_loader(samples, data_cfg, batch_size=batch_size, shard_id=shard_id, num_shards=num_shards,
+                      seed=seed, dtype=dtype, gpu=pipeline_on_gpu(str(data_cfg.device)))

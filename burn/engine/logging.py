@@ -57,12 +57,13 @@ class MetricLogger:
     def scalars(self, step: int, values: Dict[str, float], prefix: str = "train") -> None:
         if not self.enabled:
             return
-        for key, value in values.items():
-            self.writer.add_scalar(f"{prefix}/{key}", value, step)
+        for key, value in values.items():  # a key with a "/" is a whole tag (e.g. collapse/student_std)
+            self.writer.add_scalar(key if "/" in key else f"{prefix}/{key}", value, step)
         if self.bar is not None:
             self.bar.set_postfix({k: f"{v:.4g}" for k, v in values.items() if k in ("loss", "lr", "top1")})
-        else:
-            text = " ".join(f"{k}={v:.4g}" for k, v in values.items())
+        else:  # whole tags stay in TensorBoard only: the console line keeps the prefix's own values
+            text = " ".join(f"{k}={v:.4g}" for k, v in values.items() if "/" not in k)
+            text = text if prefix == "train" else f"{prefix} {text}"  # e.g. "knn top1=..." vs linear "val top1=..."
             log.info("stage %s step %d/%d %s", self.stage, step, self.total_steps, text)
 
     def advance(self, n: int = 1) -> None:

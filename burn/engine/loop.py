@@ -165,12 +165,17 @@ class StageLoop:
             self.metrics.advance()
             if stop and self.step < self.total_steps:  # at the last step, finishing beats a requeue
                 return True
+            self.after_step()
             if self.step % cfg.checkpoint.every_steps == 0 and self.step < self.total_steps:
                 self.save_checkpoint()
         return False
 
     def final_summary(self) -> Dict[str, Any]:
         return {}
+
+    def after_step(self) -> None:
+        """Every rank, after each optimizer step and its logging, unless a preemption stops the run at
+        this step (the checkpoint goes first): monitors. Must leave the training state untouched."""
 
     def _log(self, metrics: Dict[str, torch.Tensor]) -> None:
         values = {k: float(v) for k, v in metrics.items()}  # host sync, on logging steps only

@@ -15,7 +15,9 @@ from burn.config import STAGE_PRECISION
 from burn.data.loaders import build_pretrain_loader
 from burn.engine.checkpoint import sha256_of_file
 from burn.engine.distributed import wrap_ddp
+from burn.engine.knn import KnnMonitor
 from burn.engine.loop import StageLoop, accumulation_steps
+from burn.engine.monitors import CollapseAlarm, collapse_metrics
 from burn.engine.precision import AmpSettings, build_amp
 from burn.engine.schedules import build_warmup_cosine
 from burn.models.burn import build_burn_model
@@ -59,6 +61,11 @@ class PretrainTrainer(StageLoop):
         self.loader = build_pretrain_loader(
             cfg.data, batch_size=cfg.train.per_gpu_batch, shard_id=info.rank, num_shards=info.world_size,
             seed=cfg.seed, dtype=self.amp.input_dtype, state=data_state)
+        self.knn = (KnnMonitor(cfg.monitor, cfg.data, info, seed=cfg.seed, dtype=self.amp.input_dtype,
+                               autocast=self.amp.autocast, channels_last=cfg.train.channels_last)
+                    if cfg.monitor.knn else None)
+        self.collapse_alarm = (CollapseAlarm(cfg.monitor.collapse_threshold, cfg.optim.temperature)
+                               if cfg.monitor.collapse else None)
         self.steps_per_epoch = self.loader.steps_per_epoch // self.accum
         if self.steps_per_epoch < 1:
             raise ValueError(f"the training list gives {self.loader.steps_per_epoch} batches per rank, fewer than "
@@ -117,7 +124,26 @@ class PretrainTrainer(StageLoop):
         metrics = {"loss": sums[0], "kl": sums[1], "fs": sums[2], "grad_norm": grad_norm, "lambda": lam,
                    "lr": lr, "grad_scale": self.scaler.get_scale() if self.scaler.is_enabled() else 1.0,
                    "images_per_s": images / (time.perf_counter() - started), "data_wait_s": data_wait}
+        if cfg.monitor.collapse:  # last micro-batch on this rank; device tensors, synced on logging steps only
+            metrics.update(collapse_metrics(out, cfg.optim.temperature))
+            self._collapse_shape = tuple(out["student_out"].shape)
         return metrics, applied
+
+    # ---- monitors --------------------------------------------------------------------------------
+    def _log(self, metrics: Dict[str, torch.Tensor]) -> None:
+        super()._log(metrics)
+        if self.collapse_alarm is not None and not self.collapse_alarm.fired and self.info.is_main:
+            values = {k: float(v) for k, v in metrics.items() if k.startswith("collapse/")}
+            batch, classes = self._collapse_shape
+            message = self.collapse_alarm.check(values, classes, batch, self.step)
+            if message:
+                log.warning(message)
+
+    def after_step(self) -> None:
+        if self.knn is None or not self.knn.due(self.step, self.total_steps):
+            return
+        result = self.knn(self.model.student)  # collective: every rank runs it at this step
+        self.metrics.scalars(self.step, {"top1": result["top1"], "seconds": result["seconds"]}, prefix="knn")
 
     # ---- state -----------------------------------------------------------------------------------
     def model_state(self) -> Dict[str, Any]:

@@ -21,9 +21,10 @@ class BurnModel(nn.Module):
     """Student backbone + classifier, frozen teacher trunk + trainable teacher classifier.
 
     ``forward(view1, view2, lam, temperature)`` returns ``{"loss", "kl", "fs"}`` (0-dim float32
-    tensors, see :func:`burn.objective.burn_loss`). The loss reaches the student, the student
-    classifier and the teacher classifier; the teacher trunk runs in eval mode under ``no_grad``
-    and neither trains nor updates its BatchNorm statistics.
+    tensors, see :func:`burn.objective.burn_loss`) and ``"student_out"`` / ``"teacher_out"``, the two
+    classifiers' detached outputs of both views stacked, ``(2N, K)`` (for the collapse monitor). The
+    loss reaches the student, the student classifier and the teacher classifier; the teacher trunk
+    runs in eval mode under ``no_grad`` and neither trains nor updates its BatchNorm statistics.
 
     Batching of the two views: the student and both classifiers see each view as its own batch, so
     every BatchNorm normalises one view with that view's statistics over N images, as the original
@@ -49,7 +50,9 @@ class BurnModel(nn.Module):
         t1, t2 = (self.teacher_classifier(f) for f in teacher_features)
         p1, p2 = (self.student_classifier(self.student(v)) for v in (view1, view2))
         loss, kl, fs = burn_loss(p1, p2, t1, t2, lam, temperature)
-        return {"loss": loss, "kl": kl, "fs": fs}
+        # Detached classifier outputs (both views) for the collapse monitor: no graph is kept alive.
+        return {"loss": loss, "kl": kl, "fs": fs, "student_out": torch.cat([p1, p2]).detach(),
+                "teacher_out": torch.cat([t1, t2]).detach()}
 
     def trainable_modules(self) -> Dict[str, nn.Module]:
         return {name: getattr(self, name) for name in TRAINABLE_PARTS}

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from burn.data.errors import DatasetError
-from burn.data.lists import resolve_split, validate_dataset
+from burn.data.lists import balanced_subset, resolve_split, validate_dataset
 from burn.data.sharding import eval_shard, steps_per_epoch, train_shard
 
 
@@ -128,3 +128,16 @@ def test_eval_shards_cover_every_sample_once():
     pieces = [eval_shard(11, shard_id=r, num_shards=3) for r in range(3)]
     assert sorted(i for p in pieces for i in p) == list(range(11))
     assert sorted(len(p) for p in pieces) == [3, 4, 4]
+
+
+def test_balanced_subset_spreads_the_cap_over_classes(tiny_data, make_cfg):
+    val = resolve_split(make_cfg(tiny_data), "val")  # 10 classes x 10 images, grouped by class
+    subset = balanced_subset(val, 25)
+    counts = {c: subset.labels.count(c) for c in range(10)}
+    assert len(subset) == 25 and sorted(counts.values()) == [2] * 5 + [3] * 5
+    assert list(subset.lines) == sorted(subset.lines)  # list order kept
+    for path, label, line in zip(subset.paths, subset.labels, subset.lines):  # rows stay aligned
+        assert (val.paths[line - 1], val.labels[line - 1]) == (path, label)
+    assert balanced_subset(val, 1000) is val
+    with pytest.raises(ValueError, match="labelled"):
+        balanced_subset(resolve_split(make_cfg(tiny_data), "train"), 10)

@@ -6,6 +6,7 @@ Real processes, a real gloo group of 2 ranks, real SIGUSR2 signals, real TensorB
 from __future__ import annotations
 
 import json
+import math
 import re
 import signal
 import time
@@ -21,6 +22,10 @@ STEPS = 24
 # 2 ranks x 2 images x 4 micro-batches = 16 per optimizer step: most of a step is mid-accumulation.
 RUN = [f"steps={STEPS}", "train.global_batch=16", "train.per_gpu_batch=2", "checkpoint.every_steps=5",
        "log.every_steps=1"]
+# The interrupted run has both monitors on (k-NN at steps 8, 16, 24: between and after the two
+# interruptions), the straight run neither: the bits must match, so the monitors change nothing.
+MONITORS_ON = RUN + ["monitor.collapse=true", "monitor.knn=true", "monitor.knn_every=8"]
+MONITORS_OFF = RUN + ["monitor.collapse=false", "monitor.knn=false"]
 
 
 def _progress_step(run_dir: Path) -> int:
@@ -32,7 +37,7 @@ def _progress_step(run_dir: Path) -> int:
 
 def _interrupt(cli, run_dir: Path, tag: str, at_step: int, ranks: list[int]) -> None:
     """Start the 2-rank run, send SIGUSR2 to `ranks` once it passed `at_step`, expect a requeue exit."""
-    procs = cli.start(cli.overrides(run_dir, *RUN), tag, world_size=2)
+    procs = cli.start(cli.overrides(run_dir, *MONITORS_ON), tag, world_size=2)
     deadline = time.time() + 300
     while _progress_step(run_dir) < at_step:
         assert time.time() < deadline, cli.log(tag)
@@ -57,7 +62,7 @@ def _weights(run_dir: Path) -> dict:
 @pytest.mark.slow
 def test_interrupted_run_is_bit_identical_to_uninterrupted(cli, tmp_path):
     straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
-    assert cli.run(cli.overrides(straight, *RUN), "straight", world_size=2) == [0, 0], cli.log("straight")
+    assert cli.run(cli.overrides(straight, *MONITORS_OFF), "straight", world_size=2) == [0, 0], cli.log("straight")
 
     _interrupt(cli, interrupted, "first", at_step=4, ranks=[0, 1])
     state = json.loads((interrupted / "progress.json").read_text())
@@ -66,7 +71,7 @@ def test_interrupted_run_is_bit_identical_to_uninterrupted(cli, tmp_path):
     assert int(ckpts[-1].stem.split("-")[1]) == state["step"], "no checkpoint at the preemption step"
     # Second interruption: only rank 0 gets the signal; the all-reduced flag must stop rank 1 too.
     _interrupt(cli, interrupted, "second", at_step=13, ranks=[0])
-    assert cli.run(cli.overrides(interrupted, *RUN), "final", world_size=2) == [0, 0], cli.log("final")
+    assert cli.run(cli.overrides(interrupted, *MONITORS_ON), "final", world_size=2) == [0, 0], cli.log("final")
 
     logs = cli.log("first") + cli.log("first", 1) + cli.log("second") + cli.log("second", 1)
     assert logs.count("exiting with 75") == 4  # every rank of both interrupted runs
@@ -86,3 +91,13 @@ def test_interrupted_run_is_bit_identical_to_uninterrupted(cli, tmp_path):
     curve = _scalars(interrupted, "train/loss")
     assert [s for s, _ in curve] == list(range(1, STEPS + 1))
     assert curve == _scalars(straight, "train/loss")
+    # The monitors logged: every step's collapse statistics, the k-NN at its cadence, once each.
+    for side in ("student", "teacher"):
+        for stat in ("std", "batch_entropy", "image_entropy", "mi"):
+            curve = _scalars(interrupted, f"collapse/{side}_{stat}")
+            assert [s for s, _ in curve] == list(range(1, STEPS + 1)), (side, stat)
+            assert all(math.isfinite(v) for _, v in curve), (side, stat)
+    knn = _scalars(interrupted, "knn/top1")
+    assert [s for s, _ in knn] == [8, 16, 24] and all(0.0 <= v <= 100.0 for _, v in knn)
+    straight_tags = EventAccumulator(str(straight / "tb")).Reload().Tags()["scalars"]
+    assert not [t for t in straight_tags if t.startswith(("knn/", "collapse/"))], straight_tags

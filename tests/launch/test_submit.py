@@ -79,6 +79,16 @@ def test_a_missing_dataset_list_is_reported_with_its_key(tmp_path, tiny_data):
         submit.validate(cfg, submit.plan_stages(cfg), 1)
 
 
+def test_pretraining_with_the_knn_monitor_checks_the_labelled_lists(tmp_path, tiny_data):
+    data = [f"data.root={tiny_data}", "data.synthetic.generate=false", "data.val_list=meta/nope.txt",
+            f"run_dir={tmp_path}/run"]
+    cfg = compose_cfg("stage=1", *data)  # the k-NN monitor's queries come from data.val_list
+    with pytest.raises(submit.LaunchConfigError, match=r"nope.txt does not exist \(data.val_list"):
+        submit.validate(cfg, submit.plan_stages(cfg), 1)
+    cfg = compose_cfg("stage=1", "monitor.knn=false", *data)
+    submit.validate(cfg, submit.plan_stages(cfg), 1)  # without it, stage 1 reads the train list only
+
+
 def test_cli_rejects_a_bad_config_with_exit_2_and_queues_nothing(tmp_path, tiny_data):
     out = subprocess.run(
         [sys.executable, str(REPO / "launch" / "submit.py"), "preset=tiny", "stage=all", "nodes=2",

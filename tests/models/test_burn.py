@@ -60,6 +60,10 @@ def test_views_pass_the_student_and_classifiers_as_separate_batches():
     torch.testing.assert_close(out["loss"], loss)
     torch.testing.assert_close(out["kl"], kl)
     torch.testing.assert_close(out["fs"], fs)
+    # The collapse monitor's inputs: both views' classifier outputs, stacked and detached.
+    torch.testing.assert_close(out["student_out"], torch.cat([p1, p2]))
+    torch.testing.assert_close(out["teacher_out"], torch.cat([t1, t2]))
+    assert not out["student_out"].requires_grad and not out["teacher_out"].requires_grad
     # A concatenated student batch normalises with both views' statistics: a different loss.
     p12 = model.student_classifier(model.student(torch.cat([v1, v2]))).chunk(2)
     concatenated = burn_loss(*p12, t1, t2, 0.25)[0]
@@ -70,7 +74,7 @@ def test_forward_under_bf16_autocast_gives_float32_loss_and_gradients():
     model = _tiny_model("binary").train()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(*_views(), lam=0.1)
-    assert all(v.dtype == torch.float32 and v.dim() == 0 for v in out.values())
+    assert all(out[k].dtype == torch.float32 and out[k].dim() == 0 for k in ("loss", "kl", "fs"))
     out["loss"].backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.trainable_parameters())
 
