@@ -39,6 +39,8 @@ from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from burn.config import STAGES, register_configs  # noqa: E402
+from burn.errors import USAGE_EXIT_CODE, UsageError  # noqa: E402
+from burn.validation import check_batch, check_choices, check_weights  # noqa: E402  (shared with run.py)
 from burn.engine.stage import stage_dir_name  # noqa: E402
 from launch import jobs  # noqa: E402
 
@@ -50,7 +52,7 @@ LAUNCH_KEYS = ("cluster", "nodes", "gpus_per_node", "partition", "time", "accoun
                "mem", "cpus_per_task", "signal_delay_s", "max_requeues", "stage", "run_dir")
 
 
-class LaunchConfigError(ValueError):
+class LaunchConfigError(UsageError):
     """The composed config cannot run; raised before anything is queued."""
 
 
@@ -131,29 +133,6 @@ def check_launch_keys(cfg: DictConfig) -> None:
         raise LaunchConfigError(f"max_requeues={cfg.max_requeues}: must be >= 0")
 
 
-def check_batch(stage_cfg: DictConfig, world_size: int) -> None:
-    """The global batch must split evenly into per-GPU batches over all ranks (and accumulation)."""
-    section = "linear" if stage_cfg.stage == "linear" else "train"
-    global_batch, per_gpu = stage_cfg[section].global_batch, stage_cfg[section].per_gpu_batch
-    if per_gpu < 1 or global_batch < 1 or global_batch % (per_gpu * world_size):
-        raise LaunchConfigError(
-            f"stage {stage_cfg.stage}: {section}.global_batch={global_batch} is not a positive multiple "
-            f"of {section}.per_gpu_batch={per_gpu} x {world_size} ranks (nodes x gpus_per_node) = "
-            f"{per_gpu * world_size}")
-
-
-def check_weights(path: str, key: str, stage: str) -> None:
-    """The file exists and has a layout that holds what this stage needs from it."""
-    from burn.weights import WeightsError, load_backbone, load_stage1_init, read_teacher_trunk
-
-    loader = {"teacher": read_teacher_trunk, "2": load_stage1_init, "linear": load_backbone}[
-        "teacher" if key == "model.teacher_weights" else stage]
-    try:
-        loader(path)
-    except WeightsError as err:
-        raise LaunchConfigError(f"{key}={path}: {err}") from None
-
-
 def dataset_splits(planned: List[DictConfig]) -> List[str]:
     """The splits the planned stages read: pretraining the unlabelled train list, linear the
     labelled train and val lists."""
@@ -177,6 +156,8 @@ def check_dataset(data_cfg: DictConfig, splits: List[str]) -> None:
 def validate(cfg: DictConfig, planned: List[DictConfig], world_size: int, with_data: bool = True) -> None:
     """Everything that can be known before queueing; raises LaunchConfigError naming the key."""
     check_launch_keys(cfg)
+    for stage_cfg in planned:
+        check_choices(stage_cfg)
     todo = [c for c in planned if not (Path(c.run_dir) / "DONE").exists()]
     if with_data and todo:
         check_dataset(todo[0].data, dataset_splits(todo))
@@ -266,10 +247,10 @@ def launch(cfg: DictConfig) -> None:
 def main(cfg: DictConfig) -> None:
     try:
         launch(cfg)
-    except LaunchConfigError as err:
+    except UsageError as err:
         # Hydra would print a traceback for an error that is the user's config, not a bug.
         print(f"submit.py: {err}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(USAGE_EXIT_CODE)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from burn.engine.rundir import CONFIG_FILE, ConfigMismatchError, RunDirBusyError
     write_config_if_changed
 from burn.engine.signals import PreemptionHandler
 from burn.errors import UsageError
+from burn.validation import check_data, check_stage
 
 log = logging.getLogger("burn")
 
@@ -76,9 +77,13 @@ def _cpu_threads() -> None:
         torch.set_num_threads(int(cpus))
 
 
-def _claim_run_dir(cfg: DictConfig, run_dir: Path) -> tuple[Optional[RunDirLock], str]:
-    """Rank 0's start-up in the run directory: lock, identity check, config.yaml. Returns the lock
-    (held until the stage ends) and "run" or "done"."""
+def _claim_run_dir(cfg: DictConfig, run_dir: Path, world_size: int) -> tuple[Optional[RunDirLock], str]:
+    """Rank 0's start-up in the run directory: checks, lock, identity check, config.yaml. Returns the
+    lock (held until the stage ends) and "run" or "done". Bad input fails before anything is written."""
+    check_stage(cfg, world_size, run_dir)  # the same checks as launch/submit.py
+    if not (run_dir / DONE_MARKER).exists():
+        ensure_synthetic(cfg.data)  # safe without the lock: it builds aside and renames
+        check_data(cfg.data, str(cfg.stage))
     run_dir.mkdir(parents=True, exist_ok=True)
     lock = RunDirLock(run_dir).acquire()
     try:
@@ -87,7 +92,6 @@ def _claim_run_dir(cfg: DictConfig, run_dir: Path) -> tuple[Optional[RunDirLock]
             check_resume_config(saved.read_text(), cfg, run_dir, cfg.checkpoint.force)
         if (run_dir / DONE_MARKER).exists():
             return lock, "done"
-        ensure_synthetic(cfg.data)
         write_config_if_changed(run_dir, OmegaConf.to_yaml(cfg, resolve=True))
         return lock, "run"
     except BaseException:
@@ -105,7 +109,7 @@ def _start_up(cfg: DictConfig, info: DistInfo, run_dir: Path) -> tuple[Optional[
     lock, error, decision = None, None, None
     if info.is_main:
         try:
-            lock, action = _claim_run_dir(cfg, run_dir)
+            lock, action = _claim_run_dir(cfg, run_dir, info.world_size)
             decision = ("ok", action, "")
         except Exception as err:
             if not info.distributed:

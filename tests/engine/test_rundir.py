@@ -188,9 +188,9 @@ from omegaconf import OmegaConf
 from burn.engine.distributed import init_distributed, shutdown_distributed
 from burn.engine.stage import _start_up
 from launch.jobs import stage_config
-run_dir, rounds = Path(sys.argv[1]), int(sys.argv[2])
+run_dir, rounds, data = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 info = init_distributed()
-cfg = stage_config(f"run_dir: {run_dir}\ndata:\n  root: {run_dir}/data\n")
+cfg = stage_config(f"run_dir: {run_dir}\ntrain:\n  global_batch: 2\n  per_gpu_batch: 1\ndata:\n  root: {data}\n")
 for i in range(rounds):
     cfg.log.every_steps = 1 + i % 2  # a new config.yaml text on every start
     lock, action = _start_up(cfg, info, run_dir)
@@ -202,7 +202,7 @@ print("rounds ok", rounds, flush=True)
 """
 
 
-def test_start_up_handshake_many_times_with_two_ranks_under_load(tmp_path):
+def test_start_up_handshake_many_times_with_two_ranks_under_load(tmp_path, tiny_data):
     """The start-up of 2 gloo ranks, 25 times in a row while config.yaml changes each time and a CPU
     burner competes: rank 1 always gets rank 0's decision, never a mismatch."""
     from tests.conftest import free_port
@@ -215,7 +215,7 @@ def test_start_up_handshake_many_times_with_two_ranks_under_load(tmp_path):
         for rank in range(2):
             env = {**os.environ, "PYTHONPATH": str(REPO), "RANK": str(rank), "WORLD_SIZE": "2",
                    "LOCAL_RANK": str(rank), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
-            procs.append(subprocess.Popen([sys.executable, "-c", _HANDSHAKE, str(run_dir), "25"], env=env,
+            procs.append(subprocess.Popen([sys.executable, "-c", _HANDSHAKE, str(run_dir), "25", str(tiny_data)], env=env,
                                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
         outputs = [p.communicate(timeout=300)[0] for p in procs]
     finally:
