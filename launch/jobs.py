@@ -6,16 +6,15 @@ global rank 0 requeues the job under the same id (``scontrol requeue``, as Submi
 every task exits *without* a Submitit result, so whoever waits on the job keeps waiting for the
 requeued run.
 
-Signals. Submitit installs its own handlers before it calls the job: SIGUSR2 ->
-``checkpoint_and_try_requeue``, which on global rank 0 only calls ``checkpoint()``, requeues and
-exits at once (mid-step, while the other ranks carry on), and SIGTERM -> log-and-ignore.
-`run_stage` installs burn's flag-only handlers for both signals when it starts, i.e. *after*
-Submitit's, so on every rank the trainer's handler wins: all ranks finish the step, agree to stop,
-write one checkpoint and return 75. This module imports the stage runner at import time, so the
-heavy imports happen while Submitit unpickles the job, before its handlers exist, and the window in
-which Submitit's handler could still fire is only the few statements before `run_stage` installs
-burn's. If it does fire there, `checkpoint()` (inherited) resubmits this same job, which resumes
-from the newest checkpoint: nothing is lost.
+Signals (which means what: burn/signal_flags.py). The job unpickles launch/job_entry.py's StageJob,
+which imports nothing heavy and installs burn's flag-only recorder before the stage code is imported,
+so a signal during start-up is recorded, never fatal. Submitit installs its own handlers after
+unpickling (SIGUSR2 -> checkpoint() on global rank 0 and requeue mid-step; SIGTERM -> ignore);
+StageJob re-installs burn's recorder first thing, and `run_stage` its stage handler: on every rank
+burn's handler wins, all ranks finish the step, agree to stop, write one checkpoint and return 75
+(USR2: requeue), 143 (SIGTERM: a user's scancel, stay cancelled) or 130 (Ctrl-C). If Submitit's
+handler fires in the few statements between, `checkpoint()` (inherited) resubmits this same job,
+which resumes from the newest checkpoint: nothing is lost.
 
 Stopping. Requeues are limited by ``max_requeues`` (SLURM_RESTART_COUNT, time-outs included), and
 a job that is requeued ``CRASH_LOOP_LIMIT`` times in a row at the same checkpoint step (no
@@ -42,8 +41,9 @@ from omegaconf import DictConfig, OmegaConf
 from burn.config import BurnConfig
 from burn.engine.checkpoint import CheckpointManager
 from burn.engine.loop import DONE_MARKER
-from burn.engine.signals import PREEMPTION_SIGNALS, REQUEUE_EXIT_CODE
+from burn.engine.signals import CANCEL_EXIT_CODE, INTERRUPT_EXIT_CODE, REQUEUE_EXIT_CODE, STOP_SIGNALS
 from burn.engine.stage import run_stage
+from launch.job_entry import StageJob
 
 log = logging.getLogger("burn.launch")
 
@@ -128,7 +128,7 @@ def requeue_job(job_id: str) -> None:
 def _ignore_preemption_signals() -> None:
     # run_stage restored Submitit's handlers on return; a late USR2 must not make Submitit
     # requeue a second time (or record a result) while we hand over to the requeued run.
-    for signum in PREEMPTION_SIGNALS:
+    for signum in STOP_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
 
 
@@ -148,6 +148,14 @@ def conclude_task(cfg: DictConfig, code: int, max_requeues: int) -> Dict[str, An
     stage_dir = Path(cfg.run_dir)
     if code == 0:
         return stage_summary(stage_dir)
+    if code in (CANCEL_EXIT_CODE, INTERRUPT_EXIT_CODE):
+        # A user's stop (scancel = SIGTERM, Ctrl-C): checkpoint written, no requeue. SLURM marks the job
+        # CANCELLED and, with afterok, cancels its dependants; under PreemptMode=REQUEUE it requeues
+        # a preempted job itself. SystemExit: Submitit records no result.
+        _ignore_preemption_signals()
+        log.warning("stage in %s stopped by %s; not requeuing. Submit the same command again to resume",
+                    stage_dir, "a cancel (SIGTERM)" if code == CANCEL_EXIT_CODE else "Ctrl-C")
+        sys.exit(code)
     if code != REQUEUE_EXIT_CODE:
         raise RuntimeError(f"run_stage returned unexpected exit code {code} for {stage_dir}")
     _ignore_preemption_signals()
@@ -165,21 +173,15 @@ def conclude_task(cfg: DictConfig, code: int, max_requeues: int) -> Dict[str, An
     sys.exit(REQUEUE_EXIT_CODE)
 
 
-class StageJob(submitit.helpers.Checkpointable):
-    """One stage on every task of a Submitit job (the stage config travels as resolved YAML)."""
-
-    def __init__(self, stage_yaml: str, max_requeues: int):
-        self.stage_yaml = stage_yaml
-        self.max_requeues = max_requeues
-
-    def __call__(self) -> Dict[str, Any]:
-        cfg = stage_config(self.stage_yaml)
-        env = os.environ
-        print(f"burn: stage {cfg.stage} job {slurm_job_id()} global rank {_task_rank()}/"
-              f"{env.get('SLURM_NTASKS', 1)} on {env.get('SLURMD_NODENAME', '?')}, restart "
-              f"{env.get('SLURM_RESTART_COUNT', 0)}, run dir {cfg.run_dir}", flush=True)
-        code = run_stage(cfg)  # installs burn's SIGUSR2/SIGTERM handlers over Submitit's
-        return conclude_task(cfg, code, self.max_requeues)
+def run_task(stage_yaml: str, max_requeues: int) -> Dict[str, Any]:
+    """The body of a Submitit stage job on one task (launch/job_entry.py's StageJob calls it)."""
+    cfg = stage_config(stage_yaml)
+    env = os.environ
+    print(f"burn: stage {cfg.stage} job {slurm_job_id()} global rank {_task_rank()}/"
+          f"{env.get('SLURM_NTASKS', 1)} on {env.get('SLURMD_NODENAME', '?')}, restart "
+          f"{env.get('SLURM_RESTART_COUNT', 0)}, run dir {cfg.run_dir}", flush=True)
+    code = run_stage(cfg)  # installs burn's stop-signal handlers over Submitit's
+    return conclude_task(cfg, code, max_requeues)
 
 
 # ---- submission ------------------------------------------------------------------------------------
@@ -283,9 +285,9 @@ def run_stages_here(stage_cfgs: List[DictConfig], max_requeues: int) -> List[Dic
             summaries.append(stage_summary(stage_dir))
             continue
         code = run_stage(cfg)
-        if code == REQUEUE_EXIT_CODE and slurm_job_id() is None:
+        if code in (CANCEL_EXIT_CODE, INTERRUPT_EXIT_CODE) or (code == REQUEUE_EXIT_CODE and slurm_job_id() is None):
             print(f"stage {cfg.stage} interrupted; its checkpoint is in {stage_dir}/checkpoints. "
                   "Run the same command again to resume.", file=sys.stderr)
-            sys.exit(REQUEUE_EXIT_CODE)
+            sys.exit(code)
         summaries.append(conclude_task(cfg, code, max_requeues))
     return summaries

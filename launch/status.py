@@ -5,7 +5,8 @@ each stage: its SLURM jobs and their states (squeue while queued, sacct after), 
 step/total, last loss, lambda, images/s (progress.json) and top-1 (linear_eval.json). A failed
 job is named together with its log file and the log's last lines.
 
-Exit status: 0 when nothing failed, 1 when a stage or job failed, 2 when RUN_DIR holds no stage.
+Exit status: 0 when nothing failed (a stage its user cancelled, with scancel or Ctrl-C, says
+"CANCELLED" and is not a failure), 1 when a stage or job failed, 2 when RUN_DIR holds no stage.
 Reads files and asks SLURM; imports neither torch nor the training code, so it answers fast.
 """
 
@@ -88,8 +89,18 @@ class StageStatus:
     latest: Optional[JobState] = None
 
     @property
-    def failed(self) -> bool:
+    def cancelled(self) -> bool:
+        """Stopped by its user (scancel = SIGTERM, Ctrl-C) with a checkpoint: not a failure."""
         if self.done:
+            return False
+        if self.progress.get("state") in ("cancelled", "interrupted"):
+            return True
+        return self.latest is not None and self.latest.state.startswith("CANCELLED") \
+            and "Dependency" not in self.latest.reason and self.progress.get("state") != "failed"
+
+    @property
+    def failed(self) -> bool:
+        if self.done or self.cancelled:
             return False
         return (self.latest is not None and self.latest.failed) or self.progress.get("state") == "failed"
 
@@ -173,10 +184,28 @@ def failure_report(stage: StageStatus) -> List[str]:
     return lines
 
 
+def cancel_report(stage: StageStatus) -> List[str]:
+    job = f"job {stage.latest.job_id} " if stage.latest else ""
+    step = stage.progress.get("step")
+    saved = f"checkpoint at step {step} in {stage.path / 'checkpoints'}" if step is not None else "no checkpoint"
+    return [f"CANCELLED {stage.name}: {job}was stopped by its user ({stage.progress.get('state', 'scancel')}); "
+            f"{saved}; submit the same command again to resume"]
+
+
 def report(run_dir: Path) -> tuple[List[str], bool]:
     """The status lines of a run dir and whether anything failed."""
     stages = [read_stage(path) for path in find_stages(run_dir)]
     lines = [f"run dir {run_dir}"] + [stage_line(s) for s in stages]
+    for i, stage in enumerate(stages):
+        if stage.cancelled:
+            lines += cancel_report(stage)
+            # Dependants SLURM cancelled because of this cancel did not fail either.
+            for later in stages[i + 1:]:
+                if later.latest is not None and later.latest.state.startswith("CANCELLED") and not later.done:
+                    lines.append(f"CANCELLED {later.name}: job {later.latest.job_id} never ran (its "
+                                 f"dependency {stage.name} was cancelled)")
+            stages = stages[:i + 1]
+            break
     failed = [s for s in stages if s.failed]
     for stage in failed:
         lines += failure_report(stage)

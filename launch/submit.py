@@ -39,6 +39,9 @@ from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from burn.config import RANDOM_BACKBONE, STAGES, register_configs  # noqa: E402
+from burn.errors import USAGE_EXIT_CODE, UsageError  # noqa: E402
+from burn.validation import (check_batch, check_choices, check_pretrained, check_teacher,  # noqa: E402
+                             stage_splits)  # shared with the stage runner
 from burn.engine.stage import stage_dir_name  # noqa: E402
 from burn.tiny_teacher import AUTO as AUTO_TEACHER  # noqa: E402
 from burn.tiny_teacher import resolve_auto_teacher  # noqa: E402
@@ -52,7 +55,7 @@ LAUNCH_KEYS = ("cluster", "nodes", "gpus_per_node", "partition", "time", "accoun
                "mem", "cpus_per_task", "signal_delay_s", "max_requeues", "stage", "run_dir", "compare_baseline")
 
 
-class LaunchConfigError(ValueError):
+class LaunchConfigError(UsageError):
     """The composed config cannot run; raised before anything is queued."""
 
 
@@ -134,38 +137,10 @@ def check_launch_keys(cfg: DictConfig) -> None:
         raise LaunchConfigError(f"max_requeues={cfg.max_requeues}: must be >= 0")
 
 
-def check_batch(stage_cfg: DictConfig, world_size: int) -> None:
-    """The global batch must split evenly into per-GPU batches over all ranks (and accumulation)."""
-    section = "linear" if stage_cfg.stage == "linear" else "train"
-    global_batch, per_gpu = stage_cfg[section].global_batch, stage_cfg[section].per_gpu_batch
-    if per_gpu < 1 or global_batch < 1 or global_batch % (per_gpu * world_size):
-        raise LaunchConfigError(
-            f"stage {stage_cfg.stage}: {section}.global_batch={global_batch} is not a positive multiple "
-            f"of {section}.per_gpu_batch={per_gpu} x {world_size} ranks (nodes x gpus_per_node) = "
-            f"{per_gpu * world_size}")
-
-
-def check_weights(path: str, key: str, stage: str) -> None:
-    """The file exists and has a layout that holds what this stage needs from it."""
-    from burn.weights import WeightsError, load_backbone, load_stage1_init, read_teacher_trunk
-
-    loader = {"teacher": read_teacher_trunk, "2": load_stage1_init, "linear": load_backbone}[
-        "teacher" if key == "model.teacher_weights" else stage]
-    try:
-        loader(path)
-    except WeightsError as err:
-        raise LaunchConfigError(f"{key}={path}: {err}") from None
-
-
 def dataset_splits(planned: List[DictConfig]) -> List[str]:
     """The splits the planned stages read: pretraining the unlabelled train list (and, with the k-NN
     monitor on, the labelled ones), linear the labelled train and val lists."""
-    splits = []
-    for stage_cfg in planned:
-        splits += ["train_labeled", "val"] if stage_cfg.stage == "linear" else ["train"]
-        if stage_cfg.stage != "linear" and stage_cfg.monitor.knn:
-            splits += ["train_labeled", "val"]
-    return list(dict.fromkeys(splits))
+    return list(dict.fromkeys(split for stage_cfg in planned for split in stage_splits(stage_cfg)))
 
 
 def check_dataset(data_cfg: DictConfig, splits: List[str]) -> None:
@@ -182,6 +157,8 @@ def check_dataset(data_cfg: DictConfig, splits: List[str]) -> None:
 def validate(cfg: DictConfig, planned: List[DictConfig], world_size: int, with_data: bool = True) -> None:
     """Everything that can be known before queueing; raises LaunchConfigError naming the key."""
     check_launch_keys(cfg)
+    for stage_cfg in planned:
+        check_choices(stage_cfg)
     todo = [c for c in planned if not (Path(c.run_dir) / "DONE").exists()]
     if with_data and todo:
         check_dataset(todo[0].data, dataset_splits(todo))
@@ -190,10 +167,8 @@ def validate(cfg: DictConfig, planned: List[DictConfig], world_size: int, with_d
     produced = set()  # weight files an earlier stage of this submission will write
     for stage_cfg in todo:
         check_batch(stage_cfg, world_size)
-        if stage_cfg.stage != "linear" and stage_cfg.model.teacher_weights:
-            check_weights(stage_cfg.model.teacher_weights, "model.teacher_weights", stage_cfg.stage)
-        if stage_cfg.pretrained and stage_cfg.pretrained not in produced | {RANDOM_BACKBONE}:
-            check_weights(stage_cfg.pretrained, "pretrained", stage_cfg.stage)
+        check_teacher(stage_cfg)
+        check_pretrained(stage_cfg, produced)
         produced |= {str(Path(stage_cfg.run_dir) / n) for n in ("stage1_extraction.pth", "backbone.pth")}
 
 
@@ -287,10 +262,10 @@ def launch(cfg: DictConfig) -> None:
 def main(cfg: DictConfig) -> None:
     try:
         launch(cfg)
-    except LaunchConfigError as err:
+    except UsageError as err:
         # Hydra would print a traceback for an error that is the user's config, not a bug.
         print(f"submit.py: {err}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(USAGE_EXIT_CODE)
 
 
 if __name__ == "__main__":

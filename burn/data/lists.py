@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,8 +162,19 @@ def find_missing(samples: SampleList, threads: int = 16) -> list[tuple[int, str]
     """(line, message) for every sample whose file is missing; stats run in threads (network storage)."""
     absolute = samples.absolute_paths()
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        present = list(pool.map(os.path.isfile, absolute, chunksize=1024))
-    return [(samples.lines[i], f"missing file {absolute[i]}") for i, ok in enumerate(present) if not ok]
+        problems = list(pool.map(_file_problem, absolute, chunksize=1024))
+    return [(samples.lines[i], f"{problem} {absolute[i]}") for i, problem in enumerate(problems) if problem]
+
+
+def _file_problem(path: str) -> str:
+    """"" for a usable file, else what is wrong (one stat: a zero-byte file kills DALI's reader)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return "missing file"
+    if not stat.S_ISREG(st.st_mode):
+        return "not a file"
+    return "" if st.st_size > 0 else "empty (0-byte) file"
 
 
 def validate_dataset(data_cfg, splits: Iterable[str] = ("train",)) -> Dict[str, SampleList]:

@@ -18,7 +18,8 @@ from omegaconf import DictConfig, OmegaConf
 from burn.engine.checkpoint import CheckpointManager
 from burn.engine.distributed import DistInfo, all_gather_objects, barrier, rng_state, set_rng_state
 from burn.engine.logging import MetricLogger
-from burn.engine.signals import REQUEUE_EXIT_CODE, PreemptionHandler, should_stop, warn_if_slow_checkpoint
+from burn.engine.signals import EXIT_CODES, REQUEUE_EXIT_CODE, STATES, PreemptionHandler, stop_code, \
+    warn_if_slow_checkpoint
 
 log = logging.getLogger("burn")
 
@@ -51,6 +52,7 @@ class StageLoop:
         self.metrics: Optional[MetricLogger] = None
         self._saved_step: Optional[int] = None
         self._last_logged: Dict[str, float] = {}
+        self._stop_code = 0
         self.noticed_at: Optional[str] = None
         """Where this rank first saw the preemption flag (for the log)."""
 
@@ -130,13 +132,10 @@ class StageLoop:
             self.metrics.close()
 
     def _loop(self) -> int:
-        if self.train_until(self.total_steps):
-            self.save_checkpoint()
-            self.metrics.progress("preempted", self.step, self.epoch(), **self._last_logged)
-            log.warning("preemption signal (%s, noticed at %s): checkpoint at step %d written; exiting "
-                        "with %d (requeue me)", self.preemption.reason or "on another rank",
-                        self.noticed_at or "the step boundary", self.step, REQUEUE_EXIT_CODE)
-            return REQUEUE_EXIT_CODE
+        # A signal during start-up stops before the first step (a checkpoint of the start state is exact).
+        stopped = stop_code(self.preemption.code, self.info.distributed)
+        if stopped or self.train_until(self.total_steps):
+            return self._stop(stopped or self._stop_code)
         self.save_checkpoint()
         self.finish()
         barrier(self.info)
@@ -145,9 +144,22 @@ class StageLoop:
             self.metrics.progress("done", self.step, self.epoch(), **self._last_logged, **self.final_summary())
         return 0
 
+    def _stop(self, code: int) -> int:
+        """Checkpoint after a stop signal; exit 75 (requeue me), 143 (cancelled) or 130 (Ctrl-C)."""
+        self.save_checkpoint()
+        exit_code, state = EXIT_CODES[code], STATES[code]
+        self.metrics.progress(state, self.step, self.epoch(), **self._last_logged)
+        what = "requeue me" if exit_code == REQUEUE_EXIT_CODE else \
+            "stopped; run the same command again to resume from it"
+        label = "preemption signal" if exit_code == REQUEUE_EXIT_CODE else state
+        log.warning("%s (%s, noticed at %s): checkpoint at step %d written in %s; exiting with %d (%s)",
+                    label, self.preemption.reason or "signal on another rank",
+                    self.noticed_at or "the step boundary", self.step, self.ckpt.directory, exit_code, what)
+        return exit_code
+
     def train_until(self, last_step: int) -> bool:
         """Optimizer steps up to `last_step`, with logging and periodic checkpoints. Returns True when a
-        preemption signal stopped it early (every rank returns at the same step)."""
+        stop signal ended it early (every rank returns at the same step; the code is in _stop_code)."""
         cfg = self.cfg
         bad_in_a_row = 0
         while self.step < last_step:
@@ -159,7 +171,7 @@ class StageLoop:
                     f"{bad_in_a_row} optimizer steps in a row had a non-finite loss or gradient (last at "
                     f"step {self.step}); stopping. The last good checkpoint in {self.ckpt.directory} is untouched.")
             # One collective per step: every rank learns of a signal that reached any of them.
-            stop = should_stop(self.preemption.requested, self.info.distributed)
+            stop = self._stop_code = stop_code(self.preemption.code, self.info.distributed)
             if self.step % cfg.log.every_steps == 0 or self.step == self.total_steps:
                 self._log(metrics)
             self.metrics.advance()
@@ -174,8 +186,9 @@ class StageLoop:
         return {}
 
     def after_step(self) -> None:
-        """Every rank, after each optimizer step and its logging, unless a preemption stops the run at
-        this step (the checkpoint goes first): monitors. Must leave the training state untouched."""
+        """Every rank, after each optimizer step and its logging, unless a stop signal (preemption,
+        scancel, Ctrl-C) ends the run at this step (the checkpoint goes first): monitors. Must leave the
+        training state untouched."""
 
     def _log(self, metrics: Dict[str, torch.Tensor]) -> None:
         values = {k: float(v) for k, v in metrics.items()}  # host sync, on logging steps only

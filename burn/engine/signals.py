@@ -1,9 +1,10 @@
-"""Preemption signals: a flag-only handler, a cross-rank stop decision, and the requeue exit code.
+"""Stop signals: a flag-only handler, a cross-rank stop decision, and the exit codes.
 
-SLURM announces preemption or the time limit with a signal some seconds before the kill
-(``--signal=USR2@120``; SIGTERM on plain cancellation/preemption). The handler here only
-records that the signal came; the training loop polls :func:`should_stop` at step boundaries,
-writes a checkpoint and exits with :data:`REQUEUE_EXIT_CODE`.
+SLURM announces preemption or the time limit with SIGUSR2 some seconds before the kill
+(``--signal=USR2@120``); a user's ``scancel`` sends SIGTERM, Ctrl-C SIGINT (which signal means what:
+burn/signal_flags.py). The handler here only records what came; the training loop polls
+:func:`stop_code` at step boundaries, writes a checkpoint and exits with :data:`REQUEUE_EXIT_CODE`
+(requeue me), :data:`CANCEL_EXIT_CODE` or :data:`INTERRUPT_EXIT_CODE` (stay stopped).
 
 Why flag-only: a Python signal handler runs in the main thread between two bytecodes, i.e.
 possibly in the middle of ``torch.save`` or a collective. Doing real work there (saving, logging
@@ -24,23 +25,33 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from burn.signal_flags import (  # (which signal means what: see burn/signal_flags.py)
+    CANCEL_EXIT_CODE,
+    EXIT_CODES,
+    INTERRUPT_EXIT_CODE,
+    REQUEUE_EXIT_CODE,
+    STATES,
+    STOP_CODES,
+    STOP_SIGNALS,
+    abort_on_second_interrupt,
+    take_early,
+)
+
 log = logging.getLogger(__name__)
 
-REQUEUE_EXIT_CODE = 75
-"""Exit code meaning "a preemption signal arrived, a checkpoint was written, requeue me".
-
-75 is EX_TEMPFAIL from sysexits.h (``os.EX_TEMPFAIL``): a temporary failure, try again later.
-0 means the stage is complete, 1 an error; launchers requeue only on 75.
-"""
+__all__ = ["CANCEL_EXIT_CODE", "INTERRUPT_EXIT_CODE", "REQUEUE_EXIT_CODE", "EXIT_CODES", "STATES",
+           "STOP_SIGNALS", "PREEMPTION_SIGNALS", "PreemptionHandler", "should_stop", "stop_code"]
 
 PREEMPTION_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGUSR2, signal.SIGTERM)
-"""SIGUSR2: SLURM's advance warning (``--signal=USR2@<lead>``); SIGTERM: cancellation/preemption."""
+"""SIGUSR2: SLURM's advance warning (``--signal=USR2@<lead>``) -> requeue; SIGTERM: a cancel -> stop.
+The stage handler also takes SIGINT (Ctrl-C): :data:`STOP_SIGNALS`."""
 
 
 class PreemptionHandler:
     """Records the first preemption signal; restores the previous handlers on :meth:`restore`.
 
-    Use as a context manager (installs :data:`PREEMPTION_SIGNALS`), or call :meth:`install`.
+    Use as a context manager (installs :data:`STOP_SIGNALS`), or call :meth:`install`. Signals that
+    :func:`burn.signal_flags.install_early` recorded before it are adopted on install.
     Must be installed from the main thread (a CPython rule for ``signal.signal``).
     """
 
@@ -49,9 +60,11 @@ class PreemptionHandler:
         # signal arriving inside the handler cannot leave a half-updated record.
         self._first: tuple[int, float] | None = None
         self._count = 0
+        self._code = 0
+        self._interrupts = 0
         self._previous: dict[int, Any] = {}
 
-    def install(self, signals: Iterable[int] = PREEMPTION_SIGNALS) -> PreemptionHandler:
+    def install(self, signals: Iterable[int] = STOP_SIGNALS) -> PreemptionHandler:
         """Route ``signals`` to this handler, remembering the handlers they replace."""
         if threading.current_thread() is not threading.main_thread():
             raise RuntimeError("PreemptionHandler.install must run in the main thread (CPython rule)")
@@ -59,6 +72,10 @@ class PreemptionHandler:
             raise RuntimeError("PreemptionHandler is already installed; call restore() first")
         for signum in signals:
             self._previous[signum] = signal.signal(signum, self._on_signal)
+        first, code, interrupts = take_early()  # what came while the process was still importing
+        if first is not None and self._first is None:
+            self._first, self._code, self._interrupts = first, max(self._code, code), interrupts
+            self._count += 1
         return self
 
     def restore(self) -> None:
@@ -70,14 +87,22 @@ class PreemptionHandler:
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         # Flag only: no logging, no I/O, no torch calls (see the module docstring).
+        abort_on_second_interrupt(signum, self._interrupts)
         if self._first is None:
             self._first = (signum, time.time())
+        self._code = max(self._code, STOP_CODES.get(signum, 1))
+        self._interrupts += signum == signal.SIGINT
         self._count += 1
 
     @property
     def requested(self) -> bool:
         """True once any installed signal has arrived in this process."""
         return self._first is not None
+
+    @property
+    def code(self) -> int:
+        """This rank's stop code: 0 none, 1 preempted (requeue), 2 cancelled, 3 interrupted."""
+        return self._code
 
     @property
     def reason(self) -> str | None:
@@ -142,6 +167,16 @@ def should_stop(
     flag = torch.tensor([1 if flag_local else 0], dtype=torch.int32, device=device)
     dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=group)
     return bool(flag.item())
+
+
+def stop_code(code_local: int, process_group_available: bool, *, group: Any = None) -> int:
+    """The stop decision of all ranks: MAX of the local codes (see :data:`STOP_CODES`), so a user's
+    cancel or Ctrl-C on any rank beats a preemption. A COLLECTIVE, like :func:`should_stop`."""
+    if not process_group_available:
+        return int(code_local)
+    flag = torch.tensor([int(code_local)], dtype=torch.int32, device=_collective_device(group))
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=group)
+    return int(flag.item())
 
 
 def warn_if_slow_checkpoint(

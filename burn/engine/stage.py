@@ -11,17 +11,22 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from burn.data.loaders import ensure_synthetic
-from burn.engine.distributed import barrier, init_distributed, seed_everything, shutdown_distributed
+from burn.engine.distributed import DistInfo, all_gather_objects, init_distributed, seed_everything, \
+    shutdown_distributed
 from burn.engine.logging import configure_console_logging
 from burn.engine.loop import DONE_MARKER
+from burn.engine.rundir import CONFIG_FILE, ConfigMismatchError, RunDirBusyError, RunDirLock, \
+    write_config_if_changed
 from burn.engine.signals import PreemptionHandler
-from burn.tiny_teacher import ensure_teacher, resolve_auto_teacher, teacher_path
+from burn.errors import UsageError
+from burn.tiny_teacher import resolve_auto_teacher
+from burn.validation import check_choices, check_data, check_stage
 
 log = logging.getLogger("burn")
 
@@ -31,10 +36,6 @@ RUNNABLE_STAGES = ("1", "2", "linear")
 _IDENTITY_KEYS = ("stage", "seed", "model", "data.root", "data.train_list", "data.train_labeled_list",
                   "data.val_list", "data.aug", "train.global_batch", "train.per_gpu_batch",
                   "linear.global_batch", "linear.per_gpu_batch", "linear.num_classes", "pretrained")
-
-
-class ConfigMismatchError(RuntimeError):
-    pass
 
 
 def _identity(cfg: DictConfig) -> Dict[str, Any]:
@@ -77,31 +78,76 @@ def _cpu_threads() -> None:
         torch.set_num_threads(int(cpus))
 
 
+def _claim_run_dir(cfg: DictConfig, run_dir: Path, world_size: int) -> tuple[Optional[RunDirLock], str]:
+    """Rank 0's start-up in the run directory: checks, lock, identity check, config.yaml. Returns the
+    lock (held until the stage ends) and "run" or "done". Bad input fails before anything is written."""
+    check_choices(cfg)  # data.root is set: model.teacher_weights=auto's path derives from it
+    # auto: the cached teacher's path before the identity check compares it; a pretraining stage
+    # trains it now if it is missing (generating the tiny data first), and check_stage checks the file.
+    resolve_auto_teacher(cfg, train=str(cfg.stage) != "linear")
+    check_stage(cfg, world_size, run_dir)  # the same checks as launch/submit.py
+    if not (run_dir / DONE_MARKER).exists():
+        ensure_synthetic(cfg.data)  # safe without the lock: it builds aside and renames
+        check_data(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = RunDirLock(run_dir).acquire()
+    try:
+        saved = run_dir / CONFIG_FILE
+        if saved.exists():
+            check_resume_config(saved.read_text(), cfg, run_dir, cfg.checkpoint.force)
+        if (run_dir / DONE_MARKER).exists():
+            return lock, "done"
+        write_config_if_changed(run_dir, OmegaConf.to_yaml(cfg, resolve=True))
+        return lock, "run"
+    except BaseException:
+        lock.release()
+        raise
+
+
+#: Errors rank 0 relays to the other ranks by name, so every rank fails the same way.
+_RELAYED = {cls.__name__: cls for cls in (ConfigMismatchError, RunDirBusyError, UsageError)}
+
+
+def _start_up(cfg: DictConfig, info: DistInfo, run_dir: Path) -> tuple[Optional[RunDirLock], str]:
+    """Rank 0 claims the run directory and tells the others the outcome: only one process reads or
+    writes its files, so no rank can read a config.yaml that is being rewritten."""
+    lock, error, decision = None, None, None
+    if info.is_main:
+        try:
+            lock, action = _claim_run_dir(cfg, run_dir, info.world_size)
+            decision = ("ok", action, "")
+        except Exception as err:
+            if not info.distributed:
+                raise
+            error, decision = err, ("error", type(err).__name__, str(err))
+    kind, what, message = all_gather_objects(info, decision)[0]
+    if kind == "ok":
+        return lock, what
+    if error is not None:
+        raise error
+    if what in _RELAYED:
+        raise _RELAYED[what](message)
+    raise RuntimeError(f"rank 0 failed to start the stage: {what}: {message}")
+
+
 def run_stage(cfg: DictConfig) -> int:
     stage = str(cfg.stage)
     if stage not in RUNNABLE_STAGES:
-        raise ValueError(f"stage={stage!r}: the stage runner runs one of {RUNNABLE_STAGES} "
+        raise UsageError(f"stage={stage!r}: the stage runner runs one of {', '.join(RUNNABLE_STAGES)} "
                          "(stage=all is for launch/submit.py)")
     # Handlers first: a signal that arrives while we start up still produces a checkpoint + requeue.
     with PreemptionHandler() as preemption:
         configure_console_logging(int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", 0))))
         info = init_distributed()
+        lock = None
         try:
             _cpu_threads()
             run_dir = resolve_run_dir(cfg)
-            resolve_auto_teacher(cfg, train=False)  # the path first: the identity check compares it
-            if (run_dir / "config.yaml").exists():
-                check_resume_config((run_dir / "config.yaml").read_text(), cfg, run_dir, cfg.checkpoint.force)
-            if (run_dir / DONE_MARKER).exists():
+            lock, action = _start_up(cfg, info, run_dir)
+            resolve_auto_teacher(cfg, train=False)  # the other ranks: the path rank 0 resolved (and trained)
+            if action == "done":
                 log.info("stage %s in %s is already complete; nothing to do", stage, run_dir)
                 return 0
-            if info.is_main:
-                run_dir.mkdir(parents=True, exist_ok=True)
-                ensure_synthetic(cfg.data)
-                if stage != "linear" and cfg.model.teacher_weights == str(teacher_path(cfg.data, cfg.model.teacher_arch)):
-                    ensure_teacher(cfg.data, cfg.model.teacher_arch)  # model.teacher_weights=auto
-                (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-            barrier(info)
             seed_everything(cfg.seed, info.rank)
             if stage == "linear":
                 from burn.engine.linear import LinearEvalTrainer as Loop
@@ -109,4 +155,6 @@ def run_stage(cfg: DictConfig) -> int:
                 from burn.engine.trainer import PretrainTrainer as Loop
             return Loop(cfg, info, run_dir, preemption).run()
         finally:
+            if lock is not None:
+                lock.release()
             shutdown_distributed()

@@ -51,7 +51,7 @@ def test_stage_all_refuses_pretrained():
 ])
 def test_batch_must_split_over_all_ranks(overrides, message):
     cfg = compose_cfg(*overrides)
-    with pytest.raises(submit.LaunchConfigError, match=message):
+    with pytest.raises(submit.UsageError, match=message):
         submit.check_batch(submit.plan_stages(cfg)[0], cfg.nodes * cfg.gpus_per_node)
 
 
@@ -63,12 +63,12 @@ def test_signal_lead_must_fit_in_the_time_limit():
 def test_weight_files_are_checked_before_queueing(tmp_path, tiny_data):
     data = [f"data.root={tiny_data}", "data.synthetic.generate=false", f"run_dir={tmp_path}/run"]
     cfg = compose_cfg("stage=2", f"pretrained={tmp_path}/missing.pth", *data)
-    with pytest.raises(submit.LaunchConfigError, match=r"pretrained=.*missing.pth: .*no such weights file"):
+    with pytest.raises(submit.UsageError, match=r"pretrained=.*missing.pth: no such file"):
         submit.validate(cfg, submit.plan_stages(cfg), 1)
     odd = tmp_path / "odd.pth"
     torch.save({"foo": torch.zeros(2)}, odd)
     cfg = compose_cfg("stage=1", f"model.teacher_weights={odd}", *data)
-    with pytest.raises(submit.LaunchConfigError, match=r"model.teacher_weights=.*odd.pth: .*unknown weights layout"):
+    with pytest.raises(submit.UsageError, match=r"model.teacher_weights=.*odd.pth: .*unknown weights layout"):
         submit.validate(cfg, submit.plan_stages(cfg), 1)
 
 

@@ -1,0 +1,137 @@
+"""One writer per run directory: an OS lock held for a stage's life, atomic files, the identity check.
+
+Only rank 0 touches the run directory at start-up. It takes the lock, compares the saved
+`config.yaml` with the new command, writes `config.yaml` (atomically, and only when its text
+changes), and tells the other ranks what it decided; they never read the directory's files
+themselves, so none of them can see a file another process is rewriting.
+
+The lock is ``flock`` on ``<run_dir>/.lock``: the kernel drops it when the holding process ends,
+however it ends (``kill -9`` included), so there is no stale lock to clean up. The file's text
+names the holder (host, pid, SLURM job id) for the refusal message. The file itself is never
+deleted: unlinking a lock file lets a third process lock a fresh inode while the second still
+holds the old one.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+from burn.errors import UsageError
+
+LOCK_FILE = ".lock"
+CONFIG_FILE = "config.yaml"
+
+
+class RunDirBusyError(UsageError):
+    """Another live process holds this run directory's lock."""
+
+
+class ConfigMismatchError(UsageError):
+    """The run directory belongs to a run with another model or data."""
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Replace `path` with `text` so that a reader sees the old file or the new one, never a part.
+
+    The temp file lives in the same directory (``os.replace`` is atomic only within one
+    filesystem) and is fsynced first, so a crash cannot leave an empty file under the real name.
+    Permissions follow the umask, as a plain ``open()`` would create them."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as stream:
+            stream.write(text)
+            stream.flush()
+            os.fsync(stream.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def holder_record() -> Dict[str, Any]:
+    """Who holds a lock: enough for a user to find and stop the other copy."""
+    env = os.environ
+    job = env.get("SLURM_JOB_ID")
+    if job and env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
+        job = f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+    return {"host": socket.gethostname(), "node": env.get("SLURMD_NODENAME"), "pid": os.getpid(),
+            "slurm_job_id": job, "since": time.time()}
+
+
+def describe_holder(text: str) -> str:
+    try:
+        h = json.loads(text)
+    except ValueError:
+        return "another process (it has not recorded itself yet)"
+    where = h.get("host") or "?"
+    if h.get("node") and h["node"] != where:
+        where += f" (SLURM node {h['node']})"
+    job = f", SLURM job {h['slurm_job_id']}" if h.get("slurm_job_id") else ""
+    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(h["since"])) if h.get("since") else "?"
+    return f"pid {h.get('pid', '?')} on {where}{job}, since {since}"
+
+
+class RunDirLock:
+    """Exclusive, non-blocking lock of one run directory for the life of this process (or `release`)."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / LOCK_FILE
+        self._fd: Optional[int] = None
+
+    def acquire(self) -> "RunDirLock":
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = os.pread(fd, 4096, 0).decode(errors="replace")
+            os.close(fd)
+            raise RunDirBusyError(
+                f"{self.run_dir} is in use by {describe_holder(text)}: one stage run per run "
+                "directory. Wait for it or stop it (scancel / kill), or pick another run_dir.") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        record = json.dumps(holder_record()).encode()
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, record, 0)
+        self._fd = fd
+        return self
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the last descriptor drops the flock
+            self._fd = None
+
+    def __enter__(self) -> "RunDirLock":
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def write_config_if_changed(run_dir: Path, text: str) -> bool:
+    """Write config.yaml when it is missing or its text differs; returns whether it wrote."""
+    path = Path(run_dir) / CONFIG_FILE
+    try:
+        if path.read_text() == text:
+            return False
+    except FileNotFoundError:
+        pass
+    write_text_atomic(path, text)
+    return True

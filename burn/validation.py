@@ -1,0 +1,122 @@
+"""Checks of a stage config that can fail before any work: the same code for launch/submit.py (before
+queueing), launch/run.py and the SLURM job (rank 0, before the run directory is touched).
+
+Each failure is a :class:`burn.errors.UsageError` naming the key and the value: one line, exit 2.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Collection, Iterable, List, Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+from burn.config import RANDOM_BACKBONE
+from burn.errors import UsageError
+
+RUNNABLE_STAGES = ("1", "2", "linear")
+TRAIN_PRECISIONS = ("fp16", "bf16", "fp32")
+LINEAR_PRECISIONS = ("binary", "binact", "fp")
+
+
+def check_choices(cfg: DictConfig, stages: Iterable[str] = RUNNABLE_STAGES) -> None:
+    stages = tuple(stages)
+    if str(cfg.stage) not in stages:
+        raise UsageError(f"stage={cfg.stage!r}: choose one of {', '.join(stages)}")
+    if cfg.train.precision not in TRAIN_PRECISIONS:
+        raise UsageError(f"train.precision={cfg.train.precision!r}: choose one of {', '.join(TRAIN_PRECISIONS)}")
+    if cfg.linear.precision not in LINEAR_PRECISIONS:
+        raise UsageError(f"linear.precision={cfg.linear.precision!r}: choose one of {', '.join(LINEAR_PRECISIONS)}")
+    if OmegaConf.is_missing(cfg.data, "root") or not cfg.data.root:
+        raise UsageError("data.root is not set: point it at an ImageNet-style tree "
+                         "(or use preset=tiny for the generated one)")
+
+
+def check_batch(stage_cfg: DictConfig, world_size: int) -> None:
+    """The global batch must split evenly into per-GPU batches over all ranks (and accumulation)."""
+    section = "linear" if str(stage_cfg.stage) == "linear" else "train"
+    global_batch, per_gpu = stage_cfg[section].global_batch, stage_cfg[section].per_gpu_batch
+    if per_gpu < 1 or global_batch < 1 or global_batch % (per_gpu * world_size):
+        raise UsageError(
+            f"stage {stage_cfg.stage}: {section}.global_batch={global_batch} is not a positive multiple "
+            f"of {section}.per_gpu_batch={per_gpu} x {world_size} ranks (nodes x gpus_per_node) = "
+            f"{per_gpu * world_size}")
+
+
+def check_weights(path: str, key: str, stage: str) -> None:
+    """The file exists, is not empty and has a layout that holds what this stage needs from it."""
+    from burn.weights import WeightsError, load_backbone, load_stage1_init, read_teacher_trunk
+
+    file = Path(path)
+    if not file.is_file():
+        raise UsageError(f"{key}={path}: no such file")
+    if file.stat().st_size == 0:
+        raise UsageError(f"{key}={path}: the file is empty (0 bytes)")
+    if not os.access(file, os.R_OK):
+        raise UsageError(f"{key}={path}: not readable (permission denied)")
+    loader = {"teacher": read_teacher_trunk, "2": load_stage1_init, "linear": load_backbone}[
+        "teacher" if key == "model.teacher_weights" else stage]
+    try:
+        loader(path)
+    except WeightsError as err:
+        raise UsageError(f"{key}={path}: {err or type(err).__name__}") from None
+    except Exception as err:  # an unreadable pickle, a torn file: still the user's file
+        raise UsageError(f"{key}={path}: cannot be read as weights ({type(err).__name__}: {err})") from None
+
+
+def check_writable(run_dir: Path) -> None:
+    """The run directory, or its nearest existing parent, can be written by us."""
+    probe: Optional[Path] = Path(run_dir).absolute()
+    while probe is not None and not probe.exists():
+        probe = probe.parent if probe.parent != probe else None
+    if probe is None or not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise UsageError(f"run_dir={run_dir}: {probe} is not a writable directory")
+
+
+def check_stage(cfg: DictConfig, world_size: int, run_dir: Path) -> None:
+    """Everything about one stage that needs neither the dataset nor the run directory's contents."""
+    check_choices(cfg)
+    check_batch(cfg, world_size)
+    check_writable(run_dir)
+    check_teacher(cfg)
+    check_pretrained(cfg)
+
+
+def check_teacher(cfg: DictConfig) -> None:
+    """A pretraining stage's model.teacher_weights (None keeps a random teacher trunk). Resolve
+    ``auto`` first (burn.tiny_teacher.resolve_auto_teacher): this checks the file it names."""
+    if str(cfg.stage) != "linear" and cfg.model.teacher_weights:
+        check_weights(cfg.model.teacher_weights, "model.teacher_weights", str(cfg.stage))
+
+
+def check_pretrained(cfg: DictConfig, produced: Collection[str] = ()) -> None:
+    """``pretrained``: a weights file this stage can start from, one that an earlier stage of the same
+    submission will write (`produced`, not there yet), or ``random`` (stage=linear only: the
+    no-pretraining baseline, nothing to load)."""
+    if not cfg.pretrained or cfg.pretrained in produced:
+        return
+    if cfg.pretrained == RANDOM_BACKBONE:
+        if str(cfg.stage) != "linear":
+            raise UsageError(f"pretrained={RANDOM_BACKBONE} is for stage=linear (the no-pretraining baseline), "
+                             f"not stage={cfg.stage}: give stage {cfg.stage} a weights file")
+        return
+    check_weights(cfg.pretrained, "pretrained", str(cfg.stage))
+
+
+def stage_splits(cfg: DictConfig) -> List[str]:
+    """The dataset splits a stage reads: pretraining the unlabelled train list (and, with the k-NN
+    monitor on, the labelled ones), linear the labelled train and val lists."""
+    if str(cfg.stage) == "linear":
+        return ["train_labeled", "val"]
+    return ["train", "train_labeled", "val"] if cfg.monitor.knn else ["train"]
+
+
+def check_data(cfg: DictConfig) -> None:
+    """The lists a stage reads and every file in them (present, non-empty)."""
+    from burn.data.loaders import validate_dataset
+
+    try:
+        validate_dataset(cfg.data, stage_splits(cfg))
+    except (OSError, ValueError) as err:  # DatasetError is a ValueError
+        raise UsageError(f"data.root={cfg.data.root}: {err}") from None

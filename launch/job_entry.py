@@ -1,0 +1,35 @@
+"""The object a Submitit stage job unpickles and calls; light on purpose.
+
+Submitit's job process unpickles this class (importing this module) and only then installs its own
+signal handlers; the stage code (torch, DALI, the models) takes seconds to import, more on a loaded
+node. So this module imports nothing heavy: on import inside a job, and again first thing in
+`__call__` (over Submitit's handlers), it installs burn's flag-only recorder, and only then imports
+the stage code. A preemption notice during any of that is recorded and ends in a checkpoint at step
+boundary 0 and a requeue, not in a FAILED job (see burn/signal_flags.py for which signal means what).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Dict
+
+import submitit
+
+from burn.signal_flags import install_early
+
+if "SUBMITIT_FOLDER" in os.environ:  # unpickling inside a job (not submit.py importing us)
+    install_early()
+
+
+class StageJob(submitit.helpers.Checkpointable):
+    """One stage on every task of a Submitit job (the stage config travels as resolved YAML)."""
+
+    def __init__(self, stage_yaml: str, max_requeues: int):
+        self.stage_yaml = stage_yaml
+        self.max_requeues = max_requeues
+
+    def __call__(self) -> Dict[str, Any]:
+        install_early()  # Submitit replaced the handlers after unpickling; the heavy imports follow
+        from launch.jobs import run_task
+
+        return run_task(self.stage_yaml, self.max_requeues)
