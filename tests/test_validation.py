@@ -1,0 +1,89 @@
+"""burn/validation.py and the stage start-up with the symbolic values: ``pretrained=random`` (nothing to
+load) and ``model.teacher_weights=auto`` (the cached teacher's path, trained when missing)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+import burn.tiny_teacher
+from burn.config import register_configs
+from burn.engine.stage import _claim_run_dir
+from burn.errors import UsageError
+from burn.tiny_teacher import teacher_path
+from burn.validation import check_pretrained, check_stage, stage_splits
+
+REPO = Path(__file__).resolve().parents[1]
+register_configs()
+
+
+def compose_cfg(*overrides: str):
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
+        return compose("config", overrides=["preset=tiny", *overrides])
+
+
+@pytest.fixture
+def own_data(tmp_path, tiny_data) -> Path:
+    """The tiny dataset under a root of this test's own (the auto teacher is cached beside the data)."""
+    root = tmp_path / "data"
+    root.mkdir()
+    for name in ("meta", "train", "val"):
+        (root / name).symlink_to(tiny_data / name)
+    return root
+
+
+def test_pretrained_random_is_a_linear_baseline_not_a_file(tmp_path):
+    linear = compose_cfg("stage=linear", "pretrained=random", f"data.root={tmp_path}")
+    check_stage(linear, 1, tmp_path / "run")  # no file named "random" is looked for
+    stage2 = compose_cfg("stage=2", "pretrained=random", f"data.root={tmp_path}")
+    with pytest.raises(UsageError, match="pretrained=random is for stage=linear"):
+        check_pretrained(stage2)
+    with pytest.raises(UsageError, match="pretrained=.*nope.pth: no such file"):
+        check_pretrained(compose_cfg("stage=linear", f"pretrained={tmp_path}/nope.pth"))
+    check_pretrained(compose_cfg("stage=2", f"pretrained={tmp_path}/later.pth"), {f"{tmp_path}/later.pth"})
+
+
+def test_pretraining_reads_the_labelled_lists_only_with_the_knn_monitor():
+    assert stage_splits(compose_cfg("stage=1")) == ["train", "train_labeled", "val"]
+    assert stage_splits(compose_cfg("stage=2", "monitor.knn=false")) == ["train"]
+    assert stage_splits(compose_cfg("stage=linear", "monitor.knn=true")) == ["train_labeled", "val"]
+
+
+def test_start_up_trains_the_missing_auto_teacher_before_checking_it_and_saves_its_path(
+        tmp_path, own_data, monkeypatch):
+    trained = []
+
+    def fake_train(data_cfg, arch, out, **_):  # a real state dict, without minutes of training
+        trained.append(arch)
+        torch.save(torchvision.models.resnet18(num_classes=10).state_dict(), out)
+        return {"val_top1": 0.0, "epochs": 0, "seconds": 0.0}
+
+    monkeypatch.setattr(burn.tiny_teacher, "train_teacher", fake_train)
+    overrides = ["stage=1", f"data.root={own_data}", "data.synthetic.generate=false", "model.teacher_weights=auto"]
+    cfg = compose_cfg(*overrides)
+    expected = str(teacher_path(cfg.data, cfg.model.teacher_arch))
+    run_dir = tmp_path / "run"
+    lock, action = _claim_run_dir(cfg, run_dir, 1)
+    lock.release()
+    assert (action, trained, cfg.model.teacher_weights) == ("run", ["resnet18"], expected)
+    assert OmegaConf.load(run_dir / "config.yaml").model.teacher_weights == expected
+    # The same command again: the cached teacher is reused and the identity check sees the same path.
+    lock, action = _claim_run_dir(compose_cfg(*overrides), run_dir, 1)
+    lock.release()
+    assert (action, trained) == ("run", ["resnet18"])
+
+
+def test_start_up_of_a_linear_stage_neither_trains_an_auto_teacher_nor_loads_random(tmp_path, own_data,
+                                                                                     monkeypatch):
+    monkeypatch.setattr(burn.tiny_teacher, "train_teacher", lambda *a, **k: pytest.fail("trained a teacher"))
+    cfg = compose_cfg("stage=linear", "pretrained=random", f"data.root={own_data}", "data.synthetic.generate=false",
+                      "model.teacher_weights=auto")
+    lock, action = _claim_run_dir(cfg, tmp_path / "run", 1)
+    lock.release()
+    assert action == "run"
+    assert cfg.model.teacher_weights == str(teacher_path(cfg.data, cfg.model.teacher_arch))
