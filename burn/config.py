@@ -17,6 +17,8 @@ STAGES = ("1", "2", "linear", "all")
 #: ``pretrained=random`` with stage=linear: evaluate a freshly initialised (seeded) student, the
 #: no-pretraining baseline that BURN must beat.
 RANDOM_BACKBONE = "random"
+#: model.teacher_classifier: trained with the student (the paper's moving target) or frozen at init.
+TEACHER_CLASSIFIER_MODES = ("joint", "frozen")
 #: Student precision per pretraining stage (burn_facts.md: stage 1 binarises activations only).
 STAGE_PRECISION = {"1": "binact", "2": "binary"}
 

@@ -12,7 +12,7 @@ from typing import Collection, Iterable, List, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from burn.config import RANDOM_BACKBONE
+from burn.config import RANDOM_BACKBONE, TEACHER_CLASSIFIER_MODES
 from burn.errors import UsageError
 
 RUNNABLE_STAGES = ("1", "2", "linear")
@@ -28,6 +28,9 @@ def check_choices(cfg: DictConfig, stages: Iterable[str] = RUNNABLE_STAGES) -> N
         raise UsageError(f"train.precision={cfg.train.precision!r}: choose one of {', '.join(TRAIN_PRECISIONS)}")
     if cfg.linear.precision not in LINEAR_PRECISIONS:
         raise UsageError(f"linear.precision={cfg.linear.precision!r}: choose one of {', '.join(LINEAR_PRECISIONS)}")
+    if cfg.model.teacher_classifier not in TEACHER_CLASSIFIER_MODES:
+        raise UsageError(f"model.teacher_classifier={cfg.model.teacher_classifier!r}: choose one of "
+                         f"{', '.join(TEACHER_CLASSIFIER_MODES)}")
     if OmegaConf.is_missing(cfg.data, "root") or not cfg.data.root:
         raise UsageError("data.root is not set: point it at an ImageNet-style tree "
                          "(or use preset=tiny for the generated one)")

@@ -16,7 +16,7 @@ from burn.config import register_configs
 from burn.engine.stage import _claim_run_dir
 from burn.errors import UsageError
 from burn.tiny_teacher import teacher_path
-from burn.validation import check_pretrained, check_stage, stage_splits
+from burn.validation import check_choices, check_pretrained, check_stage, stage_splits
 
 REPO = Path(__file__).resolve().parents[1]
 register_configs()
@@ -46,6 +46,12 @@ def test_pretrained_random_is_a_linear_baseline_not_a_file(tmp_path):
     with pytest.raises(UsageError, match="pretrained=.*nope.pth: no such file"):
         check_pretrained(compose_cfg("stage=linear", f"pretrained={tmp_path}/nope.pth"))
     check_pretrained(compose_cfg("stage=2", f"pretrained={tmp_path}/later.pth"), {f"{tmp_path}/later.pth"})
+
+
+def test_a_teacher_classifier_mode_typo_is_refused_before_queueing(tmp_path):
+    check_choices(compose_cfg("model.teacher_classifier=frozen", f"data.root={tmp_path}"))
+    with pytest.raises(UsageError, match="model.teacher_classifier='frozn': choose one of joint, frozen"):
+        check_choices(compose_cfg("model.teacher_classifier=frozn", f"data.root={tmp_path}"))
 
 
 def test_pretraining_reads_the_labelled_lists_only_with_the_knn_monitor():

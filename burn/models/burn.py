@@ -8,13 +8,13 @@ from typing import Dict, Iterator, Mapping, Union
 import torch
 from torch import nn
 
+from burn.config import TEACHER_CLASSIFIER_MODES
 from burn.models.heads import Classifier
 from burn.models.reactnet import ReActNetA
 from burn.models.teacher import Teacher
 from burn.objective import burn_loss
 
 TRAINABLE_PARTS = ("student", "student_classifier", "teacher_classifier")
-TEACHER_CLASSIFIER_MODES = ("joint", "frozen")
 
 
 class BurnModel(nn.Module):
