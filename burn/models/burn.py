@@ -3,7 +3,7 @@ trainable teacher classifier (the paper's jointly trained "moving target")."""
 
 from __future__ import annotations
 
-from typing import Dict, Iterator, Mapping, Union
+from typing import Any, Dict, Iterator, List, Mapping, Union
 
 import torch
 from torch import nn
@@ -58,6 +58,18 @@ class BurnModel(nn.Module):
         """Parameters of the student, the student classifier and the teacher classifier."""
         for module in self.trainable_modules().values():
             yield from module.parameters()
+
+    def param_groups(self, lr: float, teacher_classifier_lr_scale: float) -> List[Dict[str, Any]]:
+        """Optimizer groups: the student side at ``lr``, the teacher classifier (when it trains) at
+        ``lr * teacher_classifier_lr_scale``, a slowly moving target (docs/moving-target.md).
+        Schedules multiply both alike."""
+        groups = [{"name": "student", "lr": lr, "params": [
+            p for m in (self.student, self.student_classifier) for p in m.parameters() if p.requires_grad]}]
+        teacher_head = [p for p in self.teacher_classifier.parameters() if p.requires_grad]
+        if teacher_head:
+            groups.append({"name": "teacher_classifier", "lr": lr * teacher_classifier_lr_scale,
+                           "params": teacher_head})
+        return groups
 
     def trainable_state_dicts(self) -> Dict[str, Dict[str, torch.Tensor]]:
         """``{"student", "student_classifier", "teacher_classifier"}`` state dicts (original names)."""
