@@ -34,8 +34,9 @@ class BurnModel(nn.Module):
     """
 
     def __init__(self, student: nn.Module, student_classifier: nn.Module, teacher: Teacher,
-                 teacher_classifier: nn.Module):
+                 teacher_classifier: nn.Module, center_target: bool = False):
         super().__init__()
+        self.center_target = center_target
         self.student = student
         self.student_classifier = student_classifier
         self.teacher = teacher
@@ -47,6 +48,8 @@ class BurnModel(nn.Module):
             raise ValueError(f"views differ in shape: {tuple(view1.shape)} vs {tuple(view2.shape)}")
         teacher_features = self.teacher(torch.cat([view1, view2])).chunk(2)
         t1, t2 = (self.teacher_classifier(f) for f in teacher_features)
+        if self.center_target:  # per view, like the classifiers' BatchNorm
+            t1, t2 = (t - t.mean(dim=0, keepdim=True) for t in (t1, t2))
         p1, p2 = (self.student_classifier(self.student(v)) for v in (view1, view2))
         loss, kl, fs = burn_loss(p1, p2, t1, t2, lam, temperature)
         return {"loss": loss, "kl": kl, "fs": fs}
@@ -105,4 +108,5 @@ def build_burn_model(model_cfg, precision: str) -> BurnModel:
         student_classifier=Classifier(student.out_dim, hidden, out),
         teacher=teacher,
         teacher_classifier=teacher_classifier,
+        center_target=bool(getattr(model_cfg, "center_target", False)),
     )
