@@ -34,6 +34,9 @@ class ModelConfig:
     ``auto``: a small supervised teacher trained once on data.root's labelled train split and cached
     beside the data (burn/tiny_teacher.py; the tiny preset's choice). None keeps a random teacher
     trunk: a control for experiments and tests, not a way to learn anything."""
+    center_target: bool = False
+    """Subtract the batch mean (per view) from the teacher classifier's outputs before the loss, so that
+    a student that outputs one constant vector (the mean target) scores nothing: docs/moving-target.md."""
     teacher_classifier: str = "joint"
     """joint: the teacher classifier trains with the student (the paper's moving target) at
     optim.teacher_classifier_lr_scale x the student's lr | frozen: it stays at its random init."""

@@ -73,7 +73,8 @@ class PretrainTrainer(StageLoop):
         epochs = cfg.epochs if cfg.epochs is not None else cfg.train.epochs
         self.total_steps = int(cfg.steps) if cfg.steps else max(1, math.ceil(epochs * self.steps_per_epoch))
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.Adam(self.param_groups(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+        groups = self.model.param_groups(cfg.optim.lr, cfg.optim.teacher_classifier_lr_scale)
+        self.optimizer = torch.optim.Adam(groups, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
         warmup = min(round(cfg.optim.warmup_epochs * self.steps_per_epoch), self.total_steps - 1)
         self.scheduler = build_warmup_cosine(self.optimizer, warmup, self.total_steps, cfg.optim.warmup_start_factor)
         self.scaler = self.amp.scaler()
@@ -81,17 +82,6 @@ class PretrainTrainer(StageLoop):
             log.info("stage %s: %s student, %d ranks x %d images x %d accumulation = %d per step; %d steps "
                      "(%d per epoch)", self.stage, self.precision, info.world_size, cfg.train.per_gpu_batch,
                      self.accum, cfg.train.global_batch, self.total_steps, self.steps_per_epoch)
-
-    def param_groups(self) -> list:
-        """The student side at optim.lr; the teacher classifier at optim.teacher_classifier_lr_scale x
-        that (a slowly moving target: docs/moving-target.md). The schedules scale both alike."""
-        teacher_head = [p for p in self.model.teacher_classifier.parameters() if p.requires_grad]
-        student_side = [p for p in self.trainable if all(p is not q for q in teacher_head)]
-        groups = [{"params": student_side, "name": "student"}]
-        if teacher_head:
-            groups.append({"params": teacher_head, "name": "teacher_classifier",
-                           "lr": self.cfg.optim.lr * self.cfg.optim.teacher_classifier_lr_scale})
-        return groups
 
     # ---- one optimizer step ------------------------------------------------------------------------
     def train_step(self) -> tuple[Dict[str, torch.Tensor], bool]:

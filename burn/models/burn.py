@@ -3,7 +3,7 @@ trainable teacher classifier (the paper's jointly trained "moving target")."""
 
 from __future__ import annotations
 
-from typing import Dict, Iterator, Mapping, Union
+from typing import Any, Dict, Iterator, List, Mapping, Union
 
 import torch
 from torch import nn
@@ -35,8 +35,9 @@ class BurnModel(nn.Module):
     """
 
     def __init__(self, student: nn.Module, student_classifier: nn.Module, teacher: Teacher,
-                 teacher_classifier: nn.Module):
+                 teacher_classifier: nn.Module, center_target: bool = False):
         super().__init__()
+        self.center_target = center_target
         self.student = student
         self.student_classifier = student_classifier
         self.teacher = teacher
@@ -48,6 +49,8 @@ class BurnModel(nn.Module):
             raise ValueError(f"views differ in shape: {tuple(view1.shape)} vs {tuple(view2.shape)}")
         teacher_features = self.teacher(torch.cat([view1, view2])).chunk(2)
         t1, t2 = (self.teacher_classifier(f) for f in teacher_features)
+        if self.center_target:  # per view, like the classifiers' BatchNorm
+            t1, t2 = (t - t.mean(dim=0, keepdim=True) for t in (t1, t2))
         p1, p2 = (self.student_classifier(self.student(v)) for v in (view1, view2))
         loss, kl, fs = burn_loss(p1, p2, t1, t2, lam, temperature)
         # Detached classifier outputs (both views) for the collapse monitor: no graph is kept alive.
@@ -61,6 +64,18 @@ class BurnModel(nn.Module):
         """Parameters of the student, the student classifier and the teacher classifier."""
         for module in self.trainable_modules().values():
             yield from module.parameters()
+
+    def param_groups(self, lr: float, teacher_classifier_lr_scale: float) -> List[Dict[str, Any]]:
+        """Optimizer groups: the student side at ``lr``, the teacher classifier (when it trains) at
+        ``lr * teacher_classifier_lr_scale``, a slowly moving target (docs/moving-target.md).
+        Schedules multiply both alike."""
+        groups = [{"name": "student", "lr": lr, "params": [
+            p for m in (self.student, self.student_classifier) for p in m.parameters() if p.requires_grad]}]
+        teacher_head = [p for p in self.teacher_classifier.parameters() if p.requires_grad]
+        if teacher_head:
+            groups.append({"name": "teacher_classifier", "lr": lr * teacher_classifier_lr_scale,
+                           "params": teacher_head})
+        return groups
 
     def trainable_state_dicts(self) -> Dict[str, Dict[str, torch.Tensor]]:
         """``{"student", "student_classifier", "teacher_classifier"}`` state dicts (original names)."""
@@ -96,4 +111,5 @@ def build_burn_model(model_cfg, precision: str) -> BurnModel:
         student_classifier=Classifier(student.out_dim, hidden, out),
         teacher=teacher,
         teacher_classifier=teacher_classifier,
+        center_target=bool(getattr(model_cfg, "center_target", False)),
     )

@@ -113,3 +113,29 @@ def test_build_loads_teacher_weights(tmp_path):
     assert torch.equal(model.teacher.trunk.conv1.weight, reference.trunk.conv1.weight)
     assert model.student_classifier.in_dim == model.student.out_dim == 128
     assert model.teacher_classifier.in_dim == 512 and model.teacher_classifier.out_dim == 16
+
+
+def test_frozen_teacher_classifier_gets_no_gradient_and_no_optimizer_group():
+    torch.manual_seed(0)
+    model = build_burn_model(ModelConfig(**{**TINY.__dict__, "teacher_classifier": "frozen"}), "binact")
+    groups = model.param_groups(1e-3, 0.5)
+    assert [g["name"] for g in groups] == ["student"]
+    out = model(*_views(), lam=0.2)
+    out["loss"].backward()
+    assert all(p.grad is None and not p.requires_grad for p in model.teacher_classifier.parameters())
+    assert all(p.grad is not None for p in model.student_classifier.parameters())
+
+
+def test_param_groups_put_the_teacher_classifier_at_its_own_lr():
+    model = _tiny_model()
+    groups = {g["name"]: g for g in model.param_groups(1e-3, 0.01)}
+    assert groups["student"]["lr"] == 1e-3 and groups["teacher_classifier"]["lr"] == pytest.approx(1e-5)
+    grouped = [id(p) for g in groups.values() for p in g["params"]]
+    assert sorted(grouped) == sorted(id(p) for p in model.trainable_parameters())  # each exactly once
+    assert {id(p) for p in groups["teacher_classifier"]["params"]} == {
+        id(p) for p in model.teacher_classifier.parameters()}
+
+
+def test_unknown_teacher_classifier_mode_is_refused():
+    with pytest.raises(ValueError, match="model.teacher_classifier='moving'"):
+        build_burn_model(ModelConfig(**{**TINY.__dict__, "teacher_classifier": "moving"}), "binact")
