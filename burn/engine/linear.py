@@ -76,7 +76,7 @@ class LinearEvalTrainer(StageLoop):
         self.total_steps = int(cfg.steps) if cfg.steps else max(1, math.ceil(epochs * steps_per_epoch))
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.SGD(self.trainable, lr=lin.lr, momentum=lin.momentum,
-                                         weight_decay=lin.weight_decay)
+                                         weight_decay=lin.weight_decay, fused=info.device.type == "cuda")
         self.scheduler = build_step_decay(self.optimizer, list(lin.milestones), epochs, self.total_steps)
         self.scaler = self.amp.scaler()
 

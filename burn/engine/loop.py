@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from burn.engine.checkpoint import CheckpointManager
 from burn.engine.distributed import DistInfo, all_gather_objects, barrier, rng_state, set_rng_state
 from burn.engine.logging import MetricLogger
+from burn.engine.nonfinite import Applied, BadStepStreak
 from burn.engine.signals import REQUEUE_EXIT_CODE, PreemptionHandler, should_stop, warn_if_slow_checkpoint
 
 log = logging.getLogger("burn")
@@ -60,7 +61,8 @@ class StageLoop:
         raise NotImplementedError
 
     def train_step(self) -> tuple[Dict[str, torch.Tensor], bool]:
-        """One optimizer step; returns (metrics on device, whether the update was applied)."""
+        """One optimizer step; returns (metrics on device, whether the update was applied: a bool, or a
+        0-dim bool tensor on the device when reading it would cost a host sync)."""
         raise NotImplementedError
 
     def model_state(self) -> Dict[str, Any]:
@@ -70,19 +72,23 @@ class StageLoop:
         raise NotImplementedError
 
     # ---- shared by every stage: they all have self.optimizer, .scheduler, .scaler, .loader ---------
-    def apply_update(self) -> tuple[torch.Tensor, bool, float]:
+    def apply_update(self) -> tuple[torch.Tensor, Applied, float]:
         """Unscale, check, step the optimizer and the schedule. Returns (grad norm, applied, lr used).
 
         A non-finite gradient skips the update, as GradScaler does; the schedule still advances so it
         stays a function of the step count."""
         self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, float("inf"))
-        applied = bool(torch.isfinite(grad_norm))  # one host sync per optimizer step
         if self.scaler.is_enabled():
-            self.scaler.step(self.optimizer)  # skips the update itself on inf/nan gradients
+            # Skips the update on inf/nan gradients; a fused optimizer does so on the device, so
+            # `applied` stays a device tensor and nothing here waits for the GPU.
+            self.scaler.step(self.optimizer)
             self.scaler.update()
-        elif applied:
-            self.optimizer.step()
+            applied = torch.isfinite(grad_norm)
+        else:
+            applied = bool(torch.isfinite(grad_norm))  # a host sync (free on CPU)
+            if applied:
+                self.optimizer.step()
         lr = self.optimizer.param_groups[0]["lr"]
         self.scheduler.step()
         return grad_norm, applied, lr
@@ -149,23 +155,23 @@ class StageLoop:
         """Optimizer steps up to `last_step`, with logging and periodic checkpoints. Returns True when a
         preemption signal stopped it early (every rank returns at the same step)."""
         cfg = self.cfg
-        bad_in_a_row = 0
+        bad = BadStepStreak(cfg.train.max_bad_steps)
         while self.step < last_step:
             metrics, applied = self.train_step()
             self.step += 1
-            bad_in_a_row = 0 if applied else bad_in_a_row + 1
-            if bad_in_a_row > cfg.train.max_bad_steps:
-                raise FloatingPointError(
-                    f"{bad_in_a_row} optimizer steps in a row had a non-finite loss or gradient (last at "
-                    f"step {self.step}); stopping. The last good checkpoint in {self.ckpt.directory} is untouched.")
+            bad.update(applied)  # on the device with fp16 on CUDA: no host sync here
             # One collective per step: every rank learns of a signal that reached any of them.
             stop = should_stop(self.preemption.requested, self.info.distributed)
-            if self.step % cfg.log.every_steps == 0 or self.step == self.total_steps:
+            logging_step = self.step % cfg.log.every_steps == 0 or self.step == self.total_steps
+            checkpoint_step = self.step % cfg.checkpoint.every_steps == 0 and self.step < self.total_steps
+            if logging_step or checkpoint_step or stop or self.step == last_step:
+                bad.check(self.step, self.ckpt.directory)  # before anything is logged or saved
+            if logging_step:
                 self._log(metrics)
             self.metrics.advance()
             if stop and self.step < self.total_steps:  # at the last step, finishing beats a requeue
                 return True
-            if self.step % cfg.checkpoint.every_steps == 0 and self.step < self.total_steps:
+            if checkpoint_step:
                 self.save_checkpoint()
         return False
 

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from burn.data.loaders import ensure_synthetic
 from burn.engine.distributed import barrier, init_distributed, seed_everything, shutdown_distributed
+from burn.engine.gpu import configure_backends
 from burn.engine.logging import configure_console_logging
 from burn.engine.loop import DONE_MARKER
 from burn.engine.signals import PreemptionHandler
@@ -87,6 +88,7 @@ def run_stage(cfg: DictConfig) -> int:
         info = init_distributed()
         try:
             _cpu_threads()
+            configure_backends(info.device, deterministic=cfg.train.deterministic)
             run_dir = resolve_run_dir(cfg)
             if (run_dir / "config.yaml").exists():
                 check_resume_config((run_dir / "config.yaml").read_text(), cfg, run_dir, cfg.checkpoint.force)
