@@ -117,6 +117,8 @@ class PretrainTrainer(StageLoop):
         if self.compiled and not hasattr(self, "_first_step_s"):
             # Compilation happens in this process's first step: a signal arriving then waits for it.
             self._first_step_s = seconds
+            if self.info.is_main:
+                log.info("first step (with compilation) took %.1f s", seconds)
             warn_if_slow_checkpoint(0.0, cfg.checkpoint.signal_lead_s, step_seconds=seconds)
         metrics = {"loss": sums[0], "kl": sums[1], "fs": sums[2], "grad_norm": grad_norm, "lambda": lam,
                    "lr": lr, "grad_scale": LazyScale(self.scaler),  # read on logging steps only

@@ -8,11 +8,13 @@ import torch
 
 from burn.data.loaders import build_eval_loader, build_pretrain_loader
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 
 @pytest.mark.parametrize("backend", ["dali", "torchvision"])
 def test_gpu_batches_are_cuda_and_resume_exactly(tiny_data, make_cfg, backend):
+    if backend == "dali":
+        pytest.importorskip("nvidia.dali")
     cfg = make_cfg(tiny_data, backend, {"device": "gpu"})
     args = dict(batch_size=16, shard_id=0, num_shards=2, seed=0, dtype=torch.float16)
     loader = build_pretrain_loader(cfg, **args)

@@ -10,7 +10,7 @@ from burn.engine.gpu import compile_enabled, configure_backends
 from burn.engine.nonfinite import BadStepStreak
 from burn.models.teacher import Teacher
 
-CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+NEEDS_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
 def _teacher_with_real_statistics(arch="resnet18") -> Teacher:
@@ -107,7 +107,8 @@ def test_student_compiles_in_place_with_its_state_dict_keys():
             assert torch.allclose(a.grad, b.grad, atol=1e-4), name
 
 
-@CUDA
+@pytest.mark.gpu
+@NEEDS_CUDA
 def test_half_teacher_under_fp16_autocast_matches_fp32():
     from burn.engine.gpu import teacher_to_half
 
@@ -123,7 +124,8 @@ def test_half_teacher_under_fp16_autocast_matches_fp32():
     assert torch.allclose(got.float(), reference, rtol=2e-2, atol=2e-2)
 
 
-@CUDA
+@pytest.mark.gpu
+@NEEDS_CUDA
 def test_fp16_step_skips_a_nan_update_on_the_device():
     """GradScaler + fused Adam: a NaN gradient leaves the weights alone and `applied` is a device tensor."""
     model = torch.nn.Linear(8, 2).cuda()

@@ -7,8 +7,8 @@ import torch
 
 from burn.engine.linear import topk_hits
 
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
-                                                                  reason="needs a CUDA GPU"))]
+DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU")])]
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -25,6 +25,7 @@ def test_topk_hits_counts_on_the_device(device):
 
 
 @pytest.mark.slow
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_linear_stage_on_the_gpu_writes_its_results(cli, tmp_path):
     """The whole linear stage on CUDA (fp16), including the final evaluation that used to crash."""
