@@ -37,7 +37,7 @@ record() { # record STATUS TEXT
 # ---- 0. dependencies ------------------------------------------------------------------------------
 if ! "$PY" -c "import hydra, omegaconf, submitit" 2>/dev/null; then
     if compgen -G "$WHEELS/*.whl" >/dev/null; then
-        "$PY" -m pip install -q --no-index --no-deps --no-compile --target "$WORK/site" "$WHEELS"/*.whl ||
+        "$PY" -m pip install -q --root-user-action=ignore --no-index --no-deps --no-compile --target "$WORK/site" "$WHEELS"/*.whl ||
             { echo "installing the wheels of $WHEELS failed" >&2; exit 1; }
         export PYTHONPATH="$WORK/site${PYTHONPATH:+:$PYTHONPATH}"
         names=("$WHEELS"/*.whl)
@@ -50,10 +50,13 @@ if ! "$PY" -c "import hydra, omegaconf, submitit" 2>/dev/null; then
     fi
 fi
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
+# Sizes and time limits (seconds) per part; the CPU mode is smaller and slower (a busy CPU is ~50x slower).
+S1_STEPS=40 PREEMPT_AT=8 ALL_STEPS=12 SCALE=1
 if ((CPU)); then
+    S1_STEPS=12 PREEMPT_AT=3 ALL_STEPS=3 SCALE=4
     export CUDA_VISIBLE_DEVICES=""
     DEVICE_KEYS=(train.precision=fp16)  # falls back to fp32 on the CPU, as configured
-    STEP_ARGS=(--cpu)
+    STEP_ARGS=(--cpu --images 200 --steps 1 --warmup 0)
 else
     "$PY" -c "import torch, sys; sys.exit(not torch.cuda.is_available())" ||
         { echo "no CUDA GPU visible to $PY (use --cpu to check the script)" >&2; exit 1; }
@@ -76,26 +79,26 @@ COMMON=(preset=tiny "data.root=$DATA" data.synthetic.generate=true "data.backend
 
 # ---- 1. GPU tests ----------------------------------------------------------------------------------
 say "1. GPU tests (pytest -m gpu)"
-if timeout 100 "$PY" -m pytest -q -p no:cacheprovider -m gpu tests 2>&1 | tee "$WORK/tests.log" | tail -15; then
+if timeout $((100 * SCALE)) "$PY" -m pytest -q -p no:cacheprovider -m gpu tests 2>&1 | tee "$WORK/tests.log" | tail -15; then
     record ok "GPU tests: $(grep -E '[0-9]+ (passed|failed|skipped)' "$WORK/tests.log" | tail -1)"
 else
     record FAIL "GPU tests: $(grep -E '[0-9]+ (passed|failed|error)|Timeout' "$WORK/tests.log" | tail -1) (log $WORK/tests.log)"
 fi
 
 # ---- 2. stage 1, preempted and resumed -------------------------------------------------------------
-say "2. fp16 stage 1: SIGUSR2 at step >= 8, then resume"
+say "2. fp16 stage 1: SIGUSR2 at step >= $PREEMPT_AT (or after $((90 * SCALE)) s), then resume"
 S1=$WORK/stage1
-S1_KEYS=("${COMMON[@]}" stage=1 "run_dir=$S1" steps=40 log.every_steps=2 checkpoint.every_steps=1000)
+S1_KEYS=("${COMMON[@]}" stage=1 "run_dir=$S1" "steps=$S1_STEPS" log.every_steps=2 checkpoint.every_steps=1000)
 progress_step() { "$PY" -c "import json,sys; print(json.load(open(sys.argv[1]))['step'])" "$S1/progress.json" 2>/dev/null || echo -1; }
 started=$SECONDS
 "$PY" launch/run.py "${S1_KEYS[@]}" >"$WORK/stage1-first.log" 2>&1 &
 pid=$!
-while kill -0 "$pid" 2>/dev/null && (($(progress_step) < 8)) && ((SECONDS - started < 90)); do sleep 0.5; done
+while kill -0 "$pid" 2>/dev/null && (($(progress_step) < PREEMPT_AT)) && ((SECONDS - started < 90 * SCALE)); do sleep 0.5; done
 kill -USR2 "$pid" 2>/dev/null
 wait "$pid"
 first=$?
 at=$(progress_step)
-if ((first == 75)) && timeout 75 "$PY" launch/run.py "${S1_KEYS[@]}" >"$WORK/stage1-resume.log" 2>&1 &&
+if ((first == 75)) && timeout $((75 * SCALE)) "$PY" launch/run.py "${S1_KEYS[@]}" >"$WORK/stage1-resume.log" 2>&1 &&
     grep -q "resuming from" "$WORK/stage1-resume.log" && [[ -f $S1/DONE && -f $S1/stage1_extraction.pth ]]; then
     record ok "stage 1 fp16: preempted at step $at (exit 75), resumed to step $(progress_step), $((SECONDS - started)) s"
 else
@@ -106,10 +109,10 @@ first_step=$(grep -ho "first step[^;]*" "$WORK"/stage1-*.log 2>/dev/null | head 
 [[ -n $first_step ]] && record note "$first_step"
 
 # ---- 3. tiny stage=all -------------------------------------------------------------------------------
-say "3. tiny stage=all on the device (stage 1 -> stage 2 -> linear evaluation; eager: compile was step 2's)"
+say "3. tiny stage=all on the device (stage 1 -> 2 -> linear eval; train.compile=false: part 2 compiled)"
 ALL=$WORK/all
 started=$SECONDS
-if timeout 90 "$PY" launch/submit.py "${COMMON[@]}" stage=all cluster=local steps=12 train.compile=false "run_dir=$ALL" \
+if timeout $((90 * SCALE)) "$PY" launch/submit.py "${COMMON[@]}" stage=all cluster=local "steps=$ALL_STEPS" train.compile=false "run_dir=$ALL" \
     >"$WORK/all.log" 2>&1 && [[ -f $ALL/linear/linear_eval.json ]]; then
     record ok "stage=all: $(grep -o 'linear evaluation top-1: [0-9.]*%' "$WORK/all.log" | tail -1), $((SECONDS - started)) s"
 else
@@ -119,7 +122,7 @@ fi
 
 # ---- 4. step benchmark ---------------------------------------------------------------------------------
 say "4. benchmarks/gpu_step.py"
-if timeout 150 "$PY" benchmarks/gpu_step.py "${STEP_ARGS[@]}" 2>&1 | tee "$WORK/step.log" | grep -v "^\[" | tail -12 &&
+if timeout $((150 * SCALE)) "$PY" benchmarks/gpu_step.py "${STEP_ARGS[@]}" 2>&1 | tee "$WORK/step.log" | grep -v "^\[" | tail -12 &&
     grep -q "images/s per GPU" "$WORK/step.log"; then
     while IFS= read -r line; do record step "$line"; done < <(grep -E "^(device|step |naive |trainer)" "$WORK/step.log")
 else
