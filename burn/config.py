@@ -156,6 +156,9 @@ class CheckpointConfig:
     """Seconds between the preemption signal and the kill; a slower checkpoint write warns."""
     force: bool = False
     """Resume even if the saved config changes the model or the data."""
+    background: bool = True
+    """Write periodic checkpoints in a background thread from a CPU snapshot (training goes on);
+    preemption and final saves are always written before the job goes on or exits."""
 
 
 @dataclass

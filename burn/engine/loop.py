@@ -15,7 +15,8 @@ from typing import Any, Dict, Optional
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from burn.engine.checkpoint import CheckpointManager
+from burn.engine.background_save import BackgroundCheckpointWriter, snapshot
+from burn.engine.checkpoint import CheckpointError, CheckpointManager
 from burn.engine.distributed import DistInfo, all_gather_objects, barrier, rng_state, set_rng_state
 from burn.engine.logging import MetricLogger
 from burn.engine.nonfinite import Applied, BadStepStreak
@@ -47,6 +48,7 @@ class StageLoop:
         self.step = 0
         self.total_steps = 0
         self.ckpt = CheckpointManager(self.run_dir / "checkpoints", keep_last=cfg.checkpoint.keep_last)
+        self.ckpt_writer = BackgroundCheckpointWriter(self.ckpt)
         self.preemption = preemption
         """Installed by the caller as early as possible: a signal before the loop starts still counts."""
         self.metrics: Optional[MetricLogger] = None
@@ -172,7 +174,7 @@ class StageLoop:
             if stop and self.step < self.total_steps:  # at the last step, finishing beats a requeue
                 return True
             if checkpoint_step:
-                self.save_checkpoint()
+                self.save_checkpoint(background=True)
         return False
 
     def final_summary(self) -> Dict[str, Any]:
@@ -194,15 +196,36 @@ class StageLoop:
     def extra_state(self) -> Dict[str, Any]:
         return {}
 
-    def save_checkpoint(self) -> None:
-        """Collective: gathers every rank's data and RNG state; rank 0 writes, the others wait."""
+    def save_checkpoint(self, background: bool = False) -> None:
+        """Collective: gathers every rank's data and RNG state; rank 0 writes, the others wait.
+
+        ``background`` (periodic saves, with checkpoint.background): rank 0 only snapshots the state
+        to CPU memory before everyone continues; a thread writes it. Any other save returns once
+        this step's checkpoint, and any write still in flight, is on disk."""
         data_states = all_gather_objects(self.info, self.data_state())
         rng_states = all_gather_objects(self.info, rng_state())
-        if self.info.is_main and self._saved_step != self.step:
-            self.ckpt.save(self.state_dict(data_states, rng_states), self.step)  # logs path and time
-            warn_if_slow_checkpoint(self.ckpt.last_save_seconds, self.cfg.checkpoint.signal_lead_s)
+        if self.info.is_main:
+            if not background:
+                self._finish_background_write()
+            if self._saved_step != self.step:
+                state = self.state_dict(data_states, rng_states)
+                if background and self.cfg.checkpoint.background:
+                    self.ckpt_writer.submit(snapshot(state, pin=self.info.device.type == "cuda"), self.step)
+                else:
+                    self.ckpt.save(state, self.step)  # logs path and time
+                if self.ckpt.last_save_seconds is not None:  # after a background submit: the previous write's
+                    warn_if_slow_checkpoint(self.ckpt.last_save_seconds, self.cfg.checkpoint.signal_lead_s)
         self._saved_step = self.step
         barrier(self.info)
+
+    def _finish_background_write(self) -> None:
+        """Wait for a background write; if it failed, say so and make sure this step is written again
+        (a preemption save must not be lost to an earlier failure)."""
+        try:
+            self.ckpt_writer.wait()
+        except CheckpointError as err:
+            log.error("%s; writing the checkpoint synchronously now", err)
+            self._saved_step = None
 
     def _load_resume_point(self) -> Optional[Dict[str, Any]]:
         """Every rank loads the checkpoint rank 0 chose (the newest valid one)."""
