@@ -31,10 +31,11 @@ _SOLARIZE_TABLE = [v if v < 128 else 255 - v for v in range(256)]
 _DALI_DTYPES = {torch.float16: types.FLOAT16, torch.float32: types.FLOAT}
 _PREFETCH = 2
 _SEED_STREAMS = {"pretrain": 1, "eval-train": 2}  # distinct augmentation streams per loader kind
-#: nvJPEG ("mixed") buffer hints from NVIDIA's ResNet-50 DALI example: sized for ImageNet's largest
-#: images, so the decoder allocates once instead of growing its buffers during the first epoch.
-_MIXED_DECODER_HINTS = dict(device_memory_padding=211025920, host_memory_padding=140544512,
-                            preallocate_width_hint=5980, preallocate_height_hint=6430)
+#: nvJPEG ("mixed") buffer paddings from NVIDIA's ResNet-50 DALI example, sized for ImageNet's largest
+#: images: the decoder's per-thread buffers are allocated once instead of growing during the first
+#: epoch. The example's preallocate_width/height_hint (5980 x 6430) are left out: they preallocate
+#: the hardware decoder's whole sub-batch at that size (several GB at batch 256) next to the model.
+_MIXED_DECODER_HINTS = dict(device_memory_padding=211025920, host_memory_padding=140544512)
 
 
 # ---- graph pieces (called inside pipeline definitions) --------------------------------------------------
