@@ -1,10 +1,14 @@
 # The two front-door commands (README): `make demo` and `make test`.
 PY ?= python3
+# DALI build matching the GPU driver: dali-cuda130 (driver R580+) or dali-cuda120 (CUDA 12 drivers).
+DALI ?= dali-cuda130
+# Where `make gpu-wheels` puts the wheels benchmarks/gpu_check.sh installs on an air-gapped GPU node.
+WHEELS ?= .whl
 
-.PHONY: install demo test cluster-up cluster-down
+.PHONY: install demo test cluster-up cluster-down gpu-wheels
 
 install:
-	$(PY) -m pip install -q --root-user-action=ignore -e '.[test]'
+	$(PY) -m pip install -q --root-user-action=ignore -e '.[test,$(DALI)]'
 
 demo: install
 	$(PY) launch/submit.py preset=tiny stage=all cluster=local
@@ -17,3 +21,12 @@ cluster-down:
 
 test: install cluster-up
 	$(PY) -m pytest
+
+# Hydra, OmegaConf, its ANTLR runtime and Submitit for a GPU node with PyTorch but no network (Python
+# 3.12, x86-64): `make gpu-wheels`, copy $(WHEELS)/ along, `benchmarks/gpu_check.sh $(WHEELS)`.
+# antlr4-python3-runtime 4.9.3 exists only as a source archive: built here into a pure-Python wheel.
+gpu-wheels:
+	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+		-d $(WHEELS) 'hydra-core>=1.3,<1.4' 'omegaconf>=2.2,<2.4' 'submitit>=1.5'
+	$(PY) -m pip wheel -q --no-deps -w $(WHEELS) 'antlr4-python3-runtime==4.9.3'

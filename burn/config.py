@@ -135,7 +135,16 @@ class TrainConfig:
     channels_last: bool = True
     """Use channels_last memory format on CUDA."""
     max_bad_steps: int = 20
-    """Consecutive non-finite losses tolerated before the job stops."""
+    """Consecutive non-finite losses tolerated before the job stops (checked on logging and
+    checkpoint steps on CUDA, where checking every step would cost a host sync)."""
+    deterministic: bool = False
+    """CUDA: deterministic cuDNN/cuBLAS algorithms instead of autotuned ones, so a resumed run
+    repeats the float math too (data order and augmentation repeat either way). Slower."""
+    compile: Optional[bool] = None
+    """torch.compile the student in place; None: on CUDA only."""
+    compile_cache_dir: Optional[str] = None
+    """Inductor cache (shared storage, reused after a requeue); None: $TORCHINDUCTOR_CACHE_DIR if
+    set, else <run_dir>/compile-cache."""
 
 
 @dataclass
@@ -164,6 +173,9 @@ class CheckpointConfig:
     """Seconds between the preemption signal and the kill; a slower checkpoint write warns."""
     force: bool = False
     """Resume even if the saved config changes the model or the data."""
+    background: bool = True
+    """Write periodic checkpoints in a background thread from a CPU snapshot (training goes on);
+    preemption and final saves are always written before the job goes on or exits."""
 
 
 @dataclass

@@ -51,8 +51,9 @@ class StageCLI:
                         "SLURM_NTASKS", "SLURM_JOB_ID"):
                 env.pop(key, None)
             if world_size > 1:
+                # A gloo group on CPU: with CUDA visible, ranks would need one GPU each (NCCL).
                 env.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
-                           MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+                           MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), CUDA_VISIBLE_DEVICES="")
             log = open(self.log_dir / f"{tag}-rank{rank}.log", "w")
             procs.append(subprocess.Popen([sys.executable, str(RUN_PY), *overrides], env=env, cwd=REPO,
                                           stdout=log, stderr=subprocess.STDOUT))

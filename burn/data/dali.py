@@ -31,6 +31,11 @@ _SOLARIZE_TABLE = [v if v < 128 else 255 - v for v in range(256)]
 _DALI_DTYPES = {torch.float16: types.FLOAT16, torch.float32: types.FLOAT}
 _PREFETCH = 2
 _SEED_STREAMS = {"pretrain": 1, "eval-train": 2}  # distinct augmentation streams per loader kind
+#: nvJPEG ("mixed") buffer paddings from NVIDIA's ResNet-50 DALI example, sized for ImageNet's largest
+#: images: the decoder's per-thread buffers are allocated once instead of growing during the first
+#: epoch. The example's preallocate_width/height_hint (5980 x 6430) are left out: they preallocate
+#: the hardware decoder's whole sub-batch at that size (several GB at batch 256) next to the model.
+_MIXED_DECODER_HINTS = dict(device_memory_padding=211025920, host_memory_padding=140544512)
 
 
 # ---- graph pieces (called inside pipeline definitions) --------------------------------------------------
@@ -69,12 +74,18 @@ def _color_jitter_and_gray(image, aug):
     return image
 
 
-def _normalize(image, aug, dtype, **crop_or_mirror):
-    return fn.crop_mirror_normalize(image, dtype=dtype, output_layout="CHW", mean=[255.0 * float(m) for m in aug.mean],
+def _layout(decoder_device: str) -> str:
+    """GPU pipelines emit NHWC, which torch sees as channels_last NCHW after a free permute (the model's
+    layout on CUDA); CPU pipelines keep NCHW, the CPU model's layout."""
+    return "HWC" if decoder_device == "mixed" else "CHW"
+
+
+def _normalize(image, aug, dtype, layout, **crop_or_mirror):
+    return fn.crop_mirror_normalize(image, dtype=dtype, output_layout=layout, mean=[255.0 * float(m) for m in aug.mean],
                                     std=[255.0 * float(s) for s in aug.std], **crop_or_mirror)
 
 
-def _pretrain_view(image, aug, dtype):
+def _pretrain_view(image, aug, dtype, layout):
     """One view: RandomResizedCrop (bicubic) -> flip -> jitter -> grayscale -> blur -> solarize -> normalise."""
     size = int(aug.image_size)
     image = fn.random_resized_crop(image, size=[size, size], random_area=[float(v) for v in aug.crop_scale],
@@ -89,20 +100,22 @@ def _pretrain_view(image, aug, dtype):
         if _coin(aug.solarize_prob):
             image = fn.lookup_table(image, keys=list(range(256)), values=_SOLARIZE_TABLE, dtype=types.UINT8)
     # Flipping commutes with the colour operations and the symmetric blur, so it is fused in here.
-    return _normalize(image, aug, dtype, mirror=fn.random.coin_flip(probability=float(aug.flip_prob)))
+    return _normalize(image, aug, dtype, layout, mirror=fn.random.coin_flip(probability=float(aug.flip_prob)))
 
 
 def _read_and_decode(files, decoder_device):
     """Reader over exactly ``files`` in order; the label it emits is the position in ``files``."""
     encoded, position = fn.readers.file(files=list(files), labels=list(range(len(files))), name="Reader",
                                         random_shuffle=False, pad_last_batch=True)
-    return fn.decoders.image(encoded, device=decoder_device, output_type=types.RGB), position
+    hints = _MIXED_DECODER_HINTS if decoder_device == "mixed" else {}
+    return fn.decoders.image(encoded, device=decoder_device, output_type=types.RGB, **hints), position
 
 
 @pipeline_def(enable_conditionals=True)
 def _pretrain_graph(files, aug, dtype, decoder_device):
     image, position = _read_and_decode(files, decoder_device)
-    return _pretrain_view(image, aug, dtype), _pretrain_view(image, aug, dtype), position
+    layout = _layout(decoder_device)
+    return _pretrain_view(image, aug, dtype, layout), _pretrain_view(image, aug, dtype, layout), position
 
 
 @pipeline_def
@@ -112,14 +125,14 @@ def _eval_train_graph(files, aug, dtype, decoder_device):
     image = fn.random_resized_crop(image, size=[size, size], random_area=list(EVAL_CROP_SCALE),
                                    random_aspect_ratio=list(_ASPECT_RATIO), interp_type=types.INTERP_LINEAR,
                                    antialias=True)
-    return _normalize(image, aug, dtype, mirror=fn.random.coin_flip(probability=0.5)), position
+    return _normalize(image, aug, dtype, _layout(decoder_device), mirror=fn.random.coin_flip(probability=0.5)), position
 
 
 @pipeline_def
 def _val_graph(files, aug, dtype, decoder_device, resize, crop):
     image, position = _read_and_decode(files, decoder_device)
     image = fn.resize(image, resize_shorter=float(resize), interp_type=types.INTERP_LINEAR, antialias=True)
-    return _normalize(image, aug, dtype, crop=[int(crop), int(crop)]), position  # centred crop
+    return _normalize(image, aug, dtype, _layout(decoder_device), crop=[int(crop), int(crop)]), position  # centred
 
 
 # ---- running pipelines ------------------------------------------------------------------------------
@@ -129,17 +142,21 @@ class _PipelineRun:
     def __init__(self, graph, files: Sequence[str], names: Sequence[str], *, batch_size: int, num_threads: int,
                  gpu: bool, seed: int, checkpoint: Optional[bytes], policy: LastBatchPolicy, **graph_args):
         device_id = torch.cuda.current_device() if gpu else None
-        pipe = graph(files=files, decoder_device="mixed" if gpu else "cpu", batch_size=batch_size,
+        decoder_device = "mixed" if gpu else "cpu"
+        pipe = graph(files=files, decoder_device=decoder_device, batch_size=batch_size,
                      num_threads=num_threads, device_id=device_id, seed=seed, prefetch_queue_depth=_PREFETCH,
                      enable_checkpointing=True, checkpoint=checkpoint or None, **graph_args)
-        self.names = list(names)
+        self.names, self.nhwc = list(names), _layout(decoder_device) == "HWC"
         self.iterator = DALIGenericIterator([pipe], self.names + ["position"], reader_name="Reader",
                                             last_batch_policy=policy, auto_reset=False)
 
     def next(self) -> Tuple[list, np.ndarray]:
         batch = next(self.iterator)[0]
         positions = batch["position"].reshape(-1).numpy().astype(np.int64)
-        return [batch[name] for name in self.names], positions
+        images = [batch[name] for name in self.names]
+        if self.nhwc:  # NCHW shape, channels_last strides: no copy
+            images = [x.permute(0, 3, 1, 2) for x in images]
+        return images, positions
 
     def checkpoint(self) -> bytes:
         return bytes(self.iterator.checkpoints()[0])

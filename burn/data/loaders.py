@@ -40,8 +40,9 @@ def _backend(data_cfg):
         try:
             from burn.data import dali
         except ImportError as err:
-            raise DataError(f"data.backend=dali but DALI cannot be imported ({err}); install "
-                            f"nvidia-dali-cuda130 or use data.backend=torchvision") from err
+            raise DataError(f"data.backend=dali but DALI cannot be imported ({err}); install the build matching "
+                            f"the GPU driver (pip install -e '.[dali-cuda130]' or '.[dali-cuda120]') or use "
+                            f"data.backend=torchvision") from err
         return dali.DaliTrainLoader, dali.DaliValLoader
     if name == "torchvision":
         from burn.data import torchvision

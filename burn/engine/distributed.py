@@ -11,6 +11,7 @@ import logging
 import os
 import random
 import re
+import socket
 import subprocess
 from dataclasses import dataclass
 from datetime import timedelta
@@ -77,19 +78,71 @@ def _launcher_env() -> tuple[int, int, int]:
     return 0, 1, 0
 
 
+class DeviceAssignmentError(RuntimeError):
+    """Ranks cannot get one GPU each (NCCL needs exactly one rank per GPU)."""
+
+
+def cuda_device_index(local_rank: int, device_count: int) -> int:
+    """The visible GPU for this local rank: ``cuda:<local_rank>`` when the node shows every rank its
+    GPUs; ``cuda:0`` when a task sees exactly one GPU (SLURM's per-task binding gives each task its
+    own; :func:`check_one_rank_per_gpu` verifies that after the rendezvous). Refuses the rest."""
+    if local_rank < device_count:
+        return local_rank
+    if device_count == 1:
+        return 0
+    raise DeviceAssignmentError(
+        f"local rank {local_rank} has no GPU of its own: this process sees {device_count} GPUs "
+        f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')}). Start at most "
+        f"{device_count} ranks per node (torchrun --nproc_per_node {device_count}, sbatch "
+        f"--ntasks-per-node {device_count}), or hide CUDA (CUDA_VISIBLE_DEVICES=) for a CPU/gloo run.")
+
+
+def check_one_rank_per_gpu(store: "dist.Store", rank: int, world: int, gpu_id: str,
+                           timeout_s: float = 600.0) -> None:
+    """Collective over ``store``: raise DeviceAssignmentError when two ranks got the same GPU.
+
+    ``gpu_id`` names the physical GPU (host + UUID). Run before NCCL starts: two ranks on one GPU
+    otherwise fail inside NCCL with an obscure "duplicate GPU" error, or hang."""
+    store.set(f"burn/gpu/{rank}", gpu_id)
+    store.wait([f"burn/gpu/{r}" for r in range(world)], timedelta(seconds=timeout_s))
+    owners: dict = {}
+    for r in range(world):
+        owners.setdefault(store.get(f"burn/gpu/{r}").decode(), []).append(r)
+    shared = {gpu: ranks for gpu, ranks in owners.items() if len(ranks) > 1}
+    if shared:
+        detail = "; ".join(f"ranks {ranks} on {gpu}" for gpu, ranks in sorted(shared.items()))
+        raise DeviceAssignmentError(
+            f"several ranks share one GPU ({detail}); NCCL needs one GPU per rank. Start one task per "
+            f"GPU (torchrun --nproc_per_node <GPUs>, srun --gpus-per-task=1 or --ntasks-per-node <GPUs>), "
+            f"or hide CUDA (CUDA_VISIBLE_DEVICES=) for a CPU/gloo run.")
+
+
+def _gpu_identity(device: torch.device) -> str:
+    props = torch.cuda.get_device_properties(device)
+    return f"{socket.gethostname()} GPU {getattr(props, 'uuid', device.index)}"
+
+
 def init_distributed(timeout_s: float = 600.0) -> DistInfo:
     """Join the process group (nccl with CUDA, gloo without) and pick this rank's device."""
     rank, world, local_rank = _launcher_env()
     cuda = torch.cuda.is_available()
-    device = torch.device("cuda", local_rank % max(torch.cuda.device_count(), 1)) if cuda else torch.device("cpu")
+    device = torch.device("cuda", cuda_device_index(local_rank, torch.cuda.device_count())) if cuda \
+        else torch.device("cpu")
     if cuda:
         torch.cuda.set_device(device)
     backend = None
     if world > 1:
         backend = "nccl" if cuda else "gloo"
         if not dist.is_initialized():
-            dist.init_process_group(backend, init_method="env://", rank=rank, world_size=world,
-                                    timeout=timedelta(seconds=timeout_s))
+            timeout = timedelta(seconds=timeout_s)
+            # The rendezvous init_process_group would do, done first so that the GPU check can use its store.
+            store, rank, world = next(dist.rendezvous("env://", rank=rank, world_size=world, timeout=timeout))
+            store.set_timeout(timeout)
+            if cuda:
+                check_one_rank_per_gpu(store, rank, world, _gpu_identity(device), timeout_s)
+            # device_id binds the NCCL communicator to this rank's GPU (and creates it eagerly).
+            dist.init_process_group(backend, store=dist.PrefixStore("default_pg", store), rank=rank,
+                                    world_size=world, timeout=timeout, device_id=device if cuda else None)
         log.info("rank %d/%d (local %d) joined %s group at %s:%s", rank, world, local_rank, backend,
                  os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT"))
     return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=device, backend=backend)

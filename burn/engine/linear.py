@@ -27,6 +27,13 @@ log = logging.getLogger("burn")
 RESULTS_FILE = "linear_eval.json"
 
 
+def topk_hits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(top-1 hits, top-5 hits, samples) of one batch as float64, on the logits' device (no host sync)."""
+    hits = logits.topk(min(5, logits.shape[1]), dim=1).indices.eq(labels[:, None])
+    samples = torch.full((), len(labels), dtype=torch.int64, device=logits.device)
+    return torch.stack([hits[:, 0].sum(), hits.any(dim=1).sum(), samples]).double()
+
+
 class LinearEvalModel(nn.Module):
     """The original recipe: the 14 feature entries are frozen and stay in eval mode; the 1024-d MLP head
     (`fc.0`) and the classifier (`fc_cls`, `head.fc_cls` in the original) train."""
@@ -75,7 +82,7 @@ class LinearEvalTrainer(StageLoop):
         self.total_steps = int(cfg.steps) if cfg.steps else max(1, math.ceil(epochs * steps_per_epoch))
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.SGD(self.trainable, lr=lin.lr, momentum=lin.momentum,
-                                         weight_decay=lin.weight_decay)
+                                         weight_decay=lin.weight_decay, fused=info.device.type == "cuda")
         self.scheduler = build_step_decay(self.optimizer, list(lin.milestones), epochs, self.total_steps)
         self.scaler = self.amp.scaler()
 
@@ -104,9 +111,7 @@ class LinearEvalTrainer(StageLoop):
             labels = labels.to(self.info.device)
             with self.amp.autocast():
                 logits = self.model(images).float()
-            topk = logits.topk(min(5, logits.shape[1]), dim=1).indices
-            hits = topk.eq(labels[:, None])
-            counts += torch.stack([hits[:, 0].sum(), hits.any(dim=1).sum(), torch.tensor(len(labels))]).double()
+            counts += topk_hits(logits, labels)
         if self.info.distributed:
             dist.all_reduce(counts)
         top1, top5, n = counts.tolist()

@@ -15,9 +15,11 @@ from typing import Any, Dict, Optional
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from burn.engine.checkpoint import CheckpointManager
+from burn.engine.background_save import BackgroundCheckpointWriter, snapshot
+from burn.engine.checkpoint import CheckpointError, CheckpointManager
 from burn.engine.distributed import DistInfo, all_gather_objects, barrier, rng_state, set_rng_state
 from burn.engine.logging import MetricLogger
+from burn.engine.nonfinite import Applied, BadStepStreak
 from burn.engine.signals import EXIT_CODES, REQUEUE_EXIT_CODE, STATES, PreemptionHandler, stop_code, \
     warn_if_slow_checkpoint
 
@@ -47,6 +49,7 @@ class StageLoop:
         self.step = 0
         self.total_steps = 0
         self.ckpt = CheckpointManager(self.run_dir / "checkpoints", keep_last=cfg.checkpoint.keep_last)
+        self.ckpt_writer = BackgroundCheckpointWriter(self.ckpt)
         self.preemption = preemption
         """Installed by the caller as early as possible: a signal before the loop starts still counts."""
         self.metrics: Optional[MetricLogger] = None
@@ -62,7 +65,8 @@ class StageLoop:
         raise NotImplementedError
 
     def train_step(self) -> tuple[Dict[str, torch.Tensor], bool]:
-        """One optimizer step; returns (metrics on device, whether the update was applied)."""
+        """One optimizer step; returns (metrics on device, whether the update was applied: a bool, or a
+        0-dim bool tensor on the device when reading it would cost a host sync)."""
         raise NotImplementedError
 
     def model_state(self) -> Dict[str, Any]:
@@ -72,19 +76,23 @@ class StageLoop:
         raise NotImplementedError
 
     # ---- shared by every stage: they all have self.optimizer, .scheduler, .scaler, .loader ---------
-    def apply_update(self) -> tuple[torch.Tensor, bool, float]:
+    def apply_update(self) -> tuple[torch.Tensor, Applied, float]:
         """Unscale, check, step the optimizer and the schedule. Returns (grad norm, applied, lr used).
 
         A non-finite gradient skips the update, as GradScaler does; the schedule still advances so it
         stays a function of the step count."""
         self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, float("inf"))
-        applied = bool(torch.isfinite(grad_norm))  # one host sync per optimizer step
         if self.scaler.is_enabled():
-            self.scaler.step(self.optimizer)  # skips the update itself on inf/nan gradients
+            # Skips the update on inf/nan gradients; a fused optimizer does so on the device, so
+            # `applied` stays a device tensor and nothing here waits for the GPU.
+            self.scaler.step(self.optimizer)
             self.scaler.update()
-        elif applied:
-            self.optimizer.step()
+            applied = torch.isfinite(grad_norm)
+        else:
+            applied = bool(torch.isfinite(grad_norm))  # a host sync (free on CPU)
+            if applied:
+                self.optimizer.step()
         lr = self.optimizer.param_groups[0]["lr"]
         self.scheduler.step()
         return grad_norm, applied, lr
@@ -161,25 +169,25 @@ class StageLoop:
         """Optimizer steps up to `last_step`, with logging and periodic checkpoints. Returns True when a
         stop signal ended it early (every rank returns at the same step; the code is in _stop_code)."""
         cfg = self.cfg
-        bad_in_a_row = 0
+        bad = BadStepStreak(cfg.train.max_bad_steps)
         while self.step < last_step:
             metrics, applied = self.train_step()
             self.step += 1
-            bad_in_a_row = 0 if applied else bad_in_a_row + 1
-            if bad_in_a_row > cfg.train.max_bad_steps:
-                raise FloatingPointError(
-                    f"{bad_in_a_row} optimizer steps in a row had a non-finite loss or gradient (last at "
-                    f"step {self.step}); stopping. The last good checkpoint in {self.ckpt.directory} is untouched.")
+            bad.update(applied)  # on the device with fp16 on CUDA: no host sync here
             # One collective per step: every rank learns of a signal that reached any of them.
             stop = self._stop_code = stop_code(self.preemption.code, self.info.distributed)
-            if self.step % cfg.log.every_steps == 0 or self.step == self.total_steps:
+            logging_step = self.step % cfg.log.every_steps == 0 or self.step == self.total_steps
+            checkpoint_step = self.step % cfg.checkpoint.every_steps == 0 and self.step < self.total_steps
+            if logging_step or checkpoint_step or stop or self.step == last_step:
+                bad.check(self.step, self.ckpt.directory)  # before anything is logged or saved
+            if logging_step:
                 self._log(metrics)
             self.metrics.advance()
             if stop and self.step < self.total_steps:  # at the last step, finishing beats a requeue
                 return True
             self.after_step()
-            if self.step % cfg.checkpoint.every_steps == 0 and self.step < self.total_steps:
-                self.save_checkpoint()
+            if checkpoint_step:
+                self.save_checkpoint(background=True)
         return False
 
     def final_summary(self) -> Dict[str, Any]:
@@ -206,15 +214,36 @@ class StageLoop:
     def extra_state(self) -> Dict[str, Any]:
         return {}
 
-    def save_checkpoint(self) -> None:
-        """Collective: gathers every rank's data and RNG state; rank 0 writes, the others wait."""
+    def save_checkpoint(self, background: bool = False) -> None:
+        """Collective: gathers every rank's data and RNG state; rank 0 writes, the others wait.
+
+        ``background`` (periodic saves, with checkpoint.background): rank 0 only snapshots the state
+        to CPU memory before everyone continues; a thread writes it. Any other save returns once
+        this step's checkpoint, and any write still in flight, is on disk."""
         data_states = all_gather_objects(self.info, self.data_state())
         rng_states = all_gather_objects(self.info, rng_state())
-        if self.info.is_main and self._saved_step != self.step:
-            self.ckpt.save(self.state_dict(data_states, rng_states), self.step)  # logs path and time
-            warn_if_slow_checkpoint(self.ckpt.last_save_seconds, self.cfg.checkpoint.signal_lead_s)
+        if self.info.is_main:
+            if not background:
+                self._finish_background_write()
+            if self._saved_step != self.step:
+                state = self.state_dict(data_states, rng_states)
+                if background and self.cfg.checkpoint.background:
+                    self.ckpt_writer.submit(snapshot(state, pin=self.info.device.type == "cuda"), self.step)
+                else:
+                    self.ckpt.save(state, self.step)  # logs path and time
+                if self.ckpt.last_save_seconds is not None:  # after a background submit: the previous write's
+                    warn_if_slow_checkpoint(self.ckpt.last_save_seconds, self.cfg.checkpoint.signal_lead_s)
         self._saved_step = self.step
         barrier(self.info)
+
+    def _finish_background_write(self) -> None:
+        """Wait for a background write; if it failed, say so and make sure this step is written again
+        (a preemption save must not be lost to an earlier failure)."""
+        try:
+            self.ckpt_writer.wait()
+        except CheckpointError as err:
+            log.error("%s; writing the checkpoint synchronously now", err)
+            self._saved_step = None
 
     def _load_resume_point(self) -> Optional[Dict[str, Any]]:
         """Every rank loads the checkpoint rank 0 chose (the newest valid one)."""

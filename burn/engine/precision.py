@@ -47,3 +47,14 @@ def build_amp(precision: str, device: torch.device) -> AmpSettings:
     if precision == "bf16":
         return AmpSettings(device, torch.bfloat16, False)
     return AmpSettings(device, torch.float16, True)
+
+
+class LazyScale:
+    """A GradScaler's current scale as a metric: read (a host sync) only when ``float()`` is called,
+    which the loop does on logging steps; 1.0 when the scaler is off."""
+
+    def __init__(self, scaler: torch.amp.GradScaler):
+        self.scaler = scaler
+
+    def __float__(self) -> float:
+        return float(self.scaler.get_scale()) if self.scaler.is_enabled() else 1.0

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from burn.data.loaders import ensure_synthetic
 from burn.engine.distributed import DistInfo, all_gather_objects, init_distributed, seed_everything, \
     shutdown_distributed
+from burn.engine.gpu import configure_backends
 from burn.engine.logging import configure_console_logging
 from burn.engine.loop import DONE_MARKER
 from burn.engine.rundir import CONFIG_FILE, ConfigMismatchError, RunDirBusyError, RunDirLock, \
@@ -142,6 +143,7 @@ def run_stage(cfg: DictConfig) -> int:
         lock = None
         try:
             _cpu_threads()
+            configure_backends(info.device, deterministic=cfg.train.deterministic)
             run_dir = resolve_run_dir(cfg)
             lock, action = _start_up(cfg, info, run_dir)
             resolve_auto_teacher(cfg, train=False)  # the other ranks: the path rank 0 resolved (and trained)

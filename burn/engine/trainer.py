@@ -15,11 +15,14 @@ from burn.config import STAGE_PRECISION
 from burn.data.loaders import build_pretrain_loader
 from burn.engine.checkpoint import sha256_of_file
 from burn.engine.distributed import wrap_ddp
+from burn.engine.gpu import compile_enabled, compile_in_place, teacher_to_half
 from burn.engine.knn import KnnMonitor
 from burn.engine.loop import StageLoop, accumulation_steps
 from burn.engine.monitors import CollapseAlarm, collapse_metrics
-from burn.engine.precision import AmpSettings, build_amp
+from burn.engine.nonfinite import Applied
+from burn.engine.precision import AmpSettings, LazyScale, build_amp
 from burn.engine.schedules import build_warmup_cosine
+from burn.engine.signals import warn_if_slow_checkpoint
 from burn.models.burn import build_burn_model
 from burn.objective import lambda_at
 from burn.weights import load_stage1_init, write_backbone_extraction, write_stage1_extraction
@@ -50,6 +53,8 @@ class PretrainTrainer(StageLoop):
                 raise ValueError("pretrained= initialises stage 2 (from a stage-1 extraction); stage 1 starts "
                                  "from scratch.")
             self.model.load_trainable_state_dicts(load_stage1_init(cfg.pretrained))
+        self.model.teacher.fold_batchnorm()  # frozen: BN becomes the convs' bias, no buffers to broadcast
+        teacher_to_half(self.model.teacher, info.device, self.amp.autocast_dtype)
         if info.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last) if cfg.train.channels_last else self.model
             if info.distributed:  # SyncBatchNorm needs CUDA tensors; on CPU each rank keeps its own BN.
@@ -57,6 +62,10 @@ class PretrainTrainer(StageLoop):
                     self.model.student_classifier)
                 self.model.teacher_classifier = torch.nn.SyncBatchNorm.convert_sync_batchnorm(
                     self.model.teacher_classifier)
+        self.compiled = compile_enabled(cfg.train.compile, info.device)
+        if self.compiled:
+            cache = compile_in_place(self.model.student, self.run_dir, cfg.train.compile_cache_dir)
+            log.info("student compiled in place (inductor cache %s); the first step compiles", cache)
         self.ddp = wrap_ddp(self.model, info)
         self.loader = build_pretrain_loader(
             cfg.data, batch_size=cfg.train.per_gpu_batch, shard_id=info.rank, num_shards=info.world_size,
@@ -74,7 +83,8 @@ class PretrainTrainer(StageLoop):
         self.total_steps = int(cfg.steps) if cfg.steps else max(1, math.ceil(epochs * self.steps_per_epoch))
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         groups = self.model.param_groups(cfg.optim.lr, cfg.optim.teacher_classifier_lr_scale)
-        self.optimizer = torch.optim.Adam(groups, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+        self.optimizer = torch.optim.Adam(groups, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
+                                          fused=info.device.type == "cuda")  # also skips bad steps on the device
         warmup = min(round(cfg.optim.warmup_epochs * self.steps_per_epoch), self.total_steps - 1)
         self.scheduler = build_warmup_cosine(self.optimizer, warmup, self.total_steps, cfg.optim.warmup_start_factor)
         self.scaler = self.amp.scaler()
@@ -84,7 +94,7 @@ class PretrainTrainer(StageLoop):
                      self.accum, cfg.train.global_batch, self.total_steps, self.steps_per_epoch)
 
     # ---- one optimizer step ------------------------------------------------------------------------
-    def train_step(self) -> tuple[Dict[str, torch.Tensor], bool]:
+    def train_step(self) -> tuple[Dict[str, Any], Applied]:
         cfg = self.cfg
         started = time.perf_counter()
         lam = lambda_at(self.step, self.total_steps, cfg.optim.lambda_start, cfg.optim.lambda_end)
@@ -111,9 +121,16 @@ class PretrainTrainer(StageLoop):
                 self.noticed_at = f"micro-batch {micro + 1}/{self.accum} of step {self.step + 1}"
         grad_norm, applied, lr = self.apply_update()
         images = cfg.train.per_gpu_batch * self.accum * self.info.world_size
+        seconds = time.perf_counter() - started
+        if self.compiled and not hasattr(self, "_first_step_s"):
+            # Compilation happens in this process's first step: a signal arriving then waits for it.
+            self._first_step_s = seconds
+            if self.info.is_main:
+                log.info("first step (with compilation) took %.1f s", seconds)
+            warn_if_slow_checkpoint(0.0, cfg.checkpoint.signal_lead_s, step_seconds=seconds)
         metrics = {"loss": sums[0], "kl": sums[1], "fs": sums[2], "grad_norm": grad_norm, "lambda": lam,
-                   "lr": lr, "grad_scale": self.scaler.get_scale() if self.scaler.is_enabled() else 1.0,
-                   "images_per_s": images / (time.perf_counter() - started), "data_wait_s": data_wait}
+                   "lr": lr, "grad_scale": LazyScale(self.scaler),  # read on logging steps only
+                   "images_per_s": images / seconds, "data_wait_s": data_wait}
         if cfg.monitor.collapse:  # last micro-batch on this rank; device tensors, synced on logging steps only
             metrics.update(collapse_metrics(out, cfg.optim.temperature))
             self._collapse_shape = tuple(out["student_out"].shape)

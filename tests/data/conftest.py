@@ -14,8 +14,9 @@ from burn.config import AugmentConfig, DataConfig
 
 def tiny_data_cfg(root: Path, backend: str = "dali", overrides: Optional[dict] = None):
     """DataConfig of the tiny preset (32-px crops, eval 36/32, one thread), as Hydra passes it (a
-    structured DictConfig); ``overrides`` maps dotted keys to values."""
-    cfg = OmegaConf.structured(DataConfig(root=str(root), backend=backend, device="auto", num_threads=1,
+    structured DictConfig); ``overrides`` maps dotted keys to values. The pipeline is pinned to the
+    CPU, so the CPU tests hold where CUDA is visible; GPU tests override ``device`` to "gpu"."""
+    cfg = OmegaConf.structured(DataConfig(root=str(root), backend=backend, device="cpu", num_threads=1,
                                           eval_resize=36, eval_crop=32, aug=AugmentConfig(image_size=32)))
     for key, value in (overrides or {}).items():
         OmegaConf.update(cfg, key, value)

@@ -7,6 +7,8 @@ import shutil
 import pytest
 import torch
 
+pytest.importorskip("nvidia.dali")  # a GPU node may lack DALI: gpu_check.sh then uses torchvision
+
 from burn.data.check import inspect_image
 from burn.data.errors import DataError
 from burn.data.loaders import build_eval_loader, build_pretrain_loader
@@ -23,6 +25,7 @@ def test_dali_decodes_a_garbled_jpeg_silently(tiny_data, make_cfg, tmp_path, gar
     assert inspect_image(str(victim)).kind == "corrupt"
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
 def test_gpu_pipeline_returns_cuda_tensors_and_resumes_exactly(tiny_data, make_cfg, dtype):
