@@ -268,7 +268,8 @@ def tiny_data(tmp_path) -> Path:
 def test_the_suite_trains_from_prepared_lists(cli, tmp_path):
     s1, lin = tmp_path / "stage1", tmp_path / "linear"
     assert cli.run(cli.overrides(s1, "stage=1", "model.teacher_weights=null", "steps=2"), "s1") == [0], cli.log("s1")
-    assert (s1 / "DONE").exists()
+    assert (s1 / "DONE").exists() and f"root: {cli.data_root}" in (s1 / "config.yaml").read_text()
+    assert cli.data_root.name == "imagenet"  # the prepared tree, not the suite's generated dataset
     assert cli.run(cli.overrides(lin, "stage=linear", "pretrained=random", "linear.num_classes=4", "steps=2",
                                  "data.train_labeled_list=meta/train_labeled_50pct.txt"), "lin") == [0], cli.log("lin")
     assert "top-1" in cli.log("lin")
