@@ -34,7 +34,6 @@ import numpy as np
 from burn.data.errors import DatasetError
 
 WNID = re.compile(r"^n\d{8}$")
-VAL_NAME = re.compile(r"^ILSVRC2012_val_(\d{8})$")
 JPEG_EXTENSIONS = (".jpeg", ".jpg")
 DEVKIT = "ILSVRC2012_devkit_t12"
 ILSVRC_CLASSES = 1000
@@ -51,10 +50,9 @@ class Report:
     notes: List[str] = field(default_factory=list)
     written: List[Tuple[Path, int]] = field(default_factory=list)
 
-    def note(self, what: str, examples: Sequence[str], total: Optional[int] = None) -> None:
-        total = len(examples) if total is None else total
-        shown = ", ".join(list(examples)[:3]) + (", ..." if total > 3 else "")
-        self.notes.append(f"{what}: {total} ({shown})")
+    def note(self, what: str, examples: Sequence[str]) -> None:
+        shown = ", ".join(list(examples)[:3]) + (", ..." if len(examples) > 3 else "")
+        self.notes.append(f"{what}: {len(examples)} ({shown})")
 
 
 def _examples(items: Sequence[str], what: str) -> str:
