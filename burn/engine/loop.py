@@ -134,6 +134,9 @@ class StageLoop:
         try:
             return self._loop()
         except BaseException:
+            # A periodic checkpoint may still be on its way to disk: finish it before the stage (and
+            # so the run directory's lock) is given up.
+            self._finish_background_write("the stage failed")
             self.metrics.progress("failed", self.step, self.epoch())
             raise
         finally:
@@ -223,8 +226,8 @@ class StageLoop:
         data_states = all_gather_objects(self.info, self.data_state())
         rng_states = all_gather_objects(self.info, rng_state())
         if self.info.is_main:
-            if not background:
-                self._finish_background_write()
+            if not background and not self._finish_background_write("writing the checkpoint synchronously now"):
+                self._saved_step = None  # a preemption save must not be lost to an earlier failure
             if self._saved_step != self.step:
                 state = self.state_dict(data_states, rng_states)
                 if background and self.cfg.checkpoint.background:
@@ -236,14 +239,14 @@ class StageLoop:
         self._saved_step = self.step
         barrier(self.info)
 
-    def _finish_background_write(self) -> None:
-        """Wait for a background write; if it failed, say so and make sure this step is written again
-        (a preemption save must not be lost to an earlier failure)."""
+    def _finish_background_write(self, then: str) -> bool:
+        """Wait for a background write; False (logged, with what happens ``then``) if it failed."""
         try:
             self.ckpt_writer.wait()
         except CheckpointError as err:
-            log.error("%s; writing the checkpoint synchronously now", err)
-            self._saved_step = None
+            log.error("%s; %s", err, then)
+            return False
+        return True
 
     def _load_resume_point(self) -> Optional[Dict[str, Any]]:
         """Every rank loads the checkpoint rank 0 chose (the newest valid one)."""

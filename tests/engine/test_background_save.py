@@ -3,13 +3,22 @@ manager's guarantees (verified files, pruning, one writer at a time) and failure
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
+from pathlib import Path
 
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
 
+from burn.config import register_configs
 from burn.engine.background_save import BackgroundCheckpointWriter, snapshot
 from burn.engine.checkpoint import CheckpointError, CheckpointManager
+from burn.engine.distributed import init_distributed, seed_everything
+from burn.engine.signals import PreemptionHandler
+from burn.engine.trainer import PretrainTrainer
+
+CONF = Path(__file__).resolve().parents[2] / "conf"
 
 DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
     not torch.cuda.is_available(), reason="needs a CUDA GPU")])]
@@ -60,3 +69,35 @@ def test_a_failed_background_write_surfaces_at_the_next_wait(tmp_path):
     with pytest.raises(CheckpointError, match=r"step 1 in .*not-a-dir failed in the background"):
         writer.wait()
     writer.wait()  # reported once
+
+
+def test_a_failing_stage_finishes_its_background_write_first(tiny_data, tmp_path):
+    """The stage gives up its run directory (lock released) once run() returns: a periodic checkpoint
+    still being written in the background must be on disk by then, even when training failed."""
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        cfg = compose("config", overrides=[
+            "preset=tiny", f"data.root={tiny_data}", "data.synthetic.generate=false", f"run_dir={tmp_path}",
+            "log.progress_bar=off", "steps=10", "checkpoint.every_steps=2", "checkpoint.background=true",
+            "monitor.knn=false"])
+    info = init_distributed()
+    seed_everything(cfg.seed, info.rank)
+    with PreemptionHandler() as preemption:
+        trainer = PretrainTrainer(cfg, info, tmp_path, preemption)
+        real_save, real_step = trainer.ckpt.save, PretrainTrainer.train_step
+
+        def slow_save(state, step):
+            time.sleep(1.0)  # still writing when the next step fails
+            return real_save(state, step)
+
+        def failing_step(self):
+            if self.step == 2:
+                raise RuntimeError("boom")
+            return real_step(self)
+
+        trainer.ckpt.save = slow_save
+        trainer.train_step = failing_step.__get__(trainer)
+        with pytest.raises(RuntimeError, match="boom"):
+            trainer.run()
+    assert not trainer.ckpt_writer.busy
+    assert [p.name for p in trainer.ckpt.list_checkpoints()] == ["ckpt-00000002.pt"]
