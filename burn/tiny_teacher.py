@@ -28,6 +28,7 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
 from burn.data.lists import dataset_root, resolve_split
+from burn.files import umask_mode
 
 log = logging.getLogger("burn")
 
@@ -128,17 +129,11 @@ def _atomic_save(state: dict, report: dict, out: Path) -> None:
                 write(f)
                 f.flush()
                 os.fsync(f.fileno())
-            os.chmod(tmp, 0o666 & ~_umask())
+            os.chmod(tmp, umask_mode())
             os.replace(tmp, target)  # the .pth last: its presence means both are complete
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def ensure_teacher(data_cfg, arch: str) -> Path:

@@ -32,6 +32,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from burn.data.errors import DatasetError
+from burn.files import umask_mode
 
 WNID = re.compile(r"^n\d{8}$")
 JPEG_EXTENSIONS = (".jpeg", ".jpg")
@@ -284,19 +285,13 @@ def write_atomically(out: Path, files: Dict[str, List[str]]) -> None:
                 tmp.write("".join(line + "\n" for line in lines))
                 tmp.flush()
                 os.fsync(tmp.fileno())
-            os.chmod(tmp.name, 0o666 & ~_umask())  # mkstemp makes it private; lists are not
+            os.chmod(tmp.name, umask_mode())  # mkstemp makes it private; lists are not
         for tmp_name, final in staged:
             os.replace(tmp_name, final)
     finally:
         for tmp_name, _ in staged:
             if os.path.exists(tmp_name):
                 os.unlink(tmp_name)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def prepare(root: Path, out: Path, fractions: Sequence[float] = (), seed: int = 0, loc_csv: Optional[Path] = None,

@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from burn.data.lists import dataset_root
+from burn.files import umask_mode
 
 log = logging.getLogger(__name__)
 
@@ -162,9 +163,7 @@ def generate_atomically(root: Path, **params) -> bool:
     root = Path(root)
     root.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(scratch, 0o777 & ~umask)  # mkdtemp makes it private; the dataset is not
+    os.chmod(scratch, umask_mode(0o777))  # mkdtemp makes it private; the dataset is not
     try:
         generate_dataset(scratch, **params)
         os.rename(scratch, root)  # atomic; fails when another process's tree is already there

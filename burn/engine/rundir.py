@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 from burn.errors import UsageError
+from burn.files import umask_mode
 
 LOCK_FILE = ".lock"
 CONFIG_FILE = "config.yaml"
@@ -50,9 +51,7 @@ def write_text_atomic(path: Path, text: str) -> None:
             stream.write(text)
             stream.flush()
             os.fsync(stream.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600
+        os.chmod(tmp, umask_mode())  # mkstemp creates 0600
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
