@@ -70,6 +70,8 @@ def main() -> int:
         with torch.no_grad():
             p = model.student_classifier(model.student(images))
             t = model.teacher_classifier(teacher_features)
+        if cfg.model.get("center_target", False):  # the target the loss saw
+            t = t - t.mean(dim=0, keepdim=True)
         agree = float(F.cosine_similarity(p, t, dim=1).mean())
         print(f"step {state['step']:5d}  student spread={spread(p):.3f} pc1={top_share(p):.2f} "
               f"argmax={p.argmax(1).unique().numel():3d}  teacher spread={spread(t):.3f} pc1={top_share(t):.2f} "

@@ -34,7 +34,7 @@ class ModelConfig:
     ``auto``: a small supervised teacher trained once on data.root's labelled train split and cached
     beside the data (burn/tiny_teacher.py; the tiny preset's choice). None keeps a random teacher
     trunk: a control for experiments and tests, not a way to learn anything."""
-    center_target: bool = False
+    center_target: bool = True
     """Subtract the batch mean (per view) from the teacher classifier's outputs before the loss, so that
     a student that outputs one constant vector (the mean target) scores nothing: docs/moving-target.md."""
     teacher_classifier: str = "joint"
@@ -112,7 +112,7 @@ class OptimConfig:
     """Linear warmup length; the rest of the stage follows a cosine to 0."""
     warmup_start_factor: float = 1e-4
     """Warmup starts at lr * this factor."""
-    teacher_classifier_lr_scale: float = 1.0
+    teacher_classifier_lr_scale: float = 0.01
     """The teacher classifier's lr as a multiple of optim.lr (model.teacher_classifier=joint). See
     docs/moving-target.md for why this is not 1: at the student's lr the two classifiers collapse onto
     one constant output within a few hundred steps."""

@@ -21,6 +21,17 @@ def tiny_data(tmp_path_factory) -> Path:
     subprocess.run([sys.executable, "-m", "burn.data.synthetic", "--out", str(root), "--classes", "10",
                     "--per-class", "40", "--val-per-class", "10", "--size", "48", "--seed", "0"],
                    check=True, cwd=REPO)
+    # The tiny preset's model.teacher_weights=auto: train it once here rather than in the first stage
+    # that needs it (which may be one rank of several, or a SLURM job with a time limit).
+    from hydra import compose, initialize_config_dir
+
+    from burn.config import register_configs
+    from burn.tiny_teacher import ensure_teacher
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
+        cfg = compose("config", overrides=["preset=tiny", f"data.root={root}"])
+    ensure_teacher(cfg.data, cfg.model.teacher_arch)
     return root
 
 

@@ -56,6 +56,7 @@ def test_views_pass_the_student_and_classifiers_as_separate_batches():
     out = model(v1, v2, lam=torch.tensor(0.25))
     p1, p2 = (model.student_classifier(model.student(v)) for v in (v1, v2))
     t1, t2 = (model.teacher_classifier(model.teacher(v)) for v in (v1, v2))
+    t1, t2 = (t - t.mean(dim=0) for t in (t1, t2))  # model.center_target, the default
     loss, kl, fs = burn_loss(p1, p2, t1, t2, 0.25)
     torch.testing.assert_close(out["loss"], loss)
     torch.testing.assert_close(out["kl"], kl)
@@ -139,3 +140,17 @@ def test_param_groups_put_the_teacher_classifier_at_its_own_lr():
 def test_unknown_teacher_classifier_mode_is_refused():
     with pytest.raises(ValueError, match="model.teacher_classifier='moving'"):
         build_burn_model(ModelConfig(**{**TINY.__dict__, "teacher_classifier": "moving"}), "binact")
+
+
+def test_center_target_removes_the_batch_mean_of_each_view_before_the_loss():
+    torch.manual_seed(0)
+    model = build_burn_model(ModelConfig(**{**TINY.__dict__, "center_target": True}), "binact").train()
+    v1, v2 = _views(n=6)
+    with torch.no_grad():
+        f1, f2 = model.teacher(torch.cat([v1, v2])).chunk(2)
+        t1, t2 = model.teacher_classifier(f1), model.teacher_classifier(f2)
+        p1, p2 = model.student_classifier(model.student(v1)), model.student_classifier(model.student(v2))
+        out = model(v1, v2, lam=0.2)
+    centred = burn_loss(p1, p2, t1 - t1.mean(0), t2 - t2.mean(0), 0.2)[0]
+    plain = burn_loss(p1, p2, t1, t2, 0.2)[0]
+    assert torch.allclose(out["loss"], centred, atol=1e-5) and not torch.allclose(centred, plain, atol=1e-3)
