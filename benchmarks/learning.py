@@ -43,7 +43,8 @@ DATA = {"classes": 16, "per_class": 80, "val_per_class": 25, "size": 48}
 COMMON = ["preset=tiny", f"data.synthetic.classes={DATA['classes']}", f"data.synthetic.per_class={DATA['per_class']}",
           f"data.synthetic.val_per_class={DATA['val_per_class']}", f"data.synthetic.size={DATA['size']}",
           "data.synthetic.generate=true", f"linear.num_classes={DATA['classes']}", "log.progress_bar=off",
-          "checkpoint.every_steps=100000", "log.every_steps=10", "compare_baseline=false"]
+          "checkpoint.every_steps=100000", "log.every_steps=10", "compare_baseline=false",
+          "monitor.knn_every=60"]
 PRETRAIN = ["train.epochs=6"]
 VARIANTS = {
     "burn": [],
