@@ -25,6 +25,7 @@ from burn.engine.schedules import build_warmup_cosine
 from burn.engine.signals import warn_if_slow_checkpoint
 from burn.models.burn import build_burn_model
 from burn.objective import lambda_at
+from burn.tiny_teacher import resolve_auto_teacher
 from burn.weights import load_stage1_init, write_backbone_extraction, write_stage1_extraction
 
 log = logging.getLogger("burn")
@@ -47,6 +48,9 @@ class PretrainTrainer(StageLoop):
     def build(self, data_state: Any) -> None:
         cfg, info = self.cfg, self.info
         self.amp: AmpSettings = build_amp(cfg.train.precision, info.device)
+        # The stage runner resolved model.teacher_weights=auto already; trainers built directly (tests,
+        # benchmarks) get the same cached teacher here.
+        resolve_auto_teacher(cfg, train=True)
         self.model = build_burn_model(cfg.model, self.precision).to(info.device)
         if cfg.pretrained:
             if self.stage != "2":
