@@ -74,7 +74,7 @@ VERSIONS=$("$PY" -c "import torch; print('torch', torch.__version__)")
 echo "device: $DEVICE, $VERSIONS, data.backend=$BACKEND, work folder $WORK"
 
 DATA=$WORK/data
-COMMON=(preset=tiny "data.root=$DATA" data.synthetic.generate=true "data.backend=$BACKEND"
+COMMON=(preset=tiny model.teacher_weights=null "data.root=$DATA" data.synthetic.generate=true "data.backend=$BACKEND"
     log.progress_bar=off "${DEVICE_KEYS[@]}")
 
 # ---- 1. GPU tests ----------------------------------------------------------------------------------

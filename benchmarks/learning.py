@@ -149,7 +149,7 @@ def main() -> int:
         futures = {(name, s): pool.submit(one, workdir, data_root, name, ov, s, args.extra, threads)
                    for s in seeds for name, ov in variants.items()}
         results = {name: [futures[name, s].result() for s in seeds] for name in variants}
-    teacher_report = sorted(data_root.glob("teacher-*.json"))
+    teacher_report = sorted(data_root.parent.glob(f"{data_root.name}-teacher-*.json"))
     if teacher_report:
         report = json.loads(teacher_report[0].read_text())
         print(f"teacher: supervised {report['arch']}, val top-1 {report['val_top1']:.1f}%")

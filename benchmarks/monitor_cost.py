@@ -54,7 +54,7 @@ def main() -> None:
 
     register_configs()
     with tempfile.TemporaryDirectory() as run_dir:
-        overrides = ["preset=tiny", f"data.root={args.data}", f"run_dir={run_dir}", "log.progress_bar=off",
+        overrides = ["preset=tiny", "model.teacher_weights=null", f"data.root={args.data}", f"run_dir={run_dir}", "log.progress_bar=off",
                      "checkpoint.every_steps=1000000"]
         overrides += [f"steps={args.steps}"] if args.steps else []
         overrides += [f"monitor.knn_every={args.every}"] if args.every else []

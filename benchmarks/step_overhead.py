@@ -58,7 +58,7 @@ def main() -> None:
     register_configs()
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
         cfg = compose("config", overrides=[
-            "preset=tiny", f"data.root={work / 'data'}", f"run_dir={work / 'run'}", "log.progress_bar=off",
+            "preset=tiny", "model.teacher_weights=null", f"data.root={work / 'data'}", f"run_dir={work / 'run'}", "log.progress_bar=off",
             f"steps={args.steps * args.rounds * 4}", f"log.every_steps={args.log_every}",
             f"checkpoint.every_steps={args.ckpt_every}"])
     ensure_synthetic(cfg.data)

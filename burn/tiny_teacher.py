@@ -3,7 +3,8 @@
 BURN distils a *good* teacher. No weights can be downloaded here, so ``model.teacher_weights=auto``
 trains a torchvision ResNet (resnet18 in the tiny preset) on the labelled training split of the
 dataset, once, and caches it next to the data as a plain torchvision state dict
-(``<data.root>/teacher-<arch>-<crop>px.pth``, plus a ``.json`` with its validation top-1). It is the
+(``<data.root>-teacher-<arch>-<crop>px.pth`` beside the dataset folder, plus a ``.json`` with its
+validation top-1). It is the
 same kind of file a user would pass, read by the same code path (``burn.weights``).
 
 Pure PyTorch on in-memory tensors: the generated datasets are a few thousand 48-px JPEGs.
@@ -36,8 +37,10 @@ AUTO = "auto"
 
 
 def teacher_path(data_cfg, arch: str) -> Path:
-    """Where the cached teacher of this dataset, architecture and crop size lives."""
-    return dataset_root(data_cfg) / f"teacher-{arch}-{int(data_cfg.aug.image_size)}px.pth"
+    """Where the cached teacher of this dataset, architecture and crop size lives: beside the dataset
+    folder, not in it (the dataset stays exactly what its generator or owner wrote)."""
+    root = dataset_root(data_cfg)
+    return root.parent / f"{root.name}-teacher-{arch}-{int(data_cfg.aug.image_size)}px.pth"
 
 
 def _load_split(data_cfg, split: str) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -96,7 +96,17 @@ class StageStatus:
         if self.progress.get("state") in ("cancelled", "interrupted"):
             return True
         return self.latest is not None and self.latest.state.startswith("CANCELLED") \
-            and "Dependency" not in self.latest.reason and self.progress.get("state") != "failed"
+            and not self.cancelled_waiting and self.progress.get("state") != "failed"
+
+    @property
+    def cancelled_waiting(self) -> bool:
+        """SLURM cancelled the job before it started because its afterok dependency failed. sacct
+        does not always keep the DependencyNeverSatisfied reason, so a job that never wrote progress
+        and was queued with a dependency counts too."""
+        if self.latest is None or not self.latest.state.startswith("CANCELLED"):
+            return False
+        queued_after = bool(self.jobs and self.jobs[-1].get("dependency"))
+        return "Dependency" in self.latest.reason or (queued_after and not self.progress)
 
     @property
     def failed(self) -> bool:
@@ -167,7 +177,7 @@ def stage_line(stage: StageStatus) -> str:
 def failure_report(stage: StageStatus) -> List[str]:
     job = stage.latest
     record = stage.jobs[-1] if stage.jobs else {}
-    if job and job.state.startswith("CANCELLED") and "Dependency" in job.reason:
+    if stage.cancelled_waiting:
         return [f"CANCELLED {stage.name}: job {job.job_id} never ran: it waited for "
                 f"{record.get('dependency') or 'an earlier job'}, which did not succeed"]
     what = f"job {job.job_id} {job.state}" if job else "the stage"

@@ -26,7 +26,8 @@ from burn.engine.rundir import CONFIG_FILE, ConfigMismatchError, RunDirBusyError
     write_config_if_changed
 from burn.engine.signals import PreemptionHandler
 from burn.errors import UsageError
-from burn.tiny_teacher import resolve_auto_teacher
+from burn.tiny_teacher import AUTO as AUTO_TEACHER
+from burn.tiny_teacher import ensure_teacher, resolve_auto_teacher
 from burn.validation import check_choices, check_data, check_stage
 
 log = logging.getLogger("burn")
@@ -84,12 +85,15 @@ def _claim_run_dir(cfg: DictConfig, run_dir: Path, world_size: int) -> tuple[Opt
     lock (held until the stage ends) and "run" or "done". Bad input fails before anything is written."""
     check_choices(cfg)  # data.root is set: model.teacher_weights=auto's path derives from it
     # auto: the cached teacher's path before the identity check compares it; a pretraining stage
-    # trains it now if it is missing (generating the tiny data first), and check_stage checks the file.
-    resolve_auto_teacher(cfg, train=str(cfg.stage) != "linear")
-    check_stage(cfg, world_size, run_dir)  # the same checks as launch/submit.py
+    # trains it if it is missing, once the data are known to be good; check_stage checks the file.
+    train_teacher = cfg.model.teacher_weights == AUTO_TEACHER and str(cfg.stage) != "linear"
+    resolve_auto_teacher(cfg, train=False)
     if not (run_dir / DONE_MARKER).exists():
         ensure_synthetic(cfg.data)  # safe without the lock: it builds aside and renames
         check_data(cfg)
+    if train_teacher:
+        ensure_teacher(cfg.data, cfg.model.teacher_arch)
+    check_stage(cfg, world_size, run_dir)  # the same checks as launch/submit.py
     run_dir.mkdir(parents=True, exist_ok=True)
     lock = RunDirLock(run_dir).acquire()
     try:
