@@ -12,11 +12,10 @@ Pure PyTorch on in-memory tensors: the generated datasets are a few thousand 48-
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Dict, Sequence, Tuple
@@ -29,7 +28,7 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
 from burn.data.lists import dataset_root, resolve_split
-from burn.files import umask_mode
+from burn.files import write_atomic
 
 log = logging.getLogger("burn")
 
@@ -124,19 +123,10 @@ def train_teacher(data_cfg, arch: str, out: Path, *, epochs: int = 20, batch: in
 
 def _atomic_save(state: dict, report: dict, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    for target, write in ((out.with_suffix(".json"), lambda f: f.write(json.dumps(report, indent=1).encode())),
-                          (out, lambda f: torch.save(state, f))):
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                write(f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, umask_mode())
-            os.replace(tmp, target)  # the .pth last: its presence means both are complete
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+    write_atomic(out.with_suffix(".json"), json.dumps(report, indent=1))
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    write_atomic(out, buffer.getvalue())  # the .pth last: its presence means both are complete
 
 
 def ensure_teacher(data_cfg, arch: str) -> Path:

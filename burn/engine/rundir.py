@@ -18,13 +18,12 @@ import fcntl
 import json
 import os
 import socket
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Dict, Optional
 
 from burn.errors import UsageError
-from burn.files import umask_mode
+from burn.files import write_atomic
 
 LOCK_FILE = ".lock"
 CONFIG_FILE = "config.yaml"
@@ -39,23 +38,8 @@ class ConfigMismatchError(UsageError):
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Replace `path` with `text` so that a reader sees the old file or the new one, never a part.
-
-    The temp file lives in the same directory (``os.replace`` is atomic only within one
-    filesystem) and is fsynced first, so a crash cannot leave an empty file under the real name.
-    Permissions follow the umask, as a plain ``open()`` would create them."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.chmod(tmp, umask_mode())  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Replace `path` with `text` atomically (:func:`burn.files.write_atomic`)."""
+    write_atomic(path, text)
 
 
 def holder_record() -> Dict[str, Any]:

@@ -100,7 +100,7 @@ def build_burn_model(model_cfg, precision: str) -> BurnModel:
     if model_cfg.teacher_weights:
         teacher.load_weights(model_cfg.teacher_weights)
     hidden, out = model_cfg.classifier_hidden, model_cfg.classifier_out
-    mode = getattr(model_cfg, "teacher_classifier", "joint")
+    mode = model_cfg.teacher_classifier
     if mode not in TEACHER_CLASSIFIER_MODES:
         raise ValueError(f"model.teacher_classifier={mode!r}: choose one of {', '.join(TEACHER_CLASSIFIER_MODES)}")
     teacher_classifier = Classifier(teacher.out_dim, hidden, out)
@@ -111,5 +111,5 @@ def build_burn_model(model_cfg, precision: str) -> BurnModel:
         student_classifier=Classifier(student.out_dim, hidden, out),
         teacher=teacher,
         teacher_classifier=teacher_classifier,
-        center_target=bool(getattr(model_cfg, "center_target", False)),
+        center_target=bool(model_cfg.center_target),
     )
