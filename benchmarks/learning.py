@@ -44,7 +44,9 @@ COMMON = ["preset=tiny", f"data.synthetic.classes={DATA['classes']}", f"data.syn
           f"data.synthetic.val_per_class={DATA['val_per_class']}", f"data.synthetic.size={DATA['size']}",
           "data.synthetic.generate=true", f"linear.num_classes={DATA['classes']}", "log.progress_bar=off",
           "checkpoint.every_steps=100000", "log.every_steps=10", "compare_baseline=false",
-          "monitor.knn_every=60"]
+          "monitor.knn_every=60",
+          # One micro-batch per step (the tiny preset accumulates two of 16): fewer, larger kernels.
+          "train.per_gpu_batch=32", "linear.per_gpu_batch=64"]
 PRETRAIN = ["train.epochs=6"]
 VARIANTS = {
     "burn": [],
