@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+
+from tests.slurm.conftest import progress, wait_for
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -25,13 +26,6 @@ def submit(data: Path, run_dir: Path, nodes: int) -> str:
     return json.loads((run_dir / "slurm" / "jobs.jsonl").read_text().splitlines()[-1])["job_id"]
 
 
-def progress(stage_dir: Path) -> dict:
-    try:
-        return json.loads((stage_dir / "progress.json").read_text())
-    except (OSError, ValueError):
-        return {}
-
-
 def scontrol_job(job: str) -> str:
     out = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True, timeout=30)
     return out.stdout
@@ -39,22 +33,12 @@ def scontrol_job(job: str) -> str:
 
 def cancelled(slurm_cluster, job: str) -> bool:
     """scancel until the controller says CANCELLED: a cancel that lands while the job is being
-    requeued is dropped. (sacct keeps "REQUEUED" for a job cancelled while pending again.)"""
+    requeued can be lost (seen on the local cluster). sacct keeps "REQUEUED" for a job cancelled while
+    pending again, so the controller is asked."""
     if "JobState=CANCELLED" in scontrol_job(job) and not slurm_cluster.in_queue(job):
         return True
     subprocess.run(["scancel", job], capture_output=True, timeout=30)
-    time.sleep(1)  # the controller's answer to the cancel, before the next look
     return False
-
-
-def wait_for(what: str, check, timeout: float = 300):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.2)
-    pytest.fail(f"{what}: not reached in {timeout} s")
 
 
 def test_two_node_stage_preempted_is_resubmitted_on_one_node_and_completes(slurm_cluster, tiny_data, tmp_path):
@@ -65,7 +49,7 @@ def test_two_node_stage_preempted_is_resubmitted_on_one_node_and_completes(slurm
     subprocess.run(["scancel", "--signal=USR2", job], check=True)  # the preemption notice
     wait_for("preemption checkpoint", lambda: progress(stage_dir).get("state") == "preempted")
     # The job requeued itself and waits for 2 nodes again; its user takes the 1 node free instead.
-    wait_for("the 2-node job cancelled", lambda: cancelled(slurm_cluster, job), timeout=120)
+    wait_for("the 2-node job cancelled", lambda: cancelled(slurm_cluster, job), timeout=120, poll=1)
     stopped = progress(stage_dir)["step"]  # the newest checkpoint (the requeued run may have gone on)
     assert 3 <= stopped < STEPS
 
