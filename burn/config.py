@@ -129,7 +129,8 @@ class TrainConfig:
     global_batch: int = 4096
     """Images per optimizer step over all ranks (gradient accumulation is derived from it)."""
     per_gpu_batch: int = 256
-    """Images per forward on one rank."""
+    """Most images per forward on one rank; a smaller one is used when it does not divide the global
+    batch over the job's ranks (burn/batch.py)."""
     precision: str = "fp16"
     """fp16 (AMP + GradScaler, CUDA) | bf16 | fp32. On CPU fp16 falls back to fp32."""
     channels_last: bool = True
@@ -184,6 +185,9 @@ class LogConfig:
     """TensorBoard / console logging period in optimizer steps."""
     progress_bar: str = "auto"
     """auto (when interactive) | on | off."""
+    sample_ids: bool = False
+    """Debug: every rank appends the global stream position and the sample indices of each training
+    micro-batch it reads to <run_dir>/samples/ (burn/data/record.py reads them back)."""
 
 
 @dataclass

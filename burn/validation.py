@@ -37,14 +37,19 @@ def check_choices(cfg: DictConfig, stages: Iterable[str] = RUNNABLE_STAGES) -> N
 
 
 def check_batch(stage_cfg: DictConfig, world_size: int) -> None:
-    """The global batch must split evenly into per-GPU batches over all ranks (and accumulation)."""
+    """The global batch must split into per-GPU batches over all ranks (burn.batch: the per-GPU batch
+    may shrink, the global batch never changes)."""
+    from burn.batch import split_global_batch
+
     section = "linear" if str(stage_cfg.stage) == "linear" else "train"
     global_batch, per_gpu = stage_cfg[section].global_batch, stage_cfg[section].per_gpu_batch
-    if per_gpu < 1 or global_batch < 1 or global_batch % (per_gpu * world_size):
+    try:
+        split_global_batch(global_batch, per_gpu, world_size)
+    except ValueError:
         raise UsageError(
-            f"stage {stage_cfg.stage}: {section}.global_batch={global_batch} is not a positive multiple "
-            f"of {section}.per_gpu_batch={per_gpu} x {world_size} ranks (nodes x gpus_per_node) = "
-            f"{per_gpu * world_size}")
+            f"stage {stage_cfg.stage}: {section}.global_batch={global_batch} cannot be split over {world_size} "
+            f"ranks (nodes x gpus_per_node): no per-GPU batch up to {section}.per_gpu_batch={per_gpu} gives "
+            f"per-GPU batch x {world_size} x accumulation = {global_batch}") from None
 
 
 def check_weights(path: str, key: str, stage: str) -> None:

@@ -1,9 +1,9 @@
 """Where is my run? `python launch/status.py RUN_DIR`
 
 RUN_DIR is the parent of a stage=all run (stage1/, stage2/, linear/) or one stage's run dir. For
-each stage: its SLURM jobs and their states (squeue while queued, sacct after), restarts,
-step/total, last loss, lambda, images/s (progress.json) and top-1 (linear_eval.json). A failed
-job is named together with its log file and the log's last lines.
+each stage: its SLURM jobs and their states (squeue while queued, sacct after), restarts, ranks
+(and their changes by elastic resumes), step/total, last loss, lambda, images/s (progress.json) and
+top-1 (linear_eval.json). A failed job is named together with its log file and the log's last lines.
 
 Exit status: 0 when nothing failed (a stage its user cancelled, with scancel or Ctrl-C, says
 "CANCELLED" and is not a failure), 1 when a stage or job failed, 2 when RUN_DIR holds no stage.
@@ -153,6 +153,16 @@ def _fmt(value: Any, spec: str) -> str:
     return format(value, spec) if isinstance(value, (int, float)) else "-"
 
 
+def ranks_note(progress: Dict[str, Any]) -> str:
+    """"ranks 2", or with an elastic resume "ranks 2->1->2 (resized at steps 8, 30)": one run throughout."""
+    changes = progress.get("world_size_changes") or []
+    if not changes:
+        return f"ranks {progress['world_size']}"
+    sizes = [changes[0]["from"]] + [change["to"] for change in changes]
+    steps = ", ".join(str(change["step"]) for change in changes)
+    return f"ranks {'->'.join(map(str, sizes))} (resized at step{'s' if len(changes) > 1 else ''} {steps})"
+
+
 def stage_line(stage: StageStatus) -> str:
     p, parts = stage.progress, [f"{stage.name:7s}"]
     parts.append("DONE   " if stage.done else f"{p.get('state', 'no progress yet'):7s}")
@@ -164,6 +174,8 @@ def stage_line(stage: StageStatus) -> str:
     restarts = stage.latest.restarts if stage.latest and stage.latest.restarts is not None else p.get("restarts")
     if restarts is not None:
         parts.append(f"restarts {restarts}")
+    if p.get("world_size"):
+        parts.append(ranks_note(p))
     if p:
         parts.append(f"step {p.get('step', '-')}/{p.get('total_steps', '-')}")
         parts.append(f"loss {_fmt(p.get('loss'), '.4f')}")

@@ -4,10 +4,10 @@ Each image is read and decoded once; the two pretraining views are augmented ind
 decoded image with the recipe of :class:`burn.config.AugmentConfig`. Decoding and augmentation run on
 the GPU ("mixed" decoder) or, with ``device="cpu"``, on CPU threads only (``device_id=None``).
 
-A training pipeline reads exactly this rank's shards of one or more whole epochs, in the order
+A training pipeline reads exactly this rank's micro-batches of a span of the global stream that
 :mod:`burn.data.sharding` defines: the loader always knows which files a batch holds (so a decode
-failure can name the file), and DALI's checkpoint of the current pipeline plus (epoch, step) is the
-whole position.
+failure can name the file), and DALI's checkpoint of the current pipeline plus the stream position
+is the whole state.
 """
 
 from __future__ import annotations
@@ -169,9 +169,11 @@ def _cast(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 class DaliTrainLoader(ResumableLoader):
     """Endless, resumable training stream (``kind`` "pretrain": two views; "eval-train": image, label).
 
-    One pipeline reads a *span* of ``epochs_per_pipeline`` consecutive epochs (their shard orders
-    concatenated): one epoch for ImageNet-sized lists, more when epochs are short, so that building a
-    pipeline and discarding what it prefetched past the span's end stay negligible."""
+    One pipeline reads a *span* of ``batches_per_pipeline`` consecutive micro-batches of this rank
+    (an epoch's worth for ImageNet-sized lists, more when epochs are short), so that building a
+    pipeline and discarding what it prefetched past the span's end stay negligible. A loader that
+    continues another rank layout's position cannot use that layout's pipeline state: it starts a
+    span of its own there, with augmentation seeds derived from its rank, rank count and position."""
 
     backend = "dali"
     #: A pipeline covers at least this many batches (when the epochs are shorter).
@@ -180,41 +182,39 @@ class DaliTrainLoader(ResumableLoader):
     def __init__(self, samples: SampleList, data_cfg, *, kind: str, batch_size: int, shard_id: int,
                  num_shards: int, seed: int, dtype: torch.dtype, gpu: bool, state=None):
         steps = steps_per_epoch(len(samples), num_shards, batch_size)
-        self.epochs_per_pipeline = -(-self.min_batches_per_pipeline // steps)
+        self.batches_per_pipeline = max(self.min_batches_per_pipeline, steps)
         super().__init__(samples, kind=kind, batch_size=batch_size, shard_id=shard_id, num_shards=num_shards,
-                         seed=seed, state=state, layout={"epochs_per_pipeline": self.epochs_per_pipeline})
+                         seed=seed, state=state, layout={"batches_per_pipeline": self.batches_per_pipeline})
         self.kind, self.dtype, self.gpu = kind, dtype, gpu
         self._data_cfg = data_cfg
         self._paths = samples.absolute_paths()
         self._run: Optional[_PipelineRun] = None
+        self._span = -1
         self._order = np.empty(0, dtype=np.int64)
-        self._open_span(self._restored_checkpoint)
-
-    def _span_start(self) -> int:
-        return self.epoch - self.epoch % self.epochs_per_pipeline
-
-    def _batches_into_span(self) -> int:
-        return (self.epoch - self._span_start()) * self.steps_per_epoch + self._step
+        if self._restored_checkpoint:
+            self._open_span(self._restored_checkpoint)
 
     def _open_span(self, checkpoint: bytes = b"") -> None:
-        first = self._span_start()
-        self._order = np.concatenate([self.shard_order(e) for e in range(first, first + self.epochs_per_pipeline)])
+        self._span = self.batches_read // self.batches_per_pipeline
+        span_size = self.batches_per_pipeline
+        self._order = self.indices(self._span * span_size, span_size)
         graph, names = ((_pretrain_graph, ("view1", "view2")) if self.kind == "pretrain"
                         else (_eval_train_graph, ("images",)))
-        seed = derive_seed(self.seed, self.shard_id, first, _SEED_STREAMS[self.kind])
+        # A layout that started mid-stream (another rank count) gets streams of its own.
+        elastic = (self.num_shards, self.start) if self.start else ()
+        seed = derive_seed(self.seed, self.shard_id, self._span, _SEED_STREAMS[self.kind], *elastic)
         self._run = _PipelineRun(graph, [self._paths[i] for i in self._order], names, batch_size=self.batch_size,
                                  num_threads=int(self._data_cfg.num_threads), gpu=self.gpu, seed=seed,
                                  checkpoint=checkpoint, policy=LastBatchPolicy.DROP, aug=self._data_cfg.aug,
                                  dtype=_DALI_DTYPES.get(self.dtype, types.FLOAT))
 
     def _next_batch(self):
-        if self._run is None:
-            self._open_span()
+        if self._run is None or self._span != self.batches_read // self.batches_per_pipeline:
+            self._open_span()  # the previous span is read: its successor is built on demand
         try:
             outputs, positions = self._run.next()
         except RuntimeError as err:
-            done = self._batches_into_span() * self.batch_size
-            window = self._order[done:done + (1 + _PREFETCH) * self.batch_size]
+            window = self.indices(self.batches_read, 1 + _PREFETCH)
             raise decode_failure(err, self.samples, window) from err
         indices = self._order[positions]
         if self.kind == "pretrain":
@@ -222,11 +222,8 @@ class DaliTrainLoader(ResumableLoader):
         return (_cast(outputs[0], self.dtype), self.labels_of(indices)), indices
 
     def _pipeline_checkpoint(self) -> bytes:
-        return self._run.checkpoint() if self._batches_into_span() else b""
-
-    def _end_epoch(self) -> None:
-        if self.epoch % self.epochs_per_pipeline == 0:
-            self._run = None  # the span is read: its successor is built on demand
+        into_span = self.batches_read % self.batches_per_pipeline
+        return self._run.checkpoint() if into_span and self._run is not None else b""
 
 
 class DaliValLoader:

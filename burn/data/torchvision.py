@@ -1,9 +1,9 @@
 """torchvision fallback backend: PIL decoding and augmentation in DataLoader worker processes.
 
-Same contract as :mod:`burn.data.dali`: same shard order (:mod:`burn.data.sharding`), same recipe,
+Same contract as :mod:`burn.data.dali`: same stream order (:mod:`burn.data.sharding`), same recipe,
 same state. Augmentations are drawn from a generator seeded by (seed, epoch, sample index), so a
-sample's views depend on nothing else (worker count, prefetching, resume) and the position
-(epoch, step) is the whole state. Batches are moved to the current CUDA device when the pipeline
+sample's views depend on nothing else (worker count, prefetching, resume, number of ranks) and the
+stream position is the whole state. Batches are moved to the current CUDA device when the pipeline
 "runs on the GPU" (``data.device`` auto with CUDA, or gpu), to be a drop-in for DALI's mixed mode.
 """
 
@@ -21,7 +21,7 @@ from torchvision.transforms.v2 import functional as F
 
 from burn.data.check import decode_failure
 from burn.data.lists import SampleList
-from burn.data.sharding import eval_shard, train_shard
+from burn.data.sharding import batch_positions, eval_shard, stream_indices
 from burn.data.stream import ResumableLoader
 
 EVAL_CROP_SCALE = (0.08, 1.0)
@@ -135,23 +135,23 @@ class _Samples(Dataset):
 
 
 class _EndlessPlan(Sampler):
-    """Batches of (epoch, index) keys in the shard order, from a start position onwards. It holds
-    plain values only: a reference back to the loader would put the DataLoader iterator into a
-    reference cycle, and a cycle collected by the GC loses the workers' shutdown message (each then
-    waits out DataLoader's 5 s join timeout)."""
+    """Batches of (epoch, index) keys of this rank's micro-batches, from ``batch`` (counted from the
+    layout's ``start``) onwards. It holds plain values only: a reference back to the loader would put
+    the DataLoader iterator into a reference cycle, and a cycle collected by the GC loses the workers'
+    shutdown message (each then waits out DataLoader's 5 s join timeout)."""
 
-    def __init__(self, loader: "TorchvisionTrainLoader", epoch: int, step: int):
-        self.shard = dict(num_samples=len(loader.samples), shard_id=loader.shard_id, num_shards=loader.num_shards,
-                          batch_size=loader.batch_size, seed=loader.seed)
-        self.steps, self.epoch, self.step = loader.steps_per_epoch, epoch, step
+    def __init__(self, loader: "TorchvisionTrainLoader"):
+        self.num_samples, self.seed = len(loader.samples), loader.seed
+        self.layout = dict(shard_id=loader.shard_id, num_shards=loader.num_shards, batch_size=loader.batch_size)
+        self.start, self.batch = loader.start, loader.batches_read
 
     def __iter__(self):
-        epoch, step, size = self.epoch, self.step, self.shard["batch_size"]
+        batch = self.batch
         while True:
-            order = train_shard(**self.shard, epoch=epoch)
-            for j in range(step, self.steps):
-                yield [(epoch, int(i)) for i in order[j * size:(j + 1) * size]]
-            epoch, step = epoch + 1, 0
+            positions = batch_positions(self.start, batch, 1, **self.layout)
+            indices = stream_indices(self.num_samples, self.seed, positions)
+            yield [(int(p) // self.num_samples, int(i)) for p, i in zip(positions, indices)]
+            batch += 1
 
 
 def _data_loader(dataset: Dataset, plan, workers: int, gpu: bool) -> DataLoader:
@@ -175,7 +175,7 @@ class TorchvisionTrainLoader(ResumableLoader):
         super().__init__(samples, kind=kind, batch_size=batch_size, shard_id=shard_id, num_shards=num_shards,
                          seed=seed, state=state)
         self.kind, self.dtype, self.gpu = kind, dtype, gpu
-        plan = _EndlessPlan(self, self.epoch, self._step)
+        plan = _EndlessPlan(self)
         self._batches = iter(_data_loader(_Samples(samples, data_cfg, kind, seed), plan,
                                           int(data_cfg.num_threads), gpu))
 

@@ -12,11 +12,12 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from burn.batch import split_global_batch
 from burn.config import RANDOM_BACKBONE
 from burn.data.loaders import build_eval_loader
 from burn.engine.logging import write_json_atomic
 from burn.engine.distributed import wrap_ddp
-from burn.engine.loop import StageLoop, accumulation_steps
+from burn.engine.loop import StageLoop
 from burn.engine.precision import build_amp
 from burn.engine.schedules import build_step_decay
 from burn.models.reactnet import ReActNetA
@@ -73,8 +74,8 @@ class LinearEvalTrainer(StageLoop):
             backbone.load_state_dict(load_backbone(cfg.pretrained), strict=True)
         self.model = LinearEvalModel(backbone, lin.num_classes).to(info.device)
         self.ddp = wrap_ddp(self.model, info)
-        self.accum = accumulation_steps(lin.global_batch, lin.per_gpu_batch, info.world_size)
-        self.loader = build_eval_loader(cfg.data, split="train", batch_size=lin.per_gpu_batch, shard_id=info.rank,
+        self.per_gpu_batch, self.accum = split_global_batch(lin.global_batch, lin.per_gpu_batch, info.world_size)
+        self.loader = build_eval_loader(cfg.data, split="train", batch_size=self.per_gpu_batch, shard_id=info.rank,
                                         num_shards=info.world_size, seed=cfg.seed, dtype=self.amp.input_dtype,
                                         state=data_state)
         steps_per_epoch = max(1, self.loader.steps_per_epoch // self.accum)
@@ -90,7 +91,7 @@ class LinearEvalTrainer(StageLoop):
         self.optimizer.zero_grad(set_to_none=True)
         loss_sum = torch.zeros((), device=self.info.device)
         for micro in range(self.accum):
-            images, labels = next(self.loader)
+            images, labels = self.next_batch()
             labels = labels.to(self.info.device)
             with self.amp.autocast():
                 loss = F.cross_entropy(self.ddp(images).float(), labels)

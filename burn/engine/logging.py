@@ -37,8 +37,10 @@ class MetricLogger:
     """Everything a stage reports. Only rank 0 builds one that writes; others get `enabled=False`."""
 
     def __init__(self, run_dir: Path, *, enabled: bool, stage: str, start_step: int, total_steps: int,
-                 progress_bar: str = "auto", restarts: int = 0):
+                 progress_bar: str = "auto", restarts: int = 0, run_info: Optional[dict] = None):
         self.enabled = enabled
+        self.run_info = run_info or {}
+        """Written into every progress.json (the rank count and its changes)."""
         self.run_dir = Path(run_dir)
         self.stage = stage
         self.total_steps = total_steps
@@ -74,7 +76,7 @@ class MetricLogger:
         if not self.enabled:
             return
         data = {"stage": self.stage, "state": state, "step": step, "total_steps": self.total_steps,
-                "epoch": epoch, "restarts": self.restarts, "updated": time.time(), **extra}
+                "epoch": epoch, "restarts": self.restarts, "updated": time.time(), **self.run_info, **extra}
         write_json_atomic(self.run_dir / "progress.json", data)
 
     def close(self) -> None:

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any, Dict, Optional
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from burn.data.record import SampleRecord
+from burn.engine import elastic
 from burn.engine.background_save import BackgroundCheckpointWriter, snapshot
 from burn.engine.checkpoint import CheckpointError, CheckpointManager
 from burn.engine.distributed import DistInfo, all_gather_objects, barrier, rng_state, set_rng_state
@@ -27,16 +30,6 @@ log = logging.getLogger("burn")
 
 CHECKPOINT_FORMAT = "burn-suite/checkpoint"
 DONE_MARKER = "DONE"
-
-
-def accumulation_steps(global_batch: int, per_gpu_batch: int, world_size: int) -> int:
-    """Micro-batches per optimizer step so that per_gpu_batch x world x accumulation = global_batch."""
-    per_forward = per_gpu_batch * world_size
-    if global_batch <= 0 or per_gpu_batch <= 0 or global_batch % per_forward:
-        raise ValueError(
-            f"global batch {global_batch} is not a positive multiple of per-GPU batch {per_gpu_batch} x "
-            f"{world_size} ranks = {per_forward}; change train.global_batch or train.per_gpu_batch.")
-    return global_batch // per_forward
 
 
 class StageLoop:
@@ -58,6 +51,9 @@ class StageLoop:
         self._stop_code = 0
         self.noticed_at: Optional[str] = None
         """Where this rank first saw the preemption flag (for the log)."""
+        self.world_size_changes: list = []
+        """Every resume on another number of ranks: {"step", "from", "to"} (kept in checkpoints)."""
+        self.sample_record: Optional[SampleRecord] = None
 
     # ---- hooks -----------------------------------------------------------------------------------
     def build(self, data_state: Any) -> None:
@@ -109,6 +105,13 @@ class StageLoop:
     def data_state(self) -> Any:
         return self.loader.state_dict()
 
+    def next_batch(self) -> Any:
+        """The loader's next micro-batch (recorded with log.sample_ids)."""
+        batch = next(self.loader)
+        if self.sample_record is not None:
+            self.sample_record.write(self.step + 1, self.loader.last_positions, self.loader.last_indices)
+        return batch
+
     def epoch(self) -> int:
         return int(self.loader.epoch) if hasattr(self, "loader") else 0
 
@@ -118,15 +121,31 @@ class StageLoop:
     # ---- the loop --------------------------------------------------------------------------------
     def prepare(self) -> None:
         """Resume point, components, restored state, reporting: everything before the first step."""
+        info = self.info
         resume = self._load_resume_point()
-        self.build(resume["data"][self.info.rank] if resume else None)
+        saved_world = resume["world_size"] if resume else info.world_size
+        self.build(elastic.data_state_for(resume["data"], info.rank, info.world_size) if resume else None)
         if resume:
-            self._restore(resume)
+            self._restore(resume, resized=saved_world != info.world_size)
+        if saved_world != info.world_size:
+            self.world_size_changes.append(elastic.change_note(self.step, saved_world, info.world_size))
+            if info.is_main:
+                log.warning(elastic.resume_message(resume["path"], self.step, saved_world, info.world_size,
+                                                   self.loader, self.per_gpu_batch * info.world_size * self.accum,
+                                                   self.per_gpu_batch, self.accum))
         self.ddp.train()  # once: nothing switches to eval mode before the last step
+        if self.cfg.log.sample_ids:
+            attempt = all_gather_objects(info, f"{time.time_ns():020d}")[0]  # rank 0's: one id per start
+            self.sample_record = SampleRecord(self.run_dir, rank=info.rank, world_size=info.world_size,
+                                              attempt=attempt)
         restarts = int(os.environ.get("SLURM_RESTART_COUNT", 0))
-        self.metrics = MetricLogger(self.run_dir, enabled=self.info.is_main, stage=self.stage,
+        self.metrics = MetricLogger(self.run_dir, enabled=info.is_main, stage=self.stage,
                                     start_step=self.step, total_steps=self.total_steps,
-                                    progress_bar=self.cfg.log.progress_bar, restarts=restarts)
+                                    progress_bar=self.cfg.log.progress_bar, restarts=restarts,
+                                    run_info={"world_size": info.world_size,
+                                              "world_size_changes": self.world_size_changes})
+        if self.step == 0 or saved_world != info.world_size:  # TensorBoard marks where the rank count changed
+            self.metrics.scalars(self.step, {"world_size": info.world_size}, prefix="run")
 
     def run(self) -> int:
         """Train to the end (exit 0) or until preempted (checkpoint written, exit REQUEUE_EXIT_CODE)."""
@@ -141,6 +160,8 @@ class StageLoop:
             raise
         finally:
             self.metrics.close()
+            if self.sample_record is not None:
+                self.sample_record.close()
 
     def _loop(self) -> int:
         # A signal during start-up stops before the first step (a checkpoint of the start state is exact).
@@ -212,6 +233,7 @@ class StageLoop:
         return {"format": CHECKPOINT_FORMAT, "version": 1, "stage": self.stage, "step": self.step,
                 "epoch": self.epoch(), "world_size": self.info.world_size, "model": self.model_state(),
                 **self.optim_state(), "rng": rng_states, "data": data_states,
+                "world_size_changes": self.world_size_changes,
                 "config": OmegaConf.to_yaml(self.cfg, resolve=True), **self.extra_state()}
 
     def extra_state(self) -> Dict[str, Any]:
@@ -255,16 +277,16 @@ class StageLoop:
         if path is None:
             return None
         state = found[0] if self.info.is_main else self.ckpt.load(Path(path))
-        if state["world_size"] != self.info.world_size:
-            raise ValueError(
-                f"{path} was written by {state['world_size']} ranks, this job has {self.info.world_size}; "
-                "exact resume needs the same number of ranks.")
         if self.info.is_main:
-            log.info("resuming from %s (step %d)", path, state["step"])
-        return state
+            log.info("resuming from %s (step %d, written by %d ranks)", path, state["step"], state["world_size"])
+        return {**state, "path": path}
 
-    def _restore(self, state: Dict[str, Any]) -> None:
+    def _restore(self, state: Dict[str, Any], resized: bool) -> None:
         self.step = self._saved_step = state["step"]
         self.load_model_state(state["model"])
         self.load_optim_state(state)
-        set_rng_state(state["rng"][self.info.rank])
+        self.world_size_changes = list(state.get("world_size_changes", []))
+        if resized:  # the saved streams belong to the old ranks: derive this layout's own
+            elastic.reseed(self.cfg.seed, self.info.rank, self.info.world_size, self.step)
+        else:
+            set_rng_state(state["rng"][self.info.rank])

@@ -11,13 +11,14 @@ from typing import Any, Dict
 
 import torch
 
+from burn.batch import split_global_batch
 from burn.config import STAGE_PRECISION
 from burn.data.loaders import build_pretrain_loader
 from burn.engine.checkpoint import sha256_of_file
 from burn.engine.distributed import wrap_ddp
 from burn.engine.gpu import compile_enabled, compile_in_place, teacher_to_half
 from burn.engine.knn import KnnMonitor
-from burn.engine.loop import StageLoop, accumulation_steps
+from burn.engine.loop import StageLoop
 from burn.engine.monitors import CollapseAlarm, collapse_metrics
 from burn.engine.nonfinite import Applied
 from burn.engine.precision import AmpSettings, LazyScale, build_amp
@@ -42,7 +43,8 @@ class PretrainTrainer(StageLoop):
         super().__init__(cfg, info, run_dir, preemption)
         self.stage = str(cfg.stage)
         self.precision = STAGE_PRECISION[self.stage]
-        self.accum = accumulation_steps(cfg.train.global_batch, cfg.train.per_gpu_batch, info.world_size)
+        self.per_gpu_batch, self.accum = split_global_batch(cfg.train.global_batch, cfg.train.per_gpu_batch,
+                                                            info.world_size)
 
     # ---- wiring ----------------------------------------------------------------------------------
     def build(self, data_state: Any) -> None:
@@ -72,7 +74,7 @@ class PretrainTrainer(StageLoop):
             log.info("student compiled in place (inductor cache %s); the first step compiles", cache)
         self.ddp = wrap_ddp(self.model, info)
         self.loader = build_pretrain_loader(
-            cfg.data, batch_size=cfg.train.per_gpu_batch, shard_id=info.rank, num_shards=info.world_size,
+            cfg.data, batch_size=self.per_gpu_batch, shard_id=info.rank, num_shards=info.world_size,
             seed=cfg.seed, dtype=self.amp.input_dtype, state=data_state)
         self.knn = (KnnMonitor(cfg.monitor, cfg.data, info, seed=cfg.seed, dtype=self.amp.input_dtype,
                                autocast=self.amp.autocast, channels_last=cfg.train.channels_last)
@@ -94,7 +96,7 @@ class PretrainTrainer(StageLoop):
         self.scaler = self.amp.scaler()
         if info.is_main:
             log.info("stage %s: %s student, %d ranks x %d images x %d accumulation = %d per step; %d steps "
-                     "(%d per epoch)", self.stage, self.precision, info.world_size, cfg.train.per_gpu_batch,
+                     "(%d per epoch)", self.stage, self.precision, info.world_size, self.per_gpu_batch,
                      self.accum, cfg.train.global_batch, self.total_steps, self.steps_per_epoch)
 
     # ---- one optimizer step ------------------------------------------------------------------------
@@ -107,7 +109,7 @@ class PretrainTrainer(StageLoop):
         data_wait = 0.0
         for micro in range(self.accum):
             t0 = time.perf_counter()
-            view1, view2 = next(self.loader)
+            view1, view2 = self.next_batch()
             data_wait += time.perf_counter() - t0
             if self.info.device.type == "cuda" and cfg.train.channels_last:
                 view1 = view1.contiguous(memory_format=torch.channels_last)
@@ -124,7 +126,7 @@ class PretrainTrainer(StageLoop):
                 # The step still completes: checkpoints only happen at optimizer-step boundaries.
                 self.noticed_at = f"micro-batch {micro + 1}/{self.accum} of step {self.step + 1}"
         grad_norm, applied, lr = self.apply_update()
-        images = cfg.train.per_gpu_batch * self.accum * self.info.world_size
+        images = cfg.train.global_batch
         seconds = time.perf_counter() - started
         if self.compiled and not hasattr(self, "_first_step_s"):
             # Compilation happens in this process's first step: a signal arriving then waits for it.

@@ -10,7 +10,6 @@ import torch
 pytest.importorskip("nvidia.dali")  # a GPU node may lack DALI: gpu_check.sh then uses torchvision
 
 from burn.data.check import inspect_image
-from burn.data.errors import DataError
 from burn.data.loaders import build_eval_loader, build_pretrain_loader
 
 
@@ -44,14 +43,14 @@ def test_gpu_pipeline_returns_cuda_tensors_and_resumes_exactly(tiny_data, make_c
 
 
 def test_resume_across_pipeline_boundaries(tiny_data, make_cfg, monkeypatch):
-    """With one epoch per pipeline, positions at, just before and just after a pipeline change."""
+    """With 12 batches per pipeline, positions at, just before and just after a pipeline change."""
     from burn.data.dali import DaliTrainLoader
 
     monkeypatch.setattr(DaliTrainLoader, "min_batches_per_pipeline", 12)
     cfg = make_cfg(tiny_data)
     args = dict(batch_size=16, shard_id=1, num_shards=2, seed=7)
     loader = build_pretrain_loader(cfg, **args)
-    assert loader.epochs_per_pipeline == 1 and loader.steps_per_epoch == 12
+    assert loader.batches_per_pipeline == 12 and loader.steps_per_epoch == 12
     reference, states = [], {}
     for step in range(28):
         states[step] = loader.state_dict()
@@ -59,8 +58,21 @@ def test_resume_across_pipeline_boundaries(tiny_data, make_cfg, monkeypatch):
     assert states[12]["pipeline"] == "" and states[13]["pipeline"] != ""  # a fresh pipeline needs no checkpoint
     for step in (0, 11, 12, 13, 24):
         resumed = build_pretrain_loader(cfg, **args, state=states[step])
+        assert not resumed.resharded
         for a, b in zip(reference[step:step + 3], [next(resumed) for _ in range(3)]):
             assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    # Another pipeline length is another layout: the same position, a pipeline (and streams) of its own.
     monkeypatch.setattr(DaliTrainLoader, "min_batches_per_pipeline", 256)
-    with pytest.raises(DataError, match="epochs_per_pipeline"):
-        build_pretrain_loader(cfg, **args, state=states[13])
+    other = build_pretrain_loader(cfg, **args, state=states[13])
+    assert other.resharded and other.position == states[13]["position"]
+    next(other)
+    assert other.last_indices.tolist() == next_indices(loader, states[13])
+
+
+def next_indices(loader, state) -> list:
+    """Sample indices of the micro-batch that follows ``state`` on ``loader``'s rank."""
+    from burn.data.sharding import batch_positions, stream_indices
+
+    positions = batch_positions(state["position"], 0, 1, shard_id=loader.shard_id, num_shards=loader.num_shards,
+                                batch_size=loader.batch_size)
+    return stream_indices(len(loader.samples), loader.seed, positions).tolist()

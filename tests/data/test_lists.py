@@ -5,11 +5,12 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from burn.data.errors import DatasetError
 from burn.data.lists import balanced_subset, resolve_split, validate_dataset
-from burn.data.sharding import eval_shard, steps_per_epoch, train_shard
+from burn.data.sharding import batch_positions, eval_shard, steps_per_epoch, stream_indices
 
 
 def _copy(tiny_data: Path, tmp_path: Path) -> Path:
@@ -110,16 +111,20 @@ def test_val_labels_must_be_training_classes(tiny_data, tmp_path, make_cfg):
         validate_dataset(make_cfg(root), splits=("train_labeled", "val"))
 
 
-def test_train_shards_are_disjoint_equal_and_reshuffled():
+def test_ranks_read_a_prefix_of_one_global_stream_of_reshuffled_epochs():
     n, shards, batch = 103, 3, 8
-    steps = steps_per_epoch(n, shards, batch)
-    assert steps == 4
-    parts = [train_shard(n, shard_id=r, num_shards=shards, batch_size=batch, seed=5, epoch=0) for r in range(shards)]
-    assert all(len(p) == steps * batch for p in parts)
-    assert len(set().union(*map(set, parts))) == shards * steps * batch  # disjoint
-    again = train_shard(n, shard_id=0, num_shards=shards, batch_size=batch, seed=5, epoch=0)
-    nxt = train_shard(n, shard_id=0, num_shards=shards, batch_size=batch, seed=5, epoch=1)
-    assert (again == parts[0]).all() and not (nxt == parts[0]).all()
+    assert steps_per_epoch(n, shards, batch) == 4
+    parts = [batch_positions(0, 0, 4, shard_id=r, num_shards=shards, batch_size=batch) for r in range(shards)]
+    assert sorted(np.concatenate(parts).tolist()) == list(range(96))  # disjoint, together a prefix
+    assert parts[1][:8].tolist() == list(range(8, 16))  # micro-batch 0 of rank 1 follows rank 0's
+    # Continued by 2 ranks of 5 from position 96: the next 10 positions, nothing skipped.
+    more = [batch_positions(96, 0, 1, shard_id=r, num_shards=2, batch_size=5) for r in range(2)]
+    assert np.concatenate(more).tolist() == list(range(96, 106))
+    stream = stream_indices(n, 5, np.arange(3 * n))
+    for epoch in range(3):  # every sample exactly once per epoch, a fresh order each epoch
+        assert sorted(stream[epoch * n:(epoch + 1) * n].tolist()) == list(range(n))
+    assert (stream[:n] != stream[n:2 * n]).any()
+    assert (stream_indices(n, 5, np.arange(3 * n)) == stream).all()  # the same on every rank
     with pytest.raises(DatasetError, match="cannot fill one batch"):
         steps_per_epoch(10, 2, 8)
 

@@ -45,19 +45,42 @@ def test_two_ranks_cover_an_epoch_exactly_once(tiny_data, make_cfg, backend):
     cfg = make_cfg(tiny_data, backend)
     ranks = [_pretrain(cfg, shard_id=r, batch_size=16) for r in range(2)]
     assert [r.steps_per_epoch for r in ranks] == [12, 12]  # 400 // (2 * 16)
-    seen = []
-    for loader in ranks:
-        indices = []
-        for _ in range(loader.steps_per_epoch):
+    read = {}
+    for _ in range(25):  # 2 x 25 x 16 = 800: two epochs, nothing left over
+        for loader in ranks:
             next(loader)
-            indices.extend(loader.last_indices.tolist())
-        assert loader.epoch == 1
-        seen.append(indices)
-    paths = [ranks[0].samples.paths[i] for i in seen[0] + seen[1]]
-    assert len(paths) == len(set(paths)) == 384  # disjoint shards, nothing twice, 16 left for later epochs
-    next(ranks[0])
-    second_epoch_start = ranks[0].last_indices.tolist()
-    assert second_epoch_start != seen[0][:16]  # reshuffled
+            read.update(zip(loader.last_positions.tolist(), loader.last_indices.tolist()))
+    assert sorted(read) == list(range(800)) and [r.epoch for r in ranks] == [2, 2]
+    first, second = [[read[p] for p in range(e * 400, (e + 1) * 400)] for e in (0, 1)]
+    assert sorted(first) == sorted(second) == list(range(400))  # every sample once per epoch
+    assert first != second  # reshuffled
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_another_rank_count_continues_the_global_position(tiny_data, make_cfg, backend):
+    """2 ranks, then 1 rank with a larger batch, then 3 ranks: one stream, every sample of each epoch
+    exactly once, none twice, none skipped."""
+    cfg = make_cfg(tiny_data, backend)
+    read = {}
+
+    def take(loaders, batches):
+        for _ in range(batches):
+            for loader in loaders:
+                next(loader)
+                for position, index in zip(loader.last_positions.tolist(), loader.last_indices.tolist()):
+                    assert position not in read, position
+                    read[position] = index
+
+    two = [_pretrain(cfg, shard_id=r, batch_size=8) for r in range(2)]
+    take(two, 10)
+    (one,) = ones = [_pretrain(cfg, shard_id=0, num_shards=1, batch_size=16, state=two[0].state_dict())]
+    assert one.resharded and one.position == 160 and not two[0].resharded
+    take(ones, 30)  # across the epoch boundary at 400
+    three = [_pretrain(cfg, shard_id=r, num_shards=3, batch_size=8, state=one.state_dict()) for r in range(3)]
+    take(three, 10)
+    assert three[0].position == 880 == len(read) and sorted(read) == list(range(880))
+    for epoch in (0, 1):
+        assert sorted(read[p] for p in range(epoch * 400, (epoch + 1) * 400)) == list(range(400))
 
 
 def test_both_backends_read_the_same_samples_in_the_same_order(tiny_data, make_cfg):
@@ -114,12 +137,15 @@ def test_resume_in_a_new_process_is_bit_exact(tiny_data, make_cfg, backend, tmp_
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_state_of_another_setup_is_refused(tiny_data, make_cfg, backend):
+def test_state_of_another_run_is_refused(tiny_data, make_cfg, backend):
     cfg = make_cfg(tiny_data, backend)
     loader = _pretrain(cfg)
     next(loader)
-    with pytest.raises(DataError, match="num_shards=2 but this loader has num_shards=4"):
-        _pretrain(cfg, num_shards=4, state=loader.state_dict())
+    with pytest.raises(DataError, match="seed=0 but this loader has seed=1"):
+        _pretrain(cfg, seed=1, state=loader.state_dict())
+    old = {**loader.state_dict(), "version": 1}
+    with pytest.raises(DataError, match="version 1 is not 2"):
+        _pretrain(cfg, state=old)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -159,7 +185,7 @@ def test_decode_failure_names_the_file(tiny_data, make_cfg, backend, tmp_path):
     root = tmp_path / "ds"
     shutil.copytree(tiny_data, root)
     loader = _pretrain(make_cfg(root, backend))
-    victim = loader.samples.paths[int(loader.shard_order(0)[40])]  # read in the third batch of epoch 0
+    victim = loader.samples.paths[int(loader.indices(2)[8])]  # read in the third batch of epoch 0
     data = (root / "train" / victim).read_bytes()
     (root / "train" / victim).write_bytes(data[: len(data) // 2])
     loader = _pretrain(make_cfg(root, backend))

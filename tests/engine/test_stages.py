@@ -89,9 +89,9 @@ def test_truncated_newest_checkpoint_is_skipped_on_resume(cli, tmp_path):
 
 
 def test_impossible_batch_is_refused_before_training(cli, tmp_path):
-    code = cli.run(cli.overrides(tmp_path / "run", "train.global_batch=30", "train.per_gpu_batch=16"), "bad")
-    assert code == [2]
-    assert "train.global_batch=30" in cli.log("bad")
+    code = cli.run(cli.overrides(tmp_path / "run", "train.global_batch=33"), "bad", world_size=2)
+    assert code == [2, 2]
+    assert "train.global_batch=33 cannot be split over 2 ranks" in cli.log("bad")
 
 
 def test_config_typo_is_an_error(cli, tmp_path):

@@ -22,7 +22,7 @@ def _cases(tmp: Path, data: Path) -> dict:
     return {
         "stage": (["stage=3"], "stage='3'"),
         "precision": (["train.precision=fp8"], "train.precision='fp8'"),
-        "batch": (["train.global_batch=30", "train.per_gpu_batch=16"], "train.global_batch=30"),
+        "batch": (["train.global_batch=0"], "train.global_batch=0"),
         "teacher missing": ([f"model.teacher_weights={tmp}/nope.pth"], "model.teacher_weights="),
         "pretrained empty": (["stage=2", f"pretrained={empty}"], "the file is empty"),
         "zero-byte image": ([f"data.root={zero_data}", "data.train_list=null"], "empty (0-byte) file"),

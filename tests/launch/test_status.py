@@ -57,3 +57,13 @@ def test_names_the_failed_job_and_its_log(tmp_path, capsys):
 def test_a_directory_without_stages_is_an_error(tmp_path, capsys):
     assert status.main([str(tmp_path)]) == 2
     assert "holds no stage run" in capsys.readouterr().err
+
+
+def test_shows_the_ranks_and_their_changes_as_one_run(tmp_path, capsys):
+    changes = [{"step": 8, "from": 2, "to": 1}, {"step": 30, "from": 1, "to": 2}]
+    write_stage(tmp_path / "stage1", progress("1", "running", 33, world_size=2, world_size_changes=changes))
+    write_stage(tmp_path / "stage2", progress("2", "running", 3, world_size=4, world_size_changes=[]))
+    assert status.main([str(tmp_path)]) == 0
+    stage1, stage2 = capsys.readouterr().out.splitlines()[1:3]
+    assert "ranks 2->1->2 (resized at steps 8, 30)" in stage1 and "step 33/40" in stage1
+    assert "ranks 4 " in stage2 and "resized" not in stage2

@@ -44,15 +44,21 @@ def test_stage_all_refuses_pretrained():
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["stage=1", "nodes=2", "train.global_batch=48"],
-     r"train.global_batch=48 is not a positive multiple of train.per_gpu_batch=16 x 2 ranks"),
-    (["stage=linear", "gpus_per_node=4", "linear.global_batch=64"],
-     r"linear.global_batch=64 is not a positive multiple of linear.per_gpu_batch=32 x 4 ranks"),
+    (["stage=1", "nodes=3", "train.global_batch=40"],
+     r"train.global_batch=40 cannot be split over 3 ranks \(nodes x gpus_per_node\): no per-GPU batch up to "
+     r"train.per_gpu_batch=16"),
+    (["stage=linear", "gpus_per_node=3", "linear.global_batch=64"],
+     r"linear.global_batch=64 cannot be split over 3 ranks"),
 ])
 def test_batch_must_split_over_all_ranks(overrides, message):
     cfg = compose_cfg(*overrides)
     with pytest.raises(submit.UsageError, match=message):
         submit.check_batch(submit.plan_stages(cfg)[0], cfg.nodes * cfg.gpus_per_node)
+
+
+def test_a_smaller_per_gpu_batch_keeps_the_global_batch():
+    cfg = compose_cfg("stage=1", "nodes=2", "train.global_batch=48")  # 12 per GPU x 2 ranks x 2 accumulation
+    submit.check_batch(submit.plan_stages(cfg)[0], cfg.nodes * cfg.gpus_per_node)
 
 
 def test_signal_lead_must_fit_in_the_time_limit():
@@ -91,11 +97,11 @@ def test_pretraining_with_the_knn_monitor_checks_the_labelled_lists(tmp_path, ti
 
 def test_cli_rejects_a_bad_config_with_exit_2_and_queues_nothing(tmp_path, tiny_data):
     out = subprocess.run(
-        [sys.executable, str(REPO / "launch" / "submit.py"), "preset=tiny", "stage=all", "nodes=2",
-         "train.global_batch=48", f"data.root={tiny_data}", "data.synthetic.generate=false",
+        [sys.executable, str(REPO / "launch" / "submit.py"), "preset=tiny", "stage=all", "nodes=3",
+         "train.global_batch=40", f"data.root={tiny_data}", "data.synthetic.generate=false",
          f"run_dir={tmp_path}/run"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 2, out.stderr
-    assert "train.global_batch=48" in out.stderr
+    assert "train.global_batch=40" in out.stderr
     assert not (tmp_path / "run").exists()
 
 

@@ -5,10 +5,12 @@ Tests marked ``slurm`` skip, with the reason, when no cluster answers; ``make te
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -40,6 +42,25 @@ def cluster_problem() -> str | None:
     if len(usable) < 2:
         return f"need 2 usable SLURM nodes, sinfo says {states}"
     return None
+
+
+def progress(stage_dir: Path) -> dict:
+    """A stage's progress.json ({} before the stage wrote one)."""
+    try:
+        return json.loads((stage_dir / "progress.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def wait_for(what: str, check, timeout: float = 240, poll: float = 0.2):
+    """Poll ``check()`` until it returns something true; fails the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(poll)
+    pytest.fail(f"{what}: not reached in {timeout} s")
 
 
 @dataclass

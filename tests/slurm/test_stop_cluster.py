@@ -8,10 +8,11 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+
+from tests.slurm.conftest import progress, wait_for
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -28,13 +29,6 @@ def submit(data: Path, run_dir: Path, *overrides: str) -> None:
 
 def job_id(stage_dir: Path) -> str:
     return json.loads((stage_dir / "slurm" / "jobs.jsonl").read_text().splitlines()[-1])["job_id"]
-
-
-def progress(stage_dir: Path) -> dict:
-    try:
-        return json.loads((stage_dir / "progress.json").read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 def task_pids(job: str) -> list[int]:
@@ -60,16 +54,6 @@ def catches(pid: int, signum: int) -> bool:
         return False
     mask = next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:"))
     return bool(int(mask, 16) >> (signum - 1) & 1)
-
-
-def wait_for(what: str, check, timeout: float = 240, poll: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(poll)
-    pytest.fail(f"{what}: not reached in {timeout} s")
 
 
 def test_usr2_during_start_up_requeues_and_the_stage_completes(slurm_cluster, tiny_data, tmp_path):
