@@ -27,12 +27,13 @@ import torchvision
 from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
+from burn.config import AUTO_TEACHER
 from burn.data.lists import dataset_root, resolve_split
 from burn.files import write_atomic
 
 log = logging.getLogger("burn")
 
-AUTO = "auto"
+AUTO = AUTO_TEACHER
 
 
 def teacher_path(data_cfg, arch: str) -> Path:

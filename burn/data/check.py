@@ -170,8 +170,9 @@ def decode_failure(error: Exception, samples: SampleList, candidates: Sequence[i
     else:
         sample = ", ".join(samples.paths[i] for i in list(candidates)[:4])
         head = f"the data pipeline failed on a batch of {samples.source} (files {sample}, ...)"
-    return DataError(f"{head}.\nFind every bad file at once before training again: {check_command(samples)}"
-                     f"\n(pipeline error: {cause_text})")
+    # One line (the entry points print it last): what, where, the pipeline's words, then what to do.
+    return DataError(f"{head} (pipeline error: {cause_text}). Find every bad file at once before training "
+                     f"again: {check_command(samples)}")
 
 
 def _inspect_strict(path: str) -> Optional[Problem]:
