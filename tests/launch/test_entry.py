@@ -91,3 +91,19 @@ def test_readme_sequence_make_demo_then_run_stage1(tiny_data, tmp_path):
                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stdout + again.stderr
     assert "is already complete; nothing to do" in again.stdout
+
+
+def test_the_identity_check_compares_resolved_paths(tmp_path, monkeypatch):
+    from omegaconf import OmegaConf
+
+    from burn.engine.rundir import ConfigMismatchError
+    from burn.engine.stage import check_resume_config
+
+    (tmp_path / "data" / "synthetic-tiny").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    saved = OmegaConf.to_yaml(compose_cfg(f"data.root={tmp_path}/data/synthetic-tiny"))  # as submit.py wrote it
+    for same in ("data/synthetic-tiny", f"{tmp_path}/link/synthetic-tiny", "./data/../data/synthetic-tiny"):
+        check_resume_config(saved, compose_cfg(f"data.root={same}"), tmp_path / "run", force=False)
+    with pytest.raises(ConfigMismatchError, match="data.root"):
+        check_resume_config(saved, compose_cfg("data.root=data/other"), tmp_path / "run", force=False)
