@@ -112,7 +112,7 @@ first_step=$(grep -ho "first step[^;]*" "$WORK"/stage1-*.log 2>/dev/null | head 
 say "3. tiny stage=all on the device (stage 1 -> 2 -> linear eval; train.compile=false: part 2 compiled)"
 ALL=$WORK/all
 started=$SECONDS
-if timeout $((90 * SCALE)) "$PY" launch/submit.py "${COMMON[@]}" stage=all cluster=local "steps=$ALL_STEPS" train.compile=false "run_dir=$ALL" \
+if timeout $((90 * SCALE)) "$PY" launch/submit.py "${COMMON[@]}" stage=all cluster=local "steps=$ALL_STEPS" linear.epochs=1 train.compile=false "run_dir=$ALL" \
     >"$WORK/all.log" 2>&1 && [[ -f $ALL/linear/linear_eval.json ]]; then
     record ok "stage=all: $(grep -o 'linear evaluation top-1: [0-9.]*%' "$WORK/all.log" | tail -1), $((SECONDS - started)) s"
 else

@@ -67,14 +67,17 @@ def run(cmd: list, log_path: Path, threads: int) -> None:
         raise SystemExit(f"{' '.join(cmd)} failed with {code}; log {log_path}:\n{tail}")
 
 
+KL_TAG = "pretrain/loss/kl"  # burn/engine/logging.py: tag_of("pretrain", "kl")
+
+
 def final_kl(stage_dir: Path) -> float | None:
     """The KL term logged last in stage 1 (TensorBoard), or None."""
     try:
         from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
         acc = EventAccumulator(str(stage_dir / "tb"))
         acc.Reload()
-        tags = [t for t in acc.Tags()["scalars"] if t.endswith("kl")]
-        return acc.Scalars(tags[0])[-1].value if tags else None
+        tags = acc.Tags()["scalars"]
+        return acc.Scalars(KL_TAG)[-1].value if KL_TAG in tags else None
     except Exception:  # a monitor, not the result: never fail the benchmark on it
         return None
 

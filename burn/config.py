@@ -7,6 +7,7 @@ at composition time, before anything trains or is queued.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import List, Optional
 
@@ -19,6 +20,10 @@ STAGES = ("1", "2", "linear", "all")
 RANDOM_BACKBONE = "random"
 #: model.teacher_classifier: trained with the student (the paper's moving target) or frozen at init.
 TEACHER_CLASSIFIER_MODES = ("joint", "frozen")
+#: model.teacher_weights=auto (burn/tiny_teacher.py): the symbolic values a path-valued key may hold.
+AUTO_TEACHER = "auto"
+#: Keys that name files or folders: made absolute at the entry points, compared resolved on resume.
+PATH_KEYS = ("data.root", "model.teacher_weights", "pretrained")
 #: Student precision per pretraining stage (burn_facts.md: stage 1 binarises activations only).
 STAGE_PRECISION = {"1": "binact", "2": "binary"}
 
@@ -161,6 +166,9 @@ class LinearConfig:
     milestones: List[int] = field(default_factory=lambda: [60, 80])
     """Epochs at which the learning rate is multiplied by 0.1."""
     num_classes: int = 1000
+    eval_every_epochs: int = 10
+    """Evaluate on data.val_list every N epochs (TensorBoard linear/val/top1, top5) as well as at the
+    end; 0: at the end only."""
     precision: str = "binary"
     """Student precision of the evaluated backbone: binary (stage-2 weights) | binact | fp."""
 
@@ -231,9 +239,10 @@ class BurnConfig:
     """Run directory of this stage (with stage=all: the parent of the three stage directories)."""
     seed: int = 0
     epochs: Optional[float] = None
-    """Length of this stage in epochs (overrides the stage's preset)."""
+    """Length of this stage in epochs (overrides the stage's preset). With launch/submit.py stage=all:
+    the pretraining stages' length; linear evaluation keeps linear.epochs."""
     steps: Optional[int] = None
-    """Length of this stage in optimizer steps; wins over epochs when given."""
+    """Length of this stage in optimizer steps; wins over epochs when given (stage=all: as epochs)."""
     pretrained: Optional[str] = None
     """Stage 2: a stage-1 extraction (or checkpoint); linear: a backbone extraction (or checkpoint), or
     ``random`` for the no-pretraining baseline (a seeded random student)."""
@@ -263,10 +272,21 @@ class BurnConfig:
     signal_delay_s: int = 120
     """Seconds before the time limit at which SLURM sends USR2."""
     max_requeues: int = 20
+    dry_run: bool = False
+    """launch/submit.py: validate, then print the planned stages, their run directories and the sbatch
+    script(s) Submitit would submit; queue, run and write nothing."""
     compare_baseline: bool = False
     """stage=all with cluster=local: also run linear evaluation of a randomly initialised student
     (pretrained=random, same recipe and seed) in <run_dir>/baseline and print both top-1s. On SLURM,
     queue `stage=linear pretrained=random` yourself."""
+
+
+def absolute_path(path: Optional[str]) -> Optional[str]:
+    """``path`` absolute (``~`` expanded; symlinks kept); None and the symbolic values (``auto``,
+    ``random``) stay as they are. A job started in another directory then reads the same files."""
+    if not path or path in (AUTO_TEACHER, RANDOM_BACKBONE):
+        return path
+    return os.path.abspath(os.path.expanduser(str(path)))
 
 
 def register_configs() -> None:

@@ -3,10 +3,18 @@ imports: the data tools and the stage start-up both use them)."""
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Union
+from typing import Any, Union
+
+from burn.errors import FaultError
+
+
+class DiskFullError(FaultError):
+    """A write ran out of space (ENOSPC / EDQUOT): names the directory and the size that did not fit."""
 
 
 def umask_mode(mode: int = 0o666) -> int:
@@ -24,14 +32,56 @@ def write_atomic(path: Union[str, os.PathLike], data: Union[bytes, str]) -> None
     filesystem) and is fsynced first, so a crash cannot leave an empty file under the real name.
     Permissions follow the umask, as a plain ``open()`` would create them."""
     path = Path(path)
+    data = data.encode() if isinstance(data, str) else data
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as stream:
-            stream.write(data.encode() if isinstance(data, str) else data)
+            stream.write(data)
             stream.flush()
             os.fsync(stream.fileno())
         os.chmod(tmp, umask_mode())  # mkstemp creates 0600
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        raise_if_disk_full(err, f"writing {path.name}", path.parent, len(data), f"the previous {path.name} is intact")
         raise
+
+
+def out_of_space(err: BaseException) -> bool:
+    """Whether ENOSPC / EDQUOT caused ``err`` (torch.save wraps the OSError in a RuntimeError)."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 2**20:.1f} MB"
+
+
+def raise_if_disk_full(err: BaseException, what: str, directory: Union[str, os.PathLike], size: int,
+                       intact: str = "") -> None:
+    """Raise a one-line DiskFullError from ``err`` when it is a full disk; return otherwise."""
+    if not out_of_space(err):
+        return
+    try:
+        free = f"{_megabytes(shutil.disk_usage(directory).free)} free there"
+    except OSError:
+        free = "free space unknown"
+    raise DiskFullError(
+        f"no space left on device in {directory}: {what} ({_megabytes(size)}) did not fit ({free})"
+        f"{'; ' + intact if intact else ''}. Free some space, then run the same command again") from err
+
+
+def state_nbytes(obj: Any) -> int:
+    """Bytes of the tensors in a nested state (dicts, lists, tuples): about a checkpoint's size."""
+    if hasattr(obj, "nbytes") and hasattr(obj, "dtype"):
+        return int(obj.nbytes)
+    if isinstance(obj, dict):
+        return sum(state_nbytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(state_nbytes(v) for v in obj)
+    return len(obj) if isinstance(obj, (bytes, str)) else 0

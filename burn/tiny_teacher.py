@@ -27,12 +27,14 @@ import torchvision
 from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
+from burn.config import AUTO_TEACHER
+from burn.data.errors import DataError
 from burn.data.lists import dataset_root, resolve_split
 from burn.files import write_atomic
 
 log = logging.getLogger("burn")
 
-AUTO = "auto"
+AUTO = AUTO_TEACHER
 
 
 def teacher_path(data_cfg, arch: str) -> Path:
@@ -44,11 +46,17 @@ def teacher_path(data_cfg, arch: str) -> Path:
 
 def _load_split(data_cfg, split: str) -> Tuple[torch.Tensor, torch.Tensor]:
     """All images of a labelled split as uint8 (N, 3, H, W) (same size) and int64 labels."""
+    from burn.data.check import check_command
+
     listing = resolve_split(data_cfg, split)
     images, labels = [], []
-    for path, label in zip(listing.absolute_paths(), listing.labels):
-        with Image.open(path) as img:
-            images.append(torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1))
+    for path, label, line in zip(listing.absolute_paths(), listing.labels, listing.lines):
+        try:
+            with Image.open(path) as img:
+                images.append(torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1))
+        except OSError as err:  # a truncated or garbled image: one line, as the training loaders say it
+            raise DataError(f"cannot decode image {path} (line {line} of {listing.source}) while training the "
+                            f"auto teacher: {err}. Find every bad file at once: {check_command(listing)}") from None
         labels.append(int(label))
     sizes = {tuple(i.shape) for i in images}
     if len(sizes) != 1:

@@ -31,6 +31,8 @@ def check_choices(cfg: DictConfig, stages: Iterable[str] = RUNNABLE_STAGES) -> N
     if cfg.model.teacher_classifier not in TEACHER_CLASSIFIER_MODES:
         raise UsageError(f"model.teacher_classifier={cfg.model.teacher_classifier!r}: choose one of "
                          f"{', '.join(TEACHER_CLASSIFIER_MODES)}")
+    if cfg.linear.eval_every_epochs < 0:
+        raise UsageError(f"linear.eval_every_epochs={cfg.linear.eval_every_epochs}: must be >= 0 (0: at the end only)")
     if OmegaConf.is_missing(cfg.data, "root") or not cfg.data.root:
         raise UsageError("data.root is not set: point it at an ImageNet-style tree "
                          "(or use preset=tiny for the generated one)")
@@ -53,16 +55,24 @@ def check_batch(stage_cfg: DictConfig, world_size: int) -> None:
 
 
 def check_weights(path: str, key: str, stage: str) -> None:
-    """The file exists, is not empty and has a layout that holds what this stage needs from it."""
+    """The file exists, is a readable, non-empty file and has a layout that holds what this stage
+    needs from it (a teacher trunk, a stage-1 extraction, a backbone)."""
     from burn.weights import WeightsError, load_backbone, load_stage1_init, read_teacher_trunk
 
     file = Path(path)
-    if not file.is_file():
+    if file.is_dir():
+        raise UsageError(f"{key}={path}: is a directory, not a weights file")
+    if not file.exists():
         raise UsageError(f"{key}={path}: no such file")
+    if not file.is_file():
+        raise UsageError(f"{key}={path}: not a regular file")
     if file.stat().st_size == 0:
-        raise UsageError(f"{key}={path}: the file is empty (0 bytes)")
-    if not os.access(file, os.R_OK):
-        raise UsageError(f"{key}={path}: not readable (permission denied)")
+        raise UsageError(f"{key}={path}: the file is empty (0 bytes): a copy or download that did not finish?")
+    try:
+        with open(file, "rb"):  # os.access says yes to root even where a read fails
+            pass
+    except OSError as err:
+        raise UsageError(f"{key}={path}: cannot be opened for reading ({err.strerror})") from None
     loader = {"teacher": read_teacher_trunk, "2": load_stage1_init, "linear": load_backbone}[
         "teacher" if key == "model.teacher_weights" else stage]
     try:
@@ -70,7 +80,8 @@ def check_weights(path: str, key: str, stage: str) -> None:
     except WeightsError as err:
         raise UsageError(f"{key}={path}: {err or type(err).__name__}") from None
     except Exception as err:  # an unreadable pickle, a torn file: still the user's file
-        raise UsageError(f"{key}={path}: cannot be read as weights ({type(err).__name__}: {err})") from None
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else "no further detail"
+        raise UsageError(f"{key}={path}: cannot be read as weights ({type(err).__name__}: {reason})") from None
 
 
 def check_writable(run_dir: Path) -> None:
@@ -100,16 +111,25 @@ def check_teacher(cfg: DictConfig) -> None:
 
 def check_pretrained(cfg: DictConfig, produced: Collection[str] = ()) -> None:
     """``pretrained``: a weights file this stage can start from, one that an earlier stage of the same
-    submission will write (`produced`, not there yet), or ``random`` (stage=linear only: the
-    no-pretraining baseline, nothing to load)."""
-    if not cfg.pretrained or cfg.pretrained in produced:
+    submission will write (`produced`, not there yet), or ``random`` (nothing to load: stage 2 is then
+    the original's single-stage pretraining from scratch, linear the no-pretraining baseline). Stage 1
+    always starts from scratch; stages 2 and linear must say what they start from."""
+    stage = str(cfg.stage)
+    if stage == "1":
+        if cfg.pretrained:
+            raise UsageError(f"pretrained={cfg.pretrained}: stage 1 starts from scratch; pretrained= is for "
+                             "stage=2 (a stage-1 extraction) and stage=linear (a backbone)")
         return
-    if cfg.pretrained == RANDOM_BACKBONE:
-        if str(cfg.stage) != "linear":
-            raise UsageError(f"pretrained={RANDOM_BACKBONE} is for stage=linear (the no-pretraining baseline), "
-                             f"not stage={cfg.stage}: give stage {cfg.stage} a weights file")
+    if not cfg.pretrained:
+        what = ("a stage-1 extraction (e.g. runs/burn/stage1/stage1_extraction.pth), or pretrained="
+                f"{RANDOM_BACKBONE} for single-stage pretraining from scratch (binary weights and "
+                "activations from a random init)") if stage == "2" else \
+            (f"a backbone (e.g. runs/burn/stage2/backbone.pth), or pretrained={RANDOM_BACKBONE} for the "
+             "no-pretraining baseline")
+        raise UsageError(f"stage={stage} needs pretrained=: {what}")
+    if cfg.pretrained == RANDOM_BACKBONE or cfg.pretrained in produced:
         return
-    check_weights(cfg.pretrained, "pretrained", str(cfg.stage))
+    check_weights(cfg.pretrained, "pretrained", stage)
 
 
 def stage_splits(cfg: DictConfig) -> List[str]:

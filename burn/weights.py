@@ -41,6 +41,8 @@ from typing import Any, Dict, Iterable, Mapping, Tuple
 
 import torch
 
+from burn.files import raise_if_disk_full, state_nbytes, umask_mode
+
 StateDict = Dict[str, torch.Tensor]
 
 MOCO = "moco-v2-release"
@@ -261,9 +263,11 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, umask_mode())  # mkstemp makes it 0600: lab-mates get what the umask allows
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        raise_if_disk_full(err, f"writing {path.name}", path.parent, state_nbytes(obj))
         raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:

@@ -30,6 +30,10 @@ class StageJob(submitit.helpers.Checkpointable):
 
     def __call__(self) -> Dict[str, Any]:
         install_early()  # Submitit replaced the handlers after unpickling; the heavy imports follow
+        from burn.errors import reported_as_one_line
         from launch.jobs import run_task
 
-        return run_task(self.stage_yaml, self.max_requeues)
+        # Bad input (exit 2) or a fault (exit 1): one line, the last of the job's log, no traceback;
+        # SystemExit leaves no Submitit result, SLURM marks the job FAILED and cancels its dependants.
+        with reported_as_one_line("burn job"):
+            return run_task(self.stage_yaml, self.max_requeues)

@@ -16,24 +16,65 @@ from burn.signal_flags import install_early  # noqa: E402
 
 install_early()
 
+HELP = """
+usage: python launch/run.py stage=1|2|linear [key=value ...]
+
+Runs one stage in this process: alone, as one rank under torchrun, or as one task of srun inside
+sbatch. A rerun of the same command resumes from the run directory's newest checkpoint; a complete
+stage does nothing. (launch/submit.py queues stages on SLURM and chains them.)
+
+Stages:
+  stage=1        pretraining, binary activations; writes <run_dir>/stage1_extraction.pth
+  stage=2        pretraining, binary weights too; pretrained=<stage-1 extraction>, or pretrained=random
+                 for single-stage pretraining from scratch; writes <run_dir>/backbone.pth
+  stage=linear   linear evaluation of pretrained=<backbone.pth> (random: the no-pretraining baseline);
+                 writes <run_dir>/linear_eval.json
+
+Keys people change:
+  preset=paper|tiny            the paper's recipe (default) | minutes on generated data (data/synthetic-tiny)
+  data.root=DIR                ImageNet-style dataset: train/, val/, meta/{train,train_labeled,val_labeled}.txt
+  model.teacher_weights=FILE   the frozen teacher (MoCo v2 release, ...); auto: train a small one (tiny data)
+  pretrained=FILE|random       what stage 2 / linear start from
+  run_dir=DIR                  the stage's directory (default runs/<name>/stage1, stage2, linear)
+  steps=N  epochs=E            this stage's length (steps win)
+  train.global_batch=N         images per optimizer step over all ranks (train.per_gpu_batch per forward)
+  train.precision=fp16|bf16|fp32
+  optim.lr=LR                  pretraining learning rate (linear evaluation: linear.lr, linear.epochs)
+  checkpoint.every_steps=N     periodic checkpoints (also on preemption and at the end)
+Every key with its meaning: burn/config.py. The composed config: --cfg job. Hydra's options: --hydra-help.
+
+Exit status: 0 complete; 75 preempted (SIGUSR2): checkpoint written, requeue me; 143 cancelled (SIGTERM)
+and 130 interrupted (Ctrl-C), after a checkpoint; 1 error (a bad image or a full disk: one line, last);
+2 bad input: one line naming the culprit, nothing written.
+
+Examples:
+  python launch/run.py stage=1 preset=tiny
+  torchrun --nproc_per_node 8 launch/run.py stage=1 data.root=/datasets/imagenet model.teacher_weights=moco.pth
+  python launch/run.py stage=2 pretrained=runs/burn/stage1/stage1_extraction.pth data.root=/datasets/imagenet ...
+  python launch/run.py stage=linear pretrained=runs/burn/stage2/backbone.pth data.root=/datasets/imagenet
+"""
+
+from launch.entry import prepare_config, print_help_if_asked  # noqa: E402
+
+print_help_if_asked(HELP)
+
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from burn.config import register_configs  # noqa: E402
 from burn.engine.stage import run_stage  # noqa: E402
-from burn.errors import USAGE_EXIT_CODE, UsageError  # noqa: E402
+from burn.errors import reported_as_one_line  # noqa: E402
 
 register_configs()
 
 
 @hydra.main(version_base=None, config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> None:
-    try:
+    # Bad input (exit 2) or a fault such as an undecodable image or a full disk (exit 1): one line
+    # naming the culprit, the last line of the output, no traceback.
+    with reported_as_one_line("run.py"):
+        prepare_config(cfg)
         code = run_stage(cfg)
-    except UsageError as err:
-        # The user's input, not a bug: one line naming the culprit, no traceback.
-        print(f"run.py: {err}", file=sys.stderr, flush=True)
-        sys.exit(USAGE_EXIT_CODE)
     sys.exit(code)
 
 

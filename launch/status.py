@@ -1,9 +1,11 @@
 """Where is my run? `python launch/status.py RUN_DIR`
 
-RUN_DIR is the parent of a stage=all run (stage1/, stage2/, linear/) or one stage's run dir. For
-each stage: its SLURM jobs and their states (squeue while queued, sacct after), restarts, ranks
-(and their changes by elastic resumes), step/total, last loss, lambda, images/s (progress.json) and
-top-1 (linear_eval.json). A failed job is named together with its log file and the log's last lines.
+RUN_DIR is the parent of a stage=all run (stage1/, stage2/, linear/), one stage's run dir, or a
+folder of runs (e.g. runs/: every run under it, a few levels deep, is reported). For each stage:
+its SLURM jobs and their states (squeue while queued, sacct after), restarts, ranks (and their
+changes by elastic resumes), step/total, last loss, lambda, images/s (progress.json) and top-1
+(linear_eval.json). A failed stage is reported with its error line (recorded in progress.json, else
+the log's last line), its log file and the log's last lines.
 
 Exit status: 0 when nothing failed (a stage its user cancelled, with scancel or Ctrl-C, says
 "CANCELLED" and is not a failure), 1 when a stage or job failed, 2 when RUN_DIR holds no stage.
@@ -26,6 +28,8 @@ JOBS_FILE = Path("slurm") / "jobs.jsonl"
 FAILED_STATES = {"FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE",
                  "PREEMPTED"}
 LOG_TAIL_LINES = 8
+#: How deep below a folder of runs to look for run directories (runs/<name>/<sweep point>/stage1).
+SEARCH_DEPTH = 3
 
 
 def _run(cmd: List[str]) -> Optional[str]:
@@ -135,6 +139,16 @@ def find_stages(run_dir: Path) -> List[Path]:
     return [run_dir] if any((run_dir / m).exists() for m in markers) else []
 
 
+def find_runs(folder: Path, depth: int = SEARCH_DEPTH) -> List[Path]:
+    """Run directories below a folder that is none itself, outermost first, sorted by path."""
+    if depth == 0 or not folder.is_dir():
+        return []
+    found = []
+    for child in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        found += [child] if find_stages(child) else find_runs(child, depth - 1)
+    return found
+
+
 def log_files(stage: StageStatus) -> List[Path]:
     """The latest job's log files, the one with a traceback (or the error log) first."""
     if not stage.jobs:
@@ -197,12 +211,21 @@ def failure_report(stage: StageStatus) -> List[str]:
         what += f" (exit code {job.exit_code})"
     if job and job.reason:
         what += f", reason {job.reason}"
+    if not job and stage.progress.get("step") is not None:
+        what += f" at step {stage.progress['step']}"
     lines = [f"FAILED {stage.name}: {what}"]
     logs = log_files(stage)
+    tail = logs[0].read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:] if logs else []
+    # The job's last line ends it; srun appends its own "srun: error: ... Exited with exit code" after.
+    error = stage.progress.get("error") or next(
+        (line for line in reversed(tail) if line.strip() and not line.startswith("srun: ")), None)
+    if error:
+        lines.append(f"  error: {error}")
     if logs:
         lines.append(f"  log: {logs[0]}")
-        tail = logs[0].read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
         lines += [f"    | {line}" for line in tail]
+    elif not stage.jobs:
+        lines.append("  log: none kept (started with launch/run.py: its output went to that terminal)")
     return lines
 
 
@@ -236,14 +259,18 @@ def report(run_dir: Path) -> tuple[List[str], bool]:
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("run_dir", type=Path, help="a stage=all run dir or one stage's run dir")
+    parser.add_argument("run_dir", type=Path, help="a stage=all run dir, one stage's run dir, or a folder of runs")
     run_dir = parser.parse_args(argv).run_dir.absolute()
-    if not find_stages(run_dir):
+    runs = [run_dir] if find_stages(run_dir) else find_runs(run_dir)
+    if not runs:
         print(f"status.py: {run_dir} holds no stage run (no stage1/, stage2/, linear/, progress.json "
-              "or config.yaml)", file=sys.stderr)
+              f"or config.yaml, here or {SEARCH_DEPTH} levels below)", file=sys.stderr)
         return 2
-    lines, failed = report(run_dir)
-    print("\n".join(lines))
+    failed = False
+    for i, run in enumerate(runs):
+        lines, run_failed = report(run)
+        print(("\n" if i else "") + "\n".join(lines))
+        failed |= run_failed
     return 1 if failed else 0
 
 

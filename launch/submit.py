@@ -33,15 +33,57 @@ sys.path.insert(0, str(REPO))  # run from a checkout without installing
 # Jobs inherit this environment (sbatch --export=ALL): they import launch.jobs from the checkout.
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
 
+HELP = """
+usage: python launch/submit.py stage=1|2|linear|all [key=value ...]
+
+Validates the config, the dataset lists and every weight file, then queues the stage(s) on SLURM
+through Submitit and returns at once (job ids, run directory, logs, status and TensorBoard commands),
+or runs them here with cluster=local. Rerunning the same command skips complete stages, leaves queued
+jobs alone and resumes the others. Jobs checkpoint and requeue themselves on preemption.
+
+Stages:
+  stage=1 | 2 | linear   one stage (as launch/run.py --help describes; stage 2 and linear need pretrained=)
+  stage=all              stage 1 -> stage 2 -> linear evaluation chained with afterok, in
+                         <run_dir>/stage1, stage2, linear; steps=/epochs= set the two pretraining
+                         stages' length, linear evaluation keeps linear.epochs
+
+Keys people change:
+  preset=paper|tiny            the paper's recipe (default) | minutes on generated data
+  data.root=DIR                ImageNet-style dataset: train/, val/, meta/{train,train_labeled,val_labeled}.txt
+  model.teacher_weights=FILE   the frozen teacher (MoCo v2 release, ...); auto: train a small one (tiny data)
+  run_dir=DIR                  where the run goes (default runs/<name>)
+  nodes=N  gpus_per_node=N     job size: tasks = nodes x gpus_per_node
+  partition=P  time=MIN  account=A  qos=Q  mem=64G  cpus_per_task=N
+  cluster=auto|slurm|local     auto: SLURM when sbatch answers; local: in this process
+  steps=N  epochs=E            the (pretraining) stages' length
+  max_requeues=N               preemptions / time-outs a job may requeue itself after
+  dry_run=true                 print the plan and the sbatch script(s); queue nothing
+Every key with its meaning: burn/config.py. The composed config: --cfg job. Hydra's options: --hydra-help.
+
+Exit status: 0 queued (or, cluster=local, complete); 2 bad config or input: one line naming the culprit,
+nothing queued; 1 error. A local run stopped by a signal exits as launch/run.py does (75, 143, 130).
+
+Examples:
+  python launch/submit.py preset=tiny stage=all cluster=local
+  python launch/submit.py stage=all nodes=2 partition=gpu time=4320 data.root=/datasets/imagenet \\
+      model.teacher_weights=/models/moco_v2_800ep_pretrain.pth.tar
+  python launch/submit.py stage=all nodes=2 data.root=/datasets/imagenet ... dry_run=true
+  python launch/status.py runs/burn
+"""
+
+from launch.entry import prepare_config, print_help_if_asked  # noqa: E402
+
+print_help_if_asked(HELP)
+
 import hydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from burn.config import RANDOM_BACKBONE, STAGES, register_configs  # noqa: E402
-from burn.errors import USAGE_EXIT_CODE, UsageError  # noqa: E402
+from burn.config import PATH_KEYS, RANDOM_BACKBONE, STAGES, absolute_path, register_configs  # noqa: E402
+from burn.errors import UsageError, reported_as_one_line  # noqa: E402
 from burn.validation import (check_batch, check_choices, check_pretrained, check_teacher,  # noqa: E402
-                             stage_splits)  # shared with the stage runner
+                             check_writable, stage_splits)  # shared with the stage runner
 from burn.engine.stage import stage_dir_name  # noqa: E402
 from burn.tiny_teacher import AUTO as AUTO_TEACHER  # noqa: E402
 from burn.tiny_teacher import resolve_auto_teacher  # noqa: E402
@@ -52,7 +94,8 @@ register_configs()
 STAGE_ORDER = ("1", "2", "linear")
 #: Keys that choose where and how to queue, not what to compute (kept out of sweep run dir names).
 LAUNCH_KEYS = ("cluster", "nodes", "gpus_per_node", "partition", "time", "account", "qos", "constraint",
-               "mem", "cpus_per_task", "signal_delay_s", "max_requeues", "stage", "run_dir", "compare_baseline")
+               "mem", "cpus_per_task", "signal_delay_s", "max_requeues", "stage", "run_dir", "compare_baseline",
+               "dry_run")
 
 
 class LaunchConfigError(UsageError):
@@ -82,16 +125,12 @@ def base_run_dir(cfg: DictConfig) -> Path:
     return (path / suffix if suffix else path).absolute()
 
 
-def _absolute(path: Optional[str]) -> Optional[str]:
-    """An absolute path; the symbolic values (``auto``, ``random``) and None stay as they are."""
-    return str(Path(path).absolute()) if path and path not in (AUTO_TEACHER, RANDOM_BACKBONE) else path
-
-
 def plan_stages(cfg: DictConfig) -> List[DictConfig]:
     """One resolved config per stage to run, in order, with run_dir and pretrained filled in.
 
     stage=all: run_dir is the parent of stage1/, stage2/, linear/; stage 2 starts from
-    stage1/stage1_extraction.pth and linear evaluates stage2/backbone.pth."""
+    stage1/stage1_extraction.pth and linear evaluates stage2/backbone.pth; steps=/epochs= shorten the
+    pretraining stages, linear evaluation keeps its own linear.epochs."""
     stage = str(cfg.stage)
     if stage not in STAGES:
         raise LaunchConfigError(f"stage={stage!r}: choose one of {', '.join(STAGES)}")
@@ -99,9 +138,8 @@ def plan_stages(cfg: DictConfig) -> List[DictConfig]:
         raise LaunchConfigError("data.root is not set: point it at an ImageNet-style tree "
                                 "(or use preset=tiny for the generated one)")
     base = jobs.stage_config(OmegaConf.to_yaml(cfg, resolve=True))  # typed, detached from Hydra
-    base.data.root = _absolute(base.data.root)
-    base.model.teacher_weights = _absolute(base.model.teacher_weights)
-    base.pretrained = _absolute(base.pretrained)
+    for key in PATH_KEYS:  # jobs may start in another directory
+        OmegaConf.update(base, key, absolute_path(OmegaConf.select(base, key)))
     root = base_run_dir(cfg)
     if stage != "all":
         stage_cfg = copy.deepcopy(base)
@@ -118,6 +156,8 @@ def plan_stages(cfg: DictConfig) -> List[DictConfig]:
         stage_cfg.stage = name
         stage_cfg.run_dir = str(root / stage_dir_name(name))
         stage_cfg.pretrained = str(products[name]) if products[name] else None
+        if name == "linear":  # a short pretraining is no reason to cut the evaluation of its result
+            stage_cfg.steps = stage_cfg.epochs = None
         planned.append(stage_cfg)
     return planned
 
@@ -143,31 +183,42 @@ def dataset_splits(planned: List[DictConfig]) -> List[str]:
     return list(dict.fromkeys(split for stage_cfg in planned for split in stage_splits(stage_cfg)))
 
 
-def check_dataset(data_cfg: DictConfig, splits: List[str]) -> None:
-    """Generate the synthetic set if asked to, then check the root, its lists and their files."""
+def check_dataset(data_cfg: DictConfig, splits: List[str], generate: bool = True) -> None:
+    """Generate the synthetic set if asked to (and `generate`), then check the root, its lists and
+    their files (a root still to be generated is not checked)."""
     from burn.data.loaders import ensure_synthetic, validate_dataset
 
     try:
-        ensure_synthetic(data_cfg)
+        if generate:
+            ensure_synthetic(data_cfg)
         validate_dataset(data_cfg, splits)
     except (OSError, ValueError) as err:  # DatasetError is a ValueError
         raise LaunchConfigError(f"data.root={data_cfg.root}: {err}") from None
 
 
-def validate(cfg: DictConfig, planned: List[DictConfig], world_size: int, with_data: bool = True) -> None:
-    """Everything that can be known before queueing; raises LaunchConfigError naming the key."""
+def validate(cfg: DictConfig, planned: List[DictConfig], world_size: int, with_data: bool = True,
+             dry: bool = False) -> None:
+    """Everything that can be known before queueing; raises LaunchConfigError naming the key. `dry`:
+    write nothing (no generated data, no auto teacher trained; what would be is not checked)."""
     check_launch_keys(cfg)
     for stage_cfg in planned:
         check_choices(stage_cfg)
     todo = [c for c in planned if not (Path(c.run_dir) / "DONE").exists()]
     if with_data and todo:
-        check_dataset(todo[0].data, dataset_splits(todo))
+        check_dataset(todo[0].data, dataset_splits(todo), generate=not dry)
+    to_train = set()  # stages whose auto teacher a dry run leaves untrained (nothing to check yet)
     for stage_cfg in planned:  # model.teacher_weights=auto: a deterministic path beside the data
-        resolve_auto_teacher(stage_cfg, train=stage_cfg.stage != "linear" and any(stage_cfg is c for c in todo))
+        auto = stage_cfg.model.teacher_weights == AUTO_TEACHER
+        resolve_auto_teacher(stage_cfg, train=not dry and stage_cfg.stage != "linear" and
+                             any(stage_cfg is c for c in todo))
+        if auto and not Path(stage_cfg.model.teacher_weights).exists():
+            to_train.add(id(stage_cfg))
     produced = set()  # weight files an earlier stage of this submission will write
     for stage_cfg in todo:
         check_batch(stage_cfg, world_size)
-        check_teacher(stage_cfg)
+        check_writable(Path(stage_cfg.run_dir))
+        if id(stage_cfg) not in to_train:
+            check_teacher(stage_cfg)
         check_pretrained(stage_cfg, produced)
         produced |= {str(Path(stage_cfg.run_dir) / n) for n in ("stage1_extraction.pth", "backbone.pth")}
 
@@ -228,6 +279,37 @@ def print_local_results(summaries: List[dict]) -> None:
         print(f"TensorBoard: tensorboard --logdir {Path(summaries[0]['run_dir']).parent}")
 
 
+def _length(stage_cfg: DictConfig) -> str:
+    if stage_cfg.steps:
+        return f"steps={stage_cfg.steps}"
+    section = stage_cfg.linear if str(stage_cfg.stage) == "linear" else stage_cfg.train
+    return f"epochs={stage_cfg.epochs if stage_cfg.epochs is not None else section.epochs}"
+
+
+def print_dry_run(cfg: DictConfig, planned: List[DictConfig], cluster: str) -> None:
+    """The plan and, on SLURM, the sbatch script of every stage to queue; nothing is queued or written."""
+    where = f"on SLURM, {cfg.nodes} node(s) x {cfg.gpus_per_node} task(s)" if cluster == "slurm" else "here"
+    print(f"burn-suite dry run: stage={cfg.stage} {where}; nothing queued, run or written")
+    todo = []
+    for stage_cfg in planned:
+        name, done = stage_dir_name(str(stage_cfg.stage)), (Path(stage_cfg.run_dir) / "DONE").exists()
+        start = f", pretrained={stage_cfg.pretrained}" if stage_cfg.pretrained else ""
+        print(f"  {name:7s} {stage_cfg.run_dir}" + (" complete (DONE): skipped" if done else f"  ({_length(stage_cfg)}{start})"))
+        if not done:
+            todo.append(stage_cfg)
+    if cluster != "slurm" or not todo:
+        return
+    use_gpus = jobs.gpus_in_cluster(cfg.partition)
+    previous = None
+    for stage_cfg in todo:
+        name = stage_dir_name(str(stage_cfg.stage))
+        dependency = f"afterok:<job id of {previous}>" if previous else None
+        executor = jobs.build_executor(stage_cfg, Path(stage_cfg.run_dir), dependency, use_gpus)._executor
+        print(f"\n# sbatch script of {name} (Submitit writes it into {stage_cfg.run_dir}/slurm/<job id>/)")
+        print(executor._make_submission_file_text(executor._submitit_command_str, "dry-run").rstrip())
+        previous = name
+
+
 def compare_with_baseline(linear_cfg: DictConfig, burn_summary: dict, max_requeues: int) -> None:
     """The same linear evaluation of a randomly initialised student: what pretraining has to beat."""
     baseline_cfg = copy.deepcopy(linear_cfg)
@@ -241,7 +323,12 @@ def compare_with_baseline(linear_cfg: DictConfig, burn_summary: dict, max_requeu
 
 def launch(cfg: DictConfig) -> None:
     """Validate, then queue on SLURM, run here, or (inside a sweep job) run on every task."""
+    prepare_config(cfg)  # absolute paths; a preset generates data at its own data.root only
     planned = plan_stages(cfg)
+    if cfg.dry_run:
+        validate(cfg, planned, cfg.nodes * cfg.gpus_per_node, dry=True)
+        print_dry_run(cfg, planned, pick_cluster(cfg.cluster, cfg.nodes * cfg.gpus_per_node))
+        return
     if inside_submitit_job():
         # The stage runner generates/validates the data on rank 0; the rest is checked here.
         validate(cfg, planned, int(os.environ.get("SLURM_NTASKS", 1)), with_data=False)
@@ -260,12 +347,9 @@ def launch(cfg: DictConfig) -> None:
 
 @hydra.main(version_base=None, config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> None:
-    try:
+    # Hydra would print a traceback for an error that is the user's config (or data), not a bug.
+    with reported_as_one_line("submit.py"):
         launch(cfg)
-    except UsageError as err:
-        # Hydra would print a traceback for an error that is the user's config, not a bug.
-        print(f"submit.py: {err}", file=sys.stderr)
-        sys.exit(USAGE_EXIT_CODE)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@
 #
 # RUN_DIR is the parent of stage1/, stage2/, linear/ (the same layout as launch/submit.py
 # stage=all): stage 2 starts from stage1/stage1_extraction.pth, linear evaluates
-# stage2/backbone.pth. A stage whose dir holds DONE is skipped. Logs: <stage dir>/slurm/<job id>.out.
+# stage2/backbone.pth. steps=/epochs= apply to the two pretraining stages (linear evaluation keeps
+# linear.epochs), as with submit.py stage=all. A stage whose dir holds DONE is skipped. Logs: <stage dir>/slurm/<job id>.out.
 # Each job is recorded in <stage dir>/slurm/jobs.jsonl for launch/status.py. Prints the job ids.
 set -euo pipefail
 
@@ -31,7 +32,12 @@ submit_stage() {
     local stage=$1 dir=$2 dependency=$3 pretrained=$4 job_id extra=()
     mkdir -p "$dir/slurm"
     [[ -n $dependency ]] && extra+=("--dependency=afterok:$dependency")
-    local args=("stage=$stage" "run_dir=$dir" "${OVERRIDES[@]}")
+    local args=("stage=$stage" "run_dir=$dir") override
+    for override in "${OVERRIDES[@]}"; do
+        # As submit.py stage=all: steps=/epochs= set the pretraining stages' length; linear keeps linear.epochs.
+        [[ $stage == linear && ($override == steps=* || $override == epochs=*) ]] && continue
+        args+=("$override")
+    done
     [[ -n $pretrained ]] && args+=("pretrained=$pretrained")
     job_id=$(sbatch --parsable --job-name="burn-$stage" --output="$dir/slurm/%j.out" \
         "${extra[@]}" "${SBATCH_OPTS[@]}" "$REPO/slurm/stage.sbatch" "${args[@]}")

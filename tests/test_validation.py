@@ -37,12 +37,17 @@ def own_data(tmp_path, tiny_data) -> Path:
     return root
 
 
-def test_pretrained_random_is_a_linear_baseline_not_a_file(tmp_path):
+def test_pretrained_random_is_a_named_choice_not_a_file(tmp_path):
     linear = compose_cfg("stage=linear", "pretrained=random", f"data.root={tmp_path}")
     check_stage(linear, 1, tmp_path / "run")  # no file named "random" is looked for
-    stage2 = compose_cfg("stage=2", "pretrained=random", f"data.root={tmp_path}")
-    with pytest.raises(UsageError, match="pretrained=random is for stage=linear"):
-        check_pretrained(stage2)
+    check_pretrained(compose_cfg("stage=2", "pretrained=random"))  # single-stage pretraining from scratch
+    with pytest.raises(UsageError, match="stage=2 needs pretrained=: a stage-1 extraction .* pretrained=random "
+                                         "for single-stage pretraining from scratch"):
+        check_pretrained(compose_cfg("stage=2"))
+    with pytest.raises(UsageError, match="stage=linear needs pretrained=: a backbone"):
+        check_pretrained(compose_cfg("stage=linear"))
+    with pytest.raises(UsageError, match="stage 1 starts from scratch"):
+        check_pretrained(compose_cfg("stage=1", "pretrained=random"))
     with pytest.raises(UsageError, match="pretrained=.*nope.pth: no such file"):
         check_pretrained(compose_cfg("stage=linear", f"pretrained={tmp_path}/nope.pth"))
     check_pretrained(compose_cfg("stage=2", f"pretrained={tmp_path}/later.pth"), {f"{tmp_path}/later.pth"})

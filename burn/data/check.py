@@ -160,7 +160,10 @@ def decode_failure(error: Exception, samples: SampleList, candidates: Sequence[i
         if problem is not None:
             found.append((index, path, problem))
     cause = str(error).strip().splitlines()
-    cause_text = " ".join(line.strip() for line in cause if line.strip())[:400]
+    cause_text = " ".join(line.strip() for line in cause if line.strip())
+    # DALI's message repeats its prefix and quotes the pipeline's Python traceback: keep the operator.
+    cause_text = re.sub(r"(Critical error in pipeline: )+", "Critical error in pipeline: ", cause_text)
+    cause_text = cause_text.split(", which was used in the pipeline definition")[0][:300]
     if found:
         index, path, problem = found[0]
         line = f" (line {samples.lines[index]} of {samples.source})" if samples.lines[index] else ""
@@ -170,8 +173,9 @@ def decode_failure(error: Exception, samples: SampleList, candidates: Sequence[i
     else:
         sample = ", ".join(samples.paths[i] for i in list(candidates)[:4])
         head = f"the data pipeline failed on a batch of {samples.source} (files {sample}, ...)"
-    return DataError(f"{head}.\nFind every bad file at once before training again: {check_command(samples)}"
-                     f"\n(pipeline error: {cause_text})")
+    # One line (the entry points print it last): what, where, the pipeline's words, then what to do.
+    return DataError(f"{head} (pipeline error: {cause_text}). Find every bad file at once before training "
+                     f"again: {check_command(samples)}")
 
 
 def _inspect_strict(path: str) -> Optional[Problem]:

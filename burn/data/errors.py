@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from burn.errors import FaultError
+
 
 class DatasetError(ValueError):
     """The dataset tree or one of its list files is unusable (missing root, empty list, malformed line,
     missing files). Raised by validation, before any job is queued and before any pipeline is built."""
 
 
-class DataError(RuntimeError):
+class DataError(FaultError):
     """A sample could not be read or decoded while iterating, or a saved loader state does not fit.
-    The message names the file and the scan command that finds every other bad file at once."""
+    The message names the file (and its list line) and the scan command that finds every other bad
+    file at once, on one line: the entry points print it as the last line of the output."""
 
 
 def summarise_problems(source: str, problems: list[tuple[int, str]], what: str) -> str:

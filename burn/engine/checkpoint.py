@@ -39,6 +39,8 @@ from typing import IO, Any
 
 import torch
 
+from burn.files import raise_if_disk_full, state_nbytes, umask_mode
+
 log = logging.getLogger(__name__)
 
 _CHECKPOINT_RE = re.compile(r"^ckpt-(\d{8})\.pt$")
@@ -130,6 +132,7 @@ def _write_temp(directory: Path, final_name: str, write: Callable[[IO[bytes]], N
             write(stream)
             stream.flush()
             os.fsync(stream.fileno())
+        os.chmod(temp, umask_mode())  # mkstemp makes it 0600: lab-mates get what the umask allows
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
@@ -187,6 +190,19 @@ class CheckpointManager:
 
     def save(self, state: Mapping[str, Any], step: int) -> Path:
         """Write ``state`` as the checkpoint of ``step`` atomically, then prune; return its path.
+
+        A full disk raises :class:`burn.files.DiskFullError` (one line: directory, size, the checkpoint
+        that is still intact); nothing earlier is touched."""
+        try:
+            return self._save(state, step)
+        except BaseException as err:
+            older = [p.name for p in self.list_checkpoints() if p.name < checkpoint_name(step)]
+            intact = f"the previous checkpoint {older[-1]} is intact" if older else "no earlier checkpoint"
+            raise_if_disk_full(err, f"the checkpoint of step {step}", self.directory, state_nbytes(state), intact)
+            raise
+
+    def _save(self, state: Mapping[str, Any], step: int) -> Path:
+        """:meth:`save` without the full-disk message.
 
         A failed save raises, deletes nothing and leaves every earlier checkpoint intact.
         Saving a step that already exists replaces it without a moment where the step lacks

@@ -78,7 +78,7 @@ class LinearEvalTrainer(StageLoop):
         self.loader = build_eval_loader(cfg.data, split="train", batch_size=self.per_gpu_batch, shard_id=info.rank,
                                         num_shards=info.world_size, seed=cfg.seed, dtype=self.amp.input_dtype,
                                         state=data_state)
-        steps_per_epoch = max(1, self.loader.steps_per_epoch // self.accum)
+        self.steps_per_epoch = steps_per_epoch = max(1, self.loader.steps_per_epoch // self.accum)
         epochs = cfg.epochs if cfg.epochs is not None else lin.epochs
         self.total_steps = int(cfg.steps) if cfg.steps else max(1, math.ceil(epochs * steps_per_epoch))
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
@@ -118,6 +118,15 @@ class LinearEvalTrainer(StageLoop):
         top1, top5, n = counts.tolist()
         return {"top1": 100.0 * top1 / n, "top5": 100.0 * top5 / n, "num_samples": int(n)}
 
+    def after_step(self) -> None:
+        """Every linear.eval_every_epochs epochs (not at the last step: finish() evaluates): top-1/top-5
+        in TensorBoard. Eval mode and a separate loader leave the training state untouched."""
+        every = self.cfg.linear.eval_every_epochs * self.steps_per_epoch
+        if every and self.step % every == 0 and self.step < self.total_steps:
+            results = self.evaluate()
+            self.ddp.train()
+            self.metrics.scalars(self.step, {"top1": results["top1"], "top5": results["top5"]}, group="linear/val")
+
     # ---- state -----------------------------------------------------------------------------------
     def model_state(self) -> Dict[str, Any]:
         return {"student": self.model.backbone.state_dict(), "fc_cls": self.model.fc_cls.state_dict()}
@@ -133,9 +142,10 @@ class LinearEvalTrainer(StageLoop):
             self.results.update(step=self.step, pretrained=str(self.cfg.pretrained))
             write_json_atomic(Path(self.run_dir) / RESULTS_FILE, self.results)
             self.metrics.scalars(self.step, {"top1": self.results["top1"], "top5": self.results["top5"]},
-                                 prefix="val")
-            log.info("linear evaluation: top-1 %.2f%%, top-5 %.2f%% on %d images", self.results["top1"],
-                     self.results["top5"], self.results["num_samples"])
+                                 group="linear/val")
+            log.info("linear evaluation complete: top-1 %.2f%%, top-5 %.2f%% on %d images; results in %s",
+                     self.results["top1"], self.results["top5"], self.results["num_samples"],
+                     Path(self.run_dir) / RESULTS_FILE)
 
     def final_summary(self) -> Dict[str, Any]:
         return {"top1": self.results["top1"], "top5": self.results["top5"]}

@@ -17,6 +17,8 @@ from typing import Dict, Optional
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from burn.errors import FaultError, UsageError, one_line
+
 log = logging.getLogger("burn")
 
 
@@ -29,8 +31,44 @@ def configure_console_logging(rank: int) -> None:
 
 def write_json_atomic(path: Path, data: dict) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def record_failure(run_dir: Path, err: BaseException) -> None:
+    """Mark the stage failed in progress.json with the error on one line (launch/status.py shows it)."""
+    path = Path(run_dir) / "progress.json"
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        data = {}
+    message = one_line(err)
+    if not isinstance(err, (FaultError, UsageError)):  # a bug: its type says more than the message
+        message = f"{type(err).__name__}: {message}"
+    data.update(state="failed", error=message, updated=time.time())
+    try:
+        write_json_atomic(path, data)
+    except OSError as write_err:  # e.g. the disk is full: the error still reaches the output
+        log.warning("could not record the failure in %s: %s", path, write_err)
+
+
+#: TensorBoard groups tags by their first part: one group per stage kind, so pretraining's and linear
+#: evaluation's curves never share a card (their lrs differ 30-fold). Within a group the loss sorts
+#: first, then its terms, the optimizer's values and the speed.
+STAGE_GROUPS = {"1": "pretrain", "2": "pretrain", "linear": "linear"}
+TAGS = {"loss": "loss", "kl": "loss/kl", "fs": "loss/fs", "lambda": "optim/lambda", "lr": "optim/lr",
+        "grad_norm": "optim/grad_norm", "grad_scale": "optim/grad_scale", "images_per_s": "speed/images_per_s",
+        "data_wait_s": "speed/data_wait_s"}
+
+
+def tag_of(group: str, key: str) -> str:
+    """The TensorBoard tag of a metric: ``pretrain/loss``, ``pretrain/optim/lr``, ``linear/val/top1``;
+    a key with a "/" is a whole tag already (``collapse/student_std``)."""
+    return key if "/" in key else f"{group}/{TAGS.get(key, key)}"
 
 
 class MetricLogger:
@@ -43,6 +81,7 @@ class MetricLogger:
         """Written into every progress.json (the rank count and its changes)."""
         self.run_dir = Path(run_dir)
         self.stage = stage
+        self.group = STAGE_GROUPS.get(str(stage), "train")
         self.total_steps = total_steps
         self.restarts = restarts
         self.writer: Optional[SummaryWriter] = None
@@ -56,16 +95,18 @@ class MetricLogger:
         if show_bar:
             self.bar = tqdm(total=total_steps, initial=start_step, desc=f"stage {stage}", dynamic_ncols=True)
 
-    def scalars(self, step: int, values: Dict[str, float], prefix: str = "train") -> None:
+    def scalars(self, step: int, values: Dict[str, float], group: Optional[str] = None) -> None:
+        """Log ``values`` under ``group`` (default: the stage's, e.g. ``pretrain``; ``knn``,
+        ``linear/val`` for the monitors and the evaluation)."""
         if not self.enabled:
             return
-        for key, value in values.items():  # a key with a "/" is a whole tag (e.g. collapse/student_std)
-            self.writer.add_scalar(key if "/" in key else f"{prefix}/{key}", value, step)
+        for key, value in values.items():
+            self.writer.add_scalar(tag_of(group or self.group, key), value, step)
         if self.bar is not None:
             self.bar.set_postfix({k: f"{v:.4g}" for k, v in values.items() if k in ("loss", "lr", "top1")})
-        else:  # whole tags stay in TensorBoard only: the console line keeps the prefix's own values
+        else:  # whole tags stay in TensorBoard only: the console line keeps the group's own values
             text = " ".join(f"{k}={v:.4g}" for k, v in values.items() if "/" not in k)
-            text = text if prefix == "train" else f"{prefix} {text}"  # e.g. "knn top1=..." vs linear "val top1=..."
+            text = f"{group.split('/')[-1]} {text}" if group else text  # e.g. "knn top1=...", "val top1=..."
             log.info("stage %s step %d/%d %s", self.stage, step, self.total_steps, text)
 
     def advance(self, n: int = 1) -> None:
@@ -77,7 +118,10 @@ class MetricLogger:
             return
         data = {"stage": self.stage, "state": state, "step": step, "total_steps": self.total_steps,
                 "epoch": epoch, "restarts": self.restarts, "updated": time.time(), **self.run_info, **extra}
-        write_json_atomic(self.run_dir / "progress.json", data)
+        try:
+            write_json_atomic(self.run_dir / "progress.json", data)
+        except OSError as err:  # a full disk: the checkpoint that follows reports it, in one line
+            log.warning("could not update %s: %s", self.run_dir / "progress.json", err)
 
     def close(self) -> None:
         if self.bar is not None:

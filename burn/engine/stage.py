@@ -16,11 +16,12 @@ from typing import Any, Dict, Optional
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from burn.config import PATH_KEYS, absolute_path
 from burn.data.loaders import ensure_synthetic
 from burn.engine.distributed import DistInfo, all_gather_objects, init_distributed, seed_everything, \
     shutdown_distributed
 from burn.engine.gpu import configure_backends
-from burn.engine.logging import configure_console_logging
+from burn.engine.logging import configure_console_logging, record_failure
 from burn.engine.loop import DONE_MARKER
 from burn.engine.rundir import CONFIG_FILE, ConfigMismatchError, RunDirBusyError, RunDirLock, \
     write_config_if_changed
@@ -41,6 +42,10 @@ _IDENTITY_KEYS = ("stage", "seed", "model", "data.root", "data.train_list", "dat
 
 
 def _identity(cfg: DictConfig) -> Dict[str, Any]:
+    cfg = cfg.copy()
+    for key in PATH_KEYS:  # the same folder however it was written (relative, absolute, via a symlink)
+        path = absolute_path(OmegaConf.select(cfg, key))
+        OmegaConf.update(cfg, key, os.path.realpath(path) if path and os.path.isabs(path) else path)
     values = {}
     for key in _IDENTITY_KEYS:
         value = OmegaConf.select(cfg, key)
@@ -160,6 +165,10 @@ def run_stage(cfg: DictConfig) -> int:
             else:
                 from burn.engine.trainer import PretrainTrainer as Loop
             return Loop(cfg, info, run_dir, preemption).run()
+        except Exception as err:
+            if lock is not None:  # rank 0, in its run directory: launch/status.py shows the error
+                record_failure(run_dir, err)
+            raise
         finally:
             if lock is not None:
                 lock.release()

@@ -12,7 +12,7 @@ from typing import Any, Dict
 import torch
 
 from burn.batch import split_global_batch
-from burn.config import STAGE_PRECISION
+from burn.config import RANDOM_BACKBONE, STAGE_PRECISION
 from burn.data.loaders import build_pretrain_loader
 from burn.engine.checkpoint import sha256_of_file
 from burn.engine.distributed import wrap_ddp
@@ -54,11 +54,14 @@ class PretrainTrainer(StageLoop):
         # benchmarks) get the same cached teacher here.
         resolve_auto_teacher(cfg, train=True)
         self.model = build_burn_model(cfg.model, self.precision).to(info.device)
-        if cfg.pretrained:
-            if self.stage != "2":
-                raise ValueError("pretrained= initialises stage 2 (from a stage-1 extraction); stage 1 starts "
-                                 "from scratch.")
+        if cfg.pretrained and self.stage != "2":
+            raise ValueError("pretrained= initialises stage 2 (from a stage-1 extraction); stage 1 starts "
+                             "from scratch.")
+        if cfg.pretrained and cfg.pretrained != RANDOM_BACKBONE:
             self.model.load_trainable_state_dicts(load_stage1_init(cfg.pretrained))
+        elif self.stage == "2" and info.is_main:
+            log.info("stage 2 from a random init (pretrained=%s): single-stage pretraining from scratch, "
+                     "binary weights and activations from the first step", cfg.pretrained)
         self.model.teacher.fold_batchnorm()  # frozen: BN becomes the convs' bias, no buffers to broadcast
         teacher_to_half(self.model.teacher, info.device, self.amp.autocast_dtype)
         if info.device.type == "cuda":
@@ -156,7 +159,7 @@ class PretrainTrainer(StageLoop):
         if self.knn is None or not self.knn.due(self.step, self.total_steps):
             return
         result = self.knn(self.model.student)  # collective: every rank runs it at this step
-        self.metrics.scalars(self.step, {"top1": result["top1"], "seconds": result["seconds"]}, prefix="knn")
+        self.metrics.scalars(self.step, {"top1": result["top1"], "seconds": result["seconds"]}, group="knn")
 
     # ---- state -----------------------------------------------------------------------------------
     def model_state(self) -> Dict[str, Any]:
@@ -178,6 +181,8 @@ class PretrainTrainer(StageLoop):
             return
         parts = self.model.trainable_state_dicts()
         if self.stage == "1":
-            write_stage1_extraction(self.run_dir / STAGE1_EXTRACTION, parts, author="burn-suite")
+            path = write_stage1_extraction(self.run_dir / STAGE1_EXTRACTION, parts, author="burn-suite")
+            log.info("stage 1 complete: extraction in %s (next: launch/run.py stage=2 pretrained=%s)", path, path)
         else:
-            write_backbone_extraction(self.run_dir / BACKBONE_EXTRACTION, parts["student"], author="burn-suite")
+            path = write_backbone_extraction(self.run_dir / BACKBONE_EXTRACTION, parts["student"], author="burn-suite")
+            log.info("stage 2 complete: backbone in %s (next: launch/run.py stage=linear pretrained=%s)", path, path)

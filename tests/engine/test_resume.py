@@ -88,9 +88,9 @@ def test_interrupted_run_is_bit_identical_to_uninterrupted(cli, tmp_path):
             assert torch.equal(sa[key], sb[key]), f"{part}.{key} differs after resume"
 
     # One continuous curve: every step exactly once, with the same values as the straight run.
-    curve = _scalars(interrupted, "train/loss")
+    curve = _scalars(interrupted, "pretrain/loss")
     assert [s for s, _ in curve] == list(range(1, STEPS + 1))
-    assert curve == _scalars(straight, "train/loss")
+    assert curve == _scalars(straight, "pretrain/loss")
     # The monitors logged: every step's collapse statistics, the k-NN at its cadence, once each.
     for side in ("student", "teacher"):
         for stat in ("std", "batch_entropy", "image_entropy", "mi"):

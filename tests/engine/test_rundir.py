@@ -133,7 +133,7 @@ def test_second_starter_is_refused_at_once_and_the_first_is_unharmed(cli, tmp_pa
         assert "Traceback" not in cli.log("second", rank)
     assert (run_dir / "config.yaml").stat().st_mtime_ns == config_before.st_mtime_ns
     assert cli.wait([first]) == [0], cli.log("first")
-    assert _tb_steps(run_dir, "train/loss") == list(range(1, 31))  # each step exactly once
+    assert _tb_steps(run_dir, "pretrain/loss") == list(range(1, 31))  # each step exactly once
 
 
 _BURNER = "import time\nwhile True: pass\n"

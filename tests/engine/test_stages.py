@@ -34,6 +34,7 @@ def test_stage1_stage2_linear_end_to_end(cli, tmp_path):
     extraction = torch.load(s1 / "stage1_extraction.pth", weights_only=True)
     assert set(extraction) == {"backbone", "classifier", "teacher_classifier", "author"}
     assert (s1 / "DONE").exists() and list((s1 / "tb").glob("events.out.tfevents.*"))
+    assert f"stage 1 complete: extraction in {s1 / 'stage1_extraction.pth'} (next: launch/run.py stage=2" in cli.log("s1")
 
     # Rerunning a finished stage is a no-op; changing its model is refused.
     assert cli.run(cli.overrides(s1, "stage=1", *SHORT), "s1-again") == [0]

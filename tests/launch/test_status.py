@@ -67,3 +67,28 @@ def test_shows_the_ranks_and_their_changes_as_one_run(tmp_path, capsys):
     stage1, stage2 = capsys.readouterr().out.splitlines()[1:3]
     assert "ranks 2->1->2 (resized at steps 8, 30)" in stage1 and "step 33/40" in stage1
     assert "ranks 4 " in stage2 and "resized" not in stage2
+
+
+def test_a_stage_that_failed_under_run_py_shows_its_error_line(tmp_path, capsys):
+    stage = write_stage(tmp_path / "stage1", progress("1", "failed", 7, error="cannot decode image /d/x.JPEG (line 3 "
+                                                                           "of /d/meta/train.txt): truncated"))
+    assert status.main([str(stage)]) == 1
+    out = capsys.readouterr().out
+    assert "FAILED stage1: the stage at step 7" in out
+    assert "  error: cannot decode image /d/x.JPEG (line 3 of /d/meta/train.txt): truncated" in out
+    assert "  log: none kept (started with launch/run.py" in out
+
+
+def test_a_folder_of_runs_lists_every_run_under_it(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    write_stage(runs / "burn" / "stage1", progress("1", "done", 40), done=True)
+    write_stage(runs / "burn" / "stage2", progress("2", "running", 5))
+    write_stage(runs / "sweep" / "optim.lr=0.001" / "stage1", progress("1", "failed", 3, error="boom"))
+    write_stage(runs / "tiny-linear", progress("linear", "done", 40), done=True, results={"top1": 30.0, "top5": 80.0})
+
+    assert status.main([str(runs)]) == 1  # one of them failed
+    out = capsys.readouterr().out
+    headers = [line for line in out.splitlines() if line.startswith("run dir ")]
+    assert headers == [f"run dir {runs / 'burn'}", f"run dir {runs / 'sweep' / 'optim.lr=0.001'}",
+                       f"run dir {runs / 'tiny-linear'}"]
+    assert "FAILED stage1: the stage at step 3" in out and "  error: boom" in out and "top-1 30.00%" in out

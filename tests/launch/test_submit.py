@@ -31,6 +31,12 @@ def test_stage_all_plans_three_chained_stages_under_one_parent(tmp_path, monkeyp
     assert OmegaConf.is_config(planned[0]) and planned[0].train.per_gpu_batch == 16
 
 
+def test_stage_all_length_applies_to_pretraining_only():
+    planned = submit.plan_stages(compose_cfg("stage=all", "steps=5", "epochs=3"))
+    assert [(c.steps, c.epochs) for c in planned] == [(5, 3.0), (5, 3.0), (None, None)]  # linear: linear.epochs
+    assert submit.plan_stages(compose_cfg("stage=linear", "steps=5"))[0].steps == 5  # one stage: as given
+
+
 def test_single_stage_run_dir_is_the_stage_dir(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert submit.plan_stages(compose_cfg("stage=2"))[0].run_dir == str(tmp_path / "runs/tiny/stage2")

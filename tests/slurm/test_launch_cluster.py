@@ -29,7 +29,7 @@ TIME_LIMIT_STEPS = 200
 def submit(data: Path, run_dir: Path, *overrides: str) -> str:
     out = subprocess.run(
         [sys.executable, str(REPO / "launch" / "submit.py"), "preset=tiny", f"data.root={data}",
-         "data.synthetic.generate=false", "log.progress_bar=off", f"steps={STEPS}", "nodes=2",
+         "data.synthetic.generate=false", "log.progress_bar=off", f"steps={STEPS}", "linear.epochs=1", "nodes=2",
          f"run_dir={run_dir}", *overrides], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
     return out.stdout
@@ -98,7 +98,7 @@ def runs(slurm_cluster, tiny_data, tmp_path_factory):
     submit(tiny_data, root / "timeout", "stage=1", "nodes=1", "time=2", "signal_delay_s=60",
            f"steps={TIME_LIMIT_STEPS}")
     subprocess.run([str(REPO / "slurm" / "chain.sh"), str(root / "chain"), "--nodes=2", "--ntasks-per-node=1",
-                    "--cpus-per-task=1", "--time=10", "--", "preset=tiny", "steps=2", f"data.root={tiny_data}",
+                    "--cpus-per-task=1", "--time=10", "--", "preset=tiny", "steps=2", "linear.epochs=1", f"data.root={tiny_data}",
                     "data.synthetic.generate=false", "log.progress_bar=off"],
                    env={**os.environ, "BURN_PYTHON": sys.executable}, check=True, capture_output=True)
     yield root
