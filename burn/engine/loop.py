@@ -145,7 +145,7 @@ class StageLoop:
                                     run_info={"world_size": info.world_size,
                                               "world_size_changes": self.world_size_changes})
         if self.step == 0 or saved_world != info.world_size:  # TensorBoard marks where the rank count changed
-            self.metrics.scalars(self.step, {"world_size": info.world_size}, prefix="run")
+            self.metrics.scalars(self.step, {"world_size": info.world_size}, group="run")
 
     def run(self) -> int:
         """Train to the end (exit 0) or until preempted (checkpoint written, exit REQUEUE_EXIT_CODE)."""
