@@ -87,7 +87,7 @@ def test_a_stage_on_a_full_disk_ends_with_one_line_and_resumes_when_there_is_roo
     tmpfs(8 * size, remount=True)  # room again: the same command resumes from step 2
     again = run_py(*args)
     assert again.returncode == 0, again.stdout + again.stderr
-    assert "resuming from" in again.stdout and "ckpt-00000002.pt (step 2)" in again.stdout
+    assert "resuming from" in again.stdout and "ckpt-00000002.pt (step 2, written by 1 ranks)" in again.stdout
     assert (run_dir / "DONE").exists()
 
 
