@@ -37,7 +37,7 @@ Keys people change:
   pretrained=FILE|random       what stage 2 / linear start from
   run_dir=DIR                  the stage's directory (default runs/<name>/stage1, stage2, linear)
   steps=N  epochs=E            this stage's length (steps win)
-  train.global_batch=N         images per optimizer step over all ranks (train.per_gpu_batch per forward)
+  train.global_batch=N         images per optimizer step over all ranks (at most train.per_gpu_batch per forward)
   train.precision=fp16|bf16|fp32
   optim.lr=LR                  pretraining learning rate (linear evaluation: linear.lr, linear.epochs)
   checkpoint.every_steps=N     periodic checkpoints (also on preemption and at the end)

@@ -82,7 +82,7 @@ def test_two_ranks_then_one_then_two_read_every_sample_once_on_one_curve(cli, tm
     assert all(ranks[s] == (1 if first < s <= second else 2) for s in range(1, STEPS + 1))
 
     # One run: the loss curve has every step once, progress.json and TensorBoard note the changes.
-    loss = _scalars(run_dir, "train/loss")
+    loss = _scalars(run_dir, "pretrain/loss")
     assert [s for s, _ in loss] == list(range(1, STEPS + 1)) and all(math.isfinite(v) for _, v in loss)
     assert _scalars(run_dir, "run/world_size") == [(0, 2.0), (first, 1.0), (second, 2.0)]
     state = _progress(run_dir)

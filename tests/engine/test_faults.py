@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from burn.data.sharding import train_shard
+from burn.data.sharding import batch_positions, stream_indices
 from burn.engine.checkpoint import CheckpointManager
 from burn.files import DiskFullError
 
@@ -87,7 +87,7 @@ def test_a_stage_on_a_full_disk_ends_with_one_line_and_resumes_when_there_is_roo
     tmpfs(8 * size, remount=True)  # room again: the same command resumes from step 2
     again = run_py(*args)
     assert again.returncode == 0, again.stdout + again.stderr
-    assert "resuming from" in again.stdout and "ckpt-00000002.pt (step 2)" in again.stdout
+    assert "resuming from" in again.stdout and "ckpt-00000002.pt (step 2, written by 1 ranks)" in again.stdout
     assert (run_dir / "DONE").exists()
 
 
@@ -96,7 +96,9 @@ def test_a_decode_failure_mid_training_is_the_last_line_and_status_shows_it(tiny
     data = tmp_path / "data"
     shutil.copytree(tiny_data, data)
     lines = (data / "meta" / "train.txt").read_text().splitlines()
-    victim = train_shard(len(lines), shard_id=0, num_shards=1, batch_size=16, seed=0, epoch=0)[16 * 5]  # batch 6
+    # The first sample of the one rank's 6th micro-batch of 16 (step 3: the tiny preset accumulates two).
+    sixth = batch_positions(0, 5, 1, shard_id=0, num_shards=1, batch_size=16)
+    victim = int(stream_indices(len(lines), 0, sixth)[0])
     path = data / "train" / lines[victim].split()[0]
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # truncated: not empty, passes the start checks
     run_dir = tmp_path / "stage1"

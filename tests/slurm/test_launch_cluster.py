@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.slurm.conftest import progress
+
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
@@ -38,13 +40,6 @@ def submit(data: Path, run_dir: Path, *overrides: str) -> str:
 def job_records(stage_dir: Path) -> list[dict]:
     lines = (stage_dir / "slurm" / "jobs.jsonl").read_text().splitlines()
     return [json.loads(line) for line in lines if line.strip()]
-
-
-def progress(stage_dir: Path) -> dict:
-    try:
-        return json.loads((stage_dir / "progress.json").read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 def wait_progress(stage_dir: Path, what: str, check, timeout: float = 240) -> dict:
