@@ -81,6 +81,17 @@ def install_early() -> None:
         signal.signal(signum, _on_signal)
 
 
+def ignore_once_complete() -> None:
+    """A finished stage must not die of a late time-limit or preemption notice: Python resets its
+    own handlers to the default (terminate) while the interpreter shuts down, and SLURM would then
+    mark the completed job FAILED. SIG_IGN survives shutdown. Ctrl-C keeps working."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signum in STOP_SIGNALS:
+        if signum != signal.SIGINT:
+            signal.signal(signum, signal.SIG_IGN)
+
+
 def take_early() -> Tuple[Optional[Tuple[int, float]], int, int]:
     """(first signal and its time, stop code, SIGINT count) recorded so far; clears the record."""
     global _early

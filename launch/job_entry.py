@@ -15,7 +15,7 @@ from typing import Any, Dict
 
 import submitit
 
-from burn.signal_flags import install_early
+from burn.signal_flags import ignore_once_complete, install_early
 
 if "SUBMITIT_FOLDER" in os.environ:  # unpickling inside a job (not submit.py importing us)
     install_early()
@@ -36,4 +36,6 @@ class StageJob(submitit.helpers.Checkpointable):
         # Bad input (exit 2) or a fault (exit 1): one line, the last of the job's log, no traceback;
         # SystemExit leaves no Submitit result, SLURM marks the job FAILED and cancels its dependants.
         with reported_as_one_line("burn job"):
-            return run_task(self.stage_yaml, self.max_requeues)
+            result = run_task(self.stage_yaml, self.max_requeues)
+        ignore_once_complete()  # the stage is done: a USR2 now must not turn it into a FAILED job
+        return result
