@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 # Before the heavy imports (seconds, more on a loaded node): a preemption notice, scancel or Ctrl-C
 # that arrives meanwhile is recorded, not fatal; the stage acts on it at start-up.
-from burn.signal_flags import install_early  # noqa: E402
+from burn.signal_flags import ignore_once_complete, install_early  # noqa: E402
 
 install_early()
 
@@ -75,6 +75,8 @@ def main(cfg: DictConfig) -> None:
     with reported_as_one_line("run.py"):
         prepare_config(cfg)
         code = run_stage(cfg)
+    if code == 0:
+        ignore_once_complete()  # under sbatch, a late time-limit USR2 must not fail a finished stage
     sys.exit(code)
 
 
