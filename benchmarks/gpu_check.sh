@@ -98,7 +98,7 @@ kill -USR2 "$pid" 2>/dev/null
 wait "$pid"
 first=$?
 at=$(progress_step)
-if ((first == 75)) && timeout $((75 * SCALE)) "$PY" launch/run.py "${S1_KEYS[@]}" >"$WORK/stage1-resume.log" 2>&1 &&
+if ((first == 75)) && timeout $((120 * SCALE)) "$PY" launch/run.py "${S1_KEYS[@]}" >"$WORK/stage1-resume.log" 2>&1 &&
     grep -q "resuming from" "$WORK/stage1-resume.log" && [[ -f $S1/DONE && -f $S1/stage1_extraction.pth ]]; then
     record ok "stage 1 fp16: preempted at step $at (exit 75), resumed to step $(progress_step), $((SECONDS - started)) s"
 else
@@ -122,7 +122,7 @@ fi
 
 # ---- 4. step benchmark ---------------------------------------------------------------------------------
 say "4. benchmarks/gpu_step.py"
-if timeout $((150 * SCALE)) "$PY" benchmarks/gpu_step.py "${STEP_ARGS[@]}" 2>&1 | tee "$WORK/step.log" | grep -v "^\[" | tail -12 &&
+if timeout $((210 * SCALE)) "$PY" benchmarks/gpu_step.py "${STEP_ARGS[@]}" 2>&1 | tee "$WORK/step.log" | grep -v "^\[" | tail -12 &&
     grep -q "images/s per GPU" "$WORK/step.log"; then
     while IFS= read -r line; do record step "$line"; done < <(grep -E "^(device|step |naive |trainer)" "$WORK/step.log")
 else

@@ -75,7 +75,7 @@ def compose_cfg(args, root: str, run_dir: Path):
     preset = ["preset=tiny", "model.teacher_weights=null", f"train.per_gpu_batch={args.batch}",
               f"train.global_batch={args.batch}"] if args.cpu \
         else ["preset=paper", f"train.per_gpu_batch={args.batch}", f"train.global_batch={args.batch}",
-              "train.precision=fp16", "data.num_threads=8"]
+              "train.precision=fp16", f"data.num_threads={args.workers}"]
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
         return compose("config", overrides=[*preset, f"stage={args.stage}", f"data.root={root}",
                                             f"data.backend={args.backend}", "data.synthetic.generate=false",
@@ -153,6 +153,8 @@ def main() -> None:
     parser.add_argument("--data", default=None, help="existing dataset root (default: generate one)")
     parser.add_argument("--backend", choices=("dali", "torchvision"), default=None,
                         help="trainer's loader (default: dali when importable)")
+    parser.add_argument("--workers", type=int, default=max(1, len(os.sched_getaffinity(0)) - 2),
+                        help="loader threads / DataLoader workers (default: this process's CPUs - 2)")
     parser.add_argument("--no-compile", action="store_true", help="train.compile=false for the trainer rows")
     parser.add_argument("--cpu", action="store_true", help="tiny preset on the CPU: checks the script, no numbers")
     args = parser.parse_args()
@@ -202,7 +204,8 @@ def main() -> None:
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU (script check only)"
     print(f"device: {name}  stage {args.stage}  batch {args.batch}  {cfg.data.aug.image_size} px  "
-          f"{cfg.train.precision}  compile={'off' if args.no_compile else 'auto'}  steps {args.steps}")
+          f"{cfg.train.precision}  compile={'off' if args.no_compile else 'auto'}  steps {args.steps}  "
+          f"loader threads {cfg.data.num_threads}")
     print(f"{'step':<9}{'input':<26}{'images/s':>10}{'peak GiB':>10}")
     for kind, source, rate, peak in rows:
         print(f"{kind:<9}{source:<26}{rate:>10.0f}{peak:>10.2f}")

@@ -36,6 +36,17 @@ def configure_backends(device: torch.device, deterministic: bool) -> None:
         torch.use_deterministic_algorithms(True, warn_only=True)
 
 
+def to_channels_last(module: nn.Module) -> nn.Module:
+    """channels_last for the convolutions, but per-channel ``[1, C, 1, 1]`` parameters (the binary
+    blocks' learnable biases) keep their plain strides: autograd hands their gradients back
+    contiguous, and DDP would otherwise copy every one into a differently strided bucket view."""
+    module = module.to(memory_format=torch.channels_last)
+    for param in module.parameters():
+        if param.dim() == 4 and param.shape[0] == 1 and param.shape[2:] == (1, 1):
+            param.data = param.data.clone(memory_format=torch.contiguous_format)  # .contiguous() keeps them
+    return module
+
+
 def teacher_to_half(teacher: nn.Module, device: torch.device, autocast_dtype: Optional[torch.dtype]) -> None:
     """Keep the frozen teacher in the autocast dtype on CUDA: autocast then has no fp32 weights to cast
     on every forward. It never trains, so no master copy is needed."""

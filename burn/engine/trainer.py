@@ -16,7 +16,7 @@ from burn.config import RANDOM_BACKBONE, STAGE_PRECISION
 from burn.data.loaders import build_pretrain_loader
 from burn.engine.checkpoint import sha256_of_file
 from burn.engine.distributed import wrap_ddp
-from burn.engine.gpu import compile_enabled, compile_in_place, teacher_to_half
+from burn.engine.gpu import compile_enabled, compile_in_place, teacher_to_half, to_channels_last
 from burn.engine.knn import KnnMonitor
 from burn.engine.loop import StageLoop
 from burn.engine.monitors import CollapseAlarm, collapse_metrics
@@ -65,7 +65,7 @@ class PretrainTrainer(StageLoop):
         self.model.teacher.fold_batchnorm()  # frozen: BN becomes the convs' bias, no buffers to broadcast
         teacher_to_half(self.model.teacher, info.device, self.amp.autocast_dtype)
         if info.device.type == "cuda":
-            self.model = self.model.to(memory_format=torch.channels_last) if cfg.train.channels_last else self.model
+            self.model = to_channels_last(self.model) if cfg.train.channels_last else self.model
             if info.distributed:  # SyncBatchNorm needs CUDA tensors; on CPU each rank keeps its own BN.
                 self.model.student_classifier = torch.nn.SyncBatchNorm.convert_sync_batchnorm(
                     self.model.student_classifier)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from burn.engine.gpu import compile_enabled, configure_backends
+from burn.engine.gpu import compile_enabled, configure_backends, to_channels_last
 from burn.engine.nonfinite import BadStepStreak
 from burn.models.teacher import Teacher
 
@@ -74,6 +74,22 @@ def test_a_streak_between_checks_is_not_forgotten_after_recovering():
     ok.update(torch.tensor(False))  # continues the open streak: 2 in a row now
     with pytest.raises(FloatingPointError, match="2 optimizer steps"):
         ok.check(step=4, checkpoint_dir="x")
+
+
+def test_channels_last_keeps_per_channel_biases_plainly_strided():
+    """DDP's gradient buckets follow the parameters' strides; a [1, C, 1, 1] bias in channels_last
+    strides gets a contiguous gradient from autograd, and DDP warns and copies on every step."""
+    from burn.models.reactnet import ReActNetA
+
+    student = to_channels_last(ReActNetA(precision="binact", width=0.25))
+    biases = [p for p in student.parameters() if p.dim() == 4 and p.shape[0] == 1]
+    convs = [p for p in student.parameters() if p.dim() == 4 and p.shape[0] > 1 and p.shape[2] > 1]
+    assert biases and convs
+    assert all(p.is_contiguous() for p in biases)
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+    images = torch.randn(2, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    student(images).float().sum().backward()
+    assert all(p.grad.stride() == p.stride() for p in biases)
 
 
 def test_compile_defaults_to_cuda_only():
