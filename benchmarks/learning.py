@@ -38,6 +38,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from burn import rundir  # noqa: E402  (torch-free: the run directory's names)
+
 DATA = {"classes": 16, "per_class": 80, "val_per_class": 25, "size": 48}
 #: The pretraining and linear recipe of every run (tiny preset underneath).
 COMMON = ["preset=tiny", f"data.synthetic.classes={DATA['classes']}", f"data.synthetic.per_class={DATA['per_class']}",
@@ -77,7 +79,7 @@ def final_kl(stage_dir: Path) -> float | None:
     """The KL term logged last in stage 1 (TensorBoard), or None."""
     try:
         from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-        acc = EventAccumulator(str(stage_dir / "tb"))
+        acc = EventAccumulator(str(stage_dir / rundir.TENSORBOARD))
         acc.Reload()
         tags = acc.Tags()["scalars"]
         return acc.Scalars(KL_TAG)[-1].value if KL_TAG in tags else None
@@ -96,16 +98,17 @@ def one(workdir: Path, data_root: Path, name: str, overrides: list | None, seed:
     defaults = b"".join((REPO / f).read_bytes() for f in ("burn/config.py", "conf/preset/tiny.yaml"))
     digest = hashlib.sha256(" ".join(COMMON + settings).encode() + defaults).hexdigest()[:8]
     run_dir = workdir / "runs" / f"{name}-s{seed}-{digest}"
-    result = run_dir / "linear" / "linear_eval.json"
+    linear_dir = run_dir / rundir.stage_dir_name("linear")
+    result = linear_dir / rundir.LINEAR_RESULTS
     if not result.is_file():
         run_dir.mkdir(parents=True, exist_ok=True)
-        target = run_dir / "linear" if overrides is None else run_dir
+        target = linear_dir if overrides is None else run_dir
         cmd = base + settings + [f"run_dir={target}"]
         started = time.time()
         run(cmd, run_dir / "log.txt", threads)
         print(f"  {name} seed {seed}: {time.time() - started:.0f} s", flush=True)
     top1 = json.loads(result.read_text())["top1"]
-    return {"top1": top1, "kl": final_kl(run_dir / "stage1") if overrides is not None else None}
+    return {"top1": top1, "kl": final_kl(run_dir / rundir.stage_dir_name("1")) if overrides is not None else None}
 
 
 def train_teacher_once(data_root: Path, extra: list) -> Path:

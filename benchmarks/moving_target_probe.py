@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from burn.data.loaders import build_eval_loader  # noqa: E402
 from burn.engine.checkpoint import CheckpointManager  # noqa: E402
 from burn.models.burn import build_burn_model  # noqa: E402
+from burn.rundir import CHECKPOINTS  # noqa: E402
 
 
 def spread(out: torch.Tensor) -> float:
@@ -50,10 +51,10 @@ def main() -> int:
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--images", type=int, default=256)
     args = parser.parse_args()
-    manager = CheckpointManager(args.run_dir / "checkpoints", keep_last=10**6)
+    manager = CheckpointManager(args.run_dir / CHECKPOINTS, keep_last=10**6)
     paths = manager.list_checkpoints()
     if not paths:
-        raise SystemExit(f"no checkpoints in {args.run_dir / 'checkpoints'}")
+        raise SystemExit(f"no checkpoints in {args.run_dir / CHECKPOINTS}")
     cfg = OmegaConf.create(manager.load(paths[0])["config"])
     torch.manual_seed(0)
     model = build_burn_model(cfg.model, "binact" if str(cfg.stage) == "1" else "binary")

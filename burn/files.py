@@ -1,13 +1,11 @@
-"""Small file-system helpers shared by the modules that write files atomically (kept free of heavy
-imports: the data tools and the stage start-up both use them)."""
+"""Small file-system helpers: the umask, and a full disk reported in one line (kept free of heavy
+imports: the data tools and the stage start-up both use them). The atomic writer: burn/rundir.py."""
 
 from __future__ import annotations
 
 import errno
 import os
 import shutil
-import tempfile
-from pathlib import Path
 from typing import Any, Union
 
 from burn.errors import FaultError
@@ -23,28 +21,6 @@ def umask_mode(mode: int = 0o666) -> int:
     mask = os.umask(0)  # the only way to read the umask; restored at once
     os.umask(mask)
     return mode & ~mask
-
-
-def write_atomic(path: Union[str, os.PathLike], data: Union[bytes, str]) -> None:
-    """Replace ``path`` with ``data`` so that a reader sees the old file or the new one, never a part.
-
-    The temp file lives in the same directory (``os.replace`` is atomic only within one
-    filesystem) and is fsynced first, so a crash cannot leave an empty file under the real name.
-    Permissions follow the umask, as a plain ``open()`` would create them."""
-    path = Path(path)
-    data = data.encode() if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as stream:
-            stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.chmod(tmp, umask_mode())  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException as err:
-        Path(tmp).unlink(missing_ok=True)
-        raise_if_disk_full(err, f"writing {path.name}", path.parent, len(data), f"the previous {path.name} is intact")
-        raise
 
 
 def out_of_space(err: BaseException) -> bool:

@@ -30,7 +30,7 @@ from torchvision.transforms.v2 import functional as TF
 from burn.config import AUTO_TEACHER
 from burn.data.errors import DataError
 from burn.data.lists import dataset_root, resolve_split
-from burn.files import write_atomic
+from burn.rundir import atomic_write
 
 log = logging.getLogger("burn")
 
@@ -131,10 +131,10 @@ def train_teacher(data_cfg, arch: str, out: Path, *, epochs: int = 20, batch: in
 
 def _atomic_save(state: dict, report: dict, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(out.with_suffix(".json"), json.dumps(report, indent=1))
+    atomic_write(out.with_suffix(".json"), json.dumps(report, indent=1))
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    write_atomic(out, buffer.getvalue())  # the .pth last: its presence means both are complete
+    atomic_write(out, buffer.getvalue())  # the .pth last: its presence means both are complete
 
 
 def ensure_teacher(data_cfg, arch: str) -> Path:

@@ -35,13 +35,13 @@ import argparse
 import os
 import pickle
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Iterable, Mapping, Tuple
 
 import torch
 
-from burn.files import raise_if_disk_full, state_nbytes, umask_mode
+from burn.files import state_nbytes
+from burn.rundir import CHECKPOINT_FORMAT, atomic_write
 
 StateDict = Dict[str, torch.Tensor]
 
@@ -52,7 +52,6 @@ BACKBONE = "original-backbone-extraction"
 PRETRAINING = "original-pretraining-checkpoint"
 TORCHVISION = "torchvision-resnet"
 SUITE = "burn-suite-checkpoint"
-SUITE_FORMAT = "burn-suite/checkpoint"
 
 #: Parts of an original pretraining checkpoint, by key prefix (``backbone.`` is an alias, skipped).
 PRETRAINING_PREFIXES = {
@@ -125,7 +124,7 @@ def detect_layout(obj: Any) -> str:
     """Name the layout of a loaded weights object (one of the module constants); raise
     :class:`WeightsError` describing its keys when it is none of them."""
     if isinstance(obj, Mapping):
-        if obj.get("format") == SUITE_FORMAT:
+        if obj.get("format") == CHECKPOINT_FORMAT:
             return SUITE
         if all(k in obj for k in ("backbone", "classifier", "teacher_classifier")):
             return STAGE1
@@ -257,23 +256,7 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, umask_mode())  # mkstemp makes it 0600: lab-mates get what the umask allows
-        os.replace(tmp, path)
-    except BaseException as err:
-        Path(tmp).unlink(missing_ok=True)
-        raise_if_disk_full(err, f"writing {path.name}", path.parent, state_nbytes(obj))
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # make the rename itself durable
-    finally:
-        os.close(dir_fd)
+    atomic_write(path, lambda stream: torch.save(obj, stream), size=state_nbytes(obj), intact="", sync_dir=True)
     return path
 
 

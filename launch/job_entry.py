@@ -10,14 +10,14 @@ boundary 0 and a requeue, not in a FAILED job (see burn/signal_flags.py for whic
 
 from __future__ import annotations
 
-import os
 from typing import Any, Dict
 
 import submitit
 
+from burn.environment import Environment
 from burn.signal_flags import ignore_once_complete, install_early
 
-if "SUBMITIT_FOLDER" in os.environ:  # unpickling inside a job (not submit.py importing us)
+if Environment.read().submitit_folder:  # unpickling inside a job (not submit.py importing us)
     install_early()
 
 
@@ -31,7 +31,7 @@ class StageJob(submitit.helpers.Checkpointable):
     def __call__(self) -> Dict[str, Any]:
         install_early()  # Submitit replaced the handlers after unpickling; the heavy imports follow
         from burn.errors import reported_as_one_line
-        from launch.jobs import run_task
+        from launch.task import run_task
 
         # Bad input (exit 2) or a fault (exit 1): one line, the last of the job's log, no traceback;
         # SystemExit leaves no Submitit result, SLURM marks the job FAILED and cancels its dependants.

@@ -1,4 +1,4 @@
-"""Stage runner: `python launch/run.py stage=1|2|linear [overrides]`.
+"""Stage runner: `burn-run stage=1|2|linear [overrides]` (or `python launch/run.py ...`).
 
 Runs one stage in this process, or as one rank of many under srun / torchrun. Exit status: 0 done,
 75 checkpointed after a preemption signal (requeue me), 143 cancelled (SIGTERM) and 130 interrupted
@@ -6,13 +6,10 @@ Runs one stage in this process, or as one rank of many under srun / torchrun. Ex
 """
 
 import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 # Before the heavy imports (seconds, more on a loaded node): a preemption notice, scancel or Ctrl-C
 # that arrives meanwhile is recorded, not fatal; the stage acts on it at start-up.
-from burn.signal_flags import ignore_once_complete, install_early  # noqa: E402
+from burn.signal_flags import ignore_once_complete, install_early
 
 install_early()
 
@@ -54,7 +51,7 @@ Examples:
   python launch/run.py stage=linear pretrained=runs/burn/stage2/backbone.pth data.root=/datasets/imagenet
 """
 
-from launch.entry import prepare_config, print_help_if_asked  # noqa: E402
+from launch.entry import CONF, prepare_config, print_help_if_asked  # noqa: E402
 
 print_help_if_asked(HELP)
 
@@ -68,7 +65,7 @@ from burn.errors import reported_as_one_line  # noqa: E402
 register_configs()
 
 
-@hydra.main(version_base=None, config_path="../conf", config_name="config")
+@hydra.main(version_base=None, config_path=str(CONF), config_name="config")  # also as the burn-run command
 def main(cfg: DictConfig) -> None:
     # Bad input (exit 2) or a fault such as an undecodable image or a full disk (exit 1): one line
     # naming the culprit, the last line of the output, no traceback.

@@ -1,4 +1,4 @@
-"""Where is my run? `python launch/status.py RUN_DIR`
+"""Where is my run? `burn-status RUN_DIR` (or `python launch/status.py RUN_DIR`)
 
 RUN_DIR is the parent of a stage=all run (stage1/, stage2/, linear/), one stage's run dir, or a
 folder of runs (e.g. runs/: every run under it, a few levels deep, is reported). For each stage:
@@ -9,43 +9,25 @@ the log's last line), its log file and the log's last lines.
 
 Exit status: 0 when nothing failed (a stage its user cancelled, with scancel or Ctrl-C, says
 "CANCELLED" and is not a failure), 1 when a stage or job failed, 2 when RUN_DIR holds no stage.
-Reads files and asks SLURM; imports neither torch nor the training code, so it answers fast.
+Reads files and asks SLURM; imports neither torch nor the training code (only burn/rundir.py and
+burn/slurm_cli.py), so it answers fast.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-STAGE_DIRS = ("stage1", "stage2", "linear")
-#: Written by launch/jobs.py and slurm/chain.sh: one JSON line per submitted job of a stage.
-JOBS_FILE = Path("slurm") / "jobs.jsonl"
+from burn import rundir, slurm_cli
+
 FAILED_STATES = {"FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE",
                  "PREEMPTED"}
 LOG_TAIL_LINES = 8
 #: How deep below a folder of runs to look for run directories (runs/<name>/<sweep point>/stage1).
 SEARCH_DEPTH = 3
-
-
-def _run(cmd: List[str]) -> Optional[str]:
-    """stdout of a SLURM command, or None when SLURM is not reachable."""
-    try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout if out.returncode == 0 else None
-
-
-def _read_json(path: Path) -> Dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 @dataclass
@@ -65,18 +47,14 @@ class JobState:
 def job_state(job_id: str) -> JobState:
     """squeue while the job is listed, else sacct; scontrol adds the restart count while it knows it."""
     job = JobState(job_id)
-    queued = _run(["squeue", "-h", "-j", job_id, "-o", "%T|%r"])
-    if queued and queued.strip():
-        job.state, job.reason = queued.strip().split("\n")[0].split("|", 1)
+    queued = slurm_cli.queued_state_and_reason(job_id)
+    if queued:
+        job.state, job.reason = queued
     else:
-        acct = _run(["sacct", "-n", "-P", "-X", "-j", job_id, "-o", "State,ExitCode,Reason"])
-        lines = [line for line in (acct or "").splitlines() if line.strip()]
-        if lines:
-            job.state, job.exit_code, job.reason = lines[-1].split("|", 2)
-    shown = _run(["scontrol", "-o", "show", "job", job_id])
-    for word in (shown or "").split():
-        if word.startswith("Restarts="):
-            job.restarts = int(word.split("=", 1)[1])
+        accounted = slurm_cli.accounted_state(job_id)
+        if accounted:
+            job.state, job.exit_code, job.reason = accounted
+    job.restarts = slurm_cli.restart_count(job_id)
     if job.reason in ("None", "(null)") or job.state in ("COMPLETED", "RUNNING"):
         job.reason = ""  # sacct keeps the last pending reason (e.g. Dependency) after the job ran
     return job
@@ -120,23 +98,20 @@ class StageStatus:
 
 
 def read_stage(path: Path) -> StageStatus:
-    records = []
-    jobs_file = path / JOBS_FILE
-    if jobs_file.exists():
-        records = [json.loads(line) for line in jobs_file.read_text().splitlines() if line.strip()]
-    status = StageStatus(path.name, path, (path / "DONE").exists(), _read_json(path / "progress.json"),
-                         _read_json(path / "linear_eval.json"), records)
+    records = rundir.read_jsonl(rundir.jobs_file(path))
+    status = StageStatus(path.name, path, (path / rundir.DONE).exists(), rundir.read_json(path / rundir.PROGRESS),
+                         rundir.read_json(path / rundir.LINEAR_RESULTS), records)
     if records:
         status.latest = job_state(str(records[-1]["job_id"]))
     return status
 
 
 def find_stages(run_dir: Path) -> List[Path]:
-    children = [run_dir / name for name in STAGE_DIRS if (run_dir / name).is_dir()]
+    children = [run_dir / name for name in rundir.STAGE_DIRS.values() if (run_dir / name).is_dir()]
     if children:
         return children
-    markers = ("progress.json", "config.yaml", "DONE", str(JOBS_FILE))
-    return [run_dir] if any((run_dir / m).exists() for m in markers) else []
+    markers = (run_dir / rundir.PROGRESS, run_dir / rundir.CONFIG, run_dir / rundir.DONE, rundir.jobs_file(run_dir))
+    return [run_dir] if any(m.exists() for m in markers) else []
 
 
 def find_runs(folder: Path, depth: int = SEARCH_DEPTH) -> List[Path]:
@@ -157,7 +132,7 @@ def log_files(stage: StageStatus) -> List[Path]:
     if record.get("log"):
         candidates = [Path(record["log"])]
     else:
-        log_dir = Path(record.get("log_dir", stage.path / "slurm" / str(record["job_id"])))
+        log_dir = Path(record.get("log_dir", stage.path / rundir.SLURM_DIR / str(record["job_id"])))
         candidates = sorted(log_dir.glob("*_log.err")) + sorted(log_dir.glob("*_log.out"))
     existing = [p for p in candidates if p.is_file()]
     return sorted(existing, key=lambda p: "Traceback" not in p.read_text(errors="replace"))
@@ -232,7 +207,7 @@ def failure_report(stage: StageStatus) -> List[str]:
 def cancel_report(stage: StageStatus) -> List[str]:
     job = f"job {stage.latest.job_id} " if stage.latest else ""
     step = stage.progress.get("step")
-    saved = f"checkpoint at step {step} in {stage.path / 'checkpoints'}" if step is not None else "no checkpoint"
+    saved = f"checkpoint at step {step} in {stage.path / rundir.CHECKPOINTS}" if step is not None else "no checkpoint"
     return [f"CANCELLED {stage.name}: {job}was stopped by its user ({stage.progress.get('state', 'scancel')}); "
             f"{saved}; submit the same command again to resume"]
 

@@ -22,16 +22,10 @@ out sweep job still checkpoints and requeues itself up to max_requeues.
 from __future__ import annotations
 
 import copy
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import List, Optional
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # run from a checkout without installing
-# Jobs inherit this environment (sbatch --export=ALL): they import launch.jobs from the checkout.
-os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
 
 HELP = """
 usage: python launch/submit.py stage=1|2|linear|all [key=value ...]
@@ -71,7 +65,7 @@ Examples:
   python launch/status.py runs/burn
 """
 
-from launch.entry import prepare_config, print_help_if_asked  # noqa: E402
+from launch.entry import CONF, prepare_config, print_help_if_asked  # noqa: E402
 
 print_help_if_asked(HELP)
 
@@ -81,17 +75,18 @@ from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from burn.config import PATH_KEYS, RANDOM_BACKBONE, STAGES, absolute_path, register_configs  # noqa: E402
+from burn import rundir, slurm_cli  # noqa: E402
+from burn.environment import Environment  # noqa: E402
 from burn.errors import UsageError, reported_as_one_line  # noqa: E402
 from burn.validation import (check_batch, check_choices, check_pretrained, check_teacher,  # noqa: E402
                              check_writable, stage_splits)  # shared with the stage runner
-from burn.engine.stage import stage_dir_name  # noqa: E402
 from burn.tiny_teacher import AUTO as AUTO_TEACHER  # noqa: E402
 from burn.tiny_teacher import resolve_auto_teacher  # noqa: E402
-from launch import jobs  # noqa: E402
+from launch import jobs, task  # noqa: E402
 
 register_configs()
 
-STAGE_ORDER = ("1", "2", "linear")
+STAGE_ORDER = tuple(rundir.STAGE_DIRS)  # 1 -> 2 -> linear
 #: Keys that choose where and how to queue, not what to compute (kept out of sweep run dir names).
 LAUNCH_KEYS = ("cluster", "nodes", "gpus_per_node", "partition", "time", "account", "qos", "constraint",
                "mem", "cpus_per_task", "signal_delay_s", "max_requeues", "stage", "run_dir", "compare_baseline",
@@ -137,25 +132,24 @@ def plan_stages(cfg: DictConfig) -> List[DictConfig]:
     if OmegaConf.is_missing(cfg.data, "root"):
         raise LaunchConfigError("data.root is not set: point it at an ImageNet-style tree "
                                 "(or use preset=tiny for the generated one)")
-    base = jobs.stage_config(OmegaConf.to_yaml(cfg, resolve=True))  # typed, detached from Hydra
+    base = task.stage_config(OmegaConf.to_yaml(cfg, resolve=True))  # typed, detached from Hydra
     for key in PATH_KEYS:  # jobs may start in another directory
         OmegaConf.update(base, key, absolute_path(OmegaConf.select(base, key)))
     root = base_run_dir(cfg)
     if stage != "all":
         stage_cfg = copy.deepcopy(base)
-        stage_cfg.run_dir = str(root if cfg.run_dir else root / stage_dir_name(stage))
+        stage_cfg.run_dir = str(root if cfg.run_dir else root / rundir.stage_dir_name(stage))
         return [stage_cfg]
     if cfg.pretrained:
         raise LaunchConfigError("pretrained= cannot be combined with stage=all: stage 2 starts from "
                                 "stage 1's extraction and linear evaluates stage 2's backbone")
-    products = {"1": None, "2": root / "stage1" / "stage1_extraction.pth",
-                "linear": root / "stage2" / "backbone.pth"}
     planned = []
-    for name in STAGE_ORDER:
+    for previous, name in zip((None,) + STAGE_ORDER, STAGE_ORDER):  # each stage starts from the one before
         stage_cfg = copy.deepcopy(base)
         stage_cfg.stage = name
-        stage_cfg.run_dir = str(root / stage_dir_name(name))
-        stage_cfg.pretrained = str(products[name]) if products[name] else None
+        stage_cfg.run_dir = str(root / rundir.stage_dir_name(name))
+        start = root / rundir.stage_dir_name(previous) / rundir.STAGE_PRODUCTS[previous] if previous else None
+        stage_cfg.pretrained = str(start) if start else None
         if name == "linear":  # a short pretraining is no reason to cut the evaluation of its result
             stage_cfg.steps = stage_cfg.epochs = None
         planned.append(stage_cfg)
@@ -203,7 +197,7 @@ def validate(cfg: DictConfig, planned: List[DictConfig], world_size: int, with_d
     check_launch_keys(cfg)
     for stage_cfg in planned:
         check_choices(stage_cfg)
-    todo = [c for c in planned if not (Path(c.run_dir) / "DONE").exists()]
+    todo = [c for c in planned if not (Path(c.run_dir) / rundir.DONE).exists()]
     if with_data and todo:
         check_dataset(todo[0].data, dataset_splits(todo), generate=not dry)
     to_train = set()  # stages whose auto teacher a dry run leaves untrained (nothing to check yet)
@@ -220,25 +214,15 @@ def validate(cfg: DictConfig, planned: List[DictConfig], world_size: int, with_d
         if id(stage_cfg) not in to_train:
             check_teacher(stage_cfg)
         check_pretrained(stage_cfg, produced)
-        produced |= {str(Path(stage_cfg.run_dir) / n) for n in ("stage1_extraction.pth", "backbone.pth")}
+        produced |= {str(Path(stage_cfg.run_dir) / n) for n in (rundir.STAGE1_EXTRACTION, rundir.BACKBONE)}
 
 
 # ---- where to run ---------------------------------------------------------------------------------
 
-def slurm_answers() -> bool:
-    """True when sbatch exists and the controller answers sinfo."""
-    try:
-        for cmd in (["sbatch", "--version"], ["sinfo", "-h", "-o", "%P"]):
-            subprocess.run(cmd, check=True, capture_output=True, timeout=20)
-    except (OSError, subprocess.SubprocessError):
-        return False
-    return True
-
-
 def pick_cluster(choice: str, world_size: int) -> str:
     if choice == "auto":
-        choice = "slurm" if slurm_answers() else "local"
-    elif choice == "slurm" and not slurm_answers():
+        choice = "slurm" if slurm_cli.answers() else "local"
+    elif choice == "slurm" and not slurm_cli.answers():
         raise LaunchConfigError("cluster=slurm but `sbatch --version` / `sinfo` do not answer; start "
                                 "the controller (or bash slurm/local-cluster/start.sh), or use cluster=local")
     if choice == "local" and world_size != 1:
@@ -247,16 +231,11 @@ def pick_cluster(choice: str, world_size: int) -> str:
     return choice
 
 
-def inside_submitit_job() -> bool:
-    """True inside a hydra-submitit-launcher sweep job: run the stages here, don't queue more."""
-    return "SUBMITIT_EXECUTOR" in os.environ and "SLURM_JOB_ID" in os.environ
-
-
 def print_submission(cfg: DictConfig, submitted: List[jobs.SubmittedStage]) -> None:
     root = base_run_dir(cfg) if str(cfg.stage) == "all" else Path(submitted[0].stage_dir)
     print(f"burn-suite: stage={cfg.stage} on SLURM, {cfg.nodes} node(s) x {cfg.gpus_per_node} task(s)")
     for item in submitted:
-        name = stage_dir_name(item.stage)
+        name = rundir.stage_dir_name(item.stage)
         if item.action == "done":
             print(f"  {name:7s} complete (DONE) - skipped")
             continue
@@ -292,20 +271,22 @@ def print_dry_run(cfg: DictConfig, planned: List[DictConfig], cluster: str) -> N
     print(f"burn-suite dry run: stage={cfg.stage} {where}; nothing queued, run or written")
     todo = []
     for stage_cfg in planned:
-        name, done = stage_dir_name(str(stage_cfg.stage)), (Path(stage_cfg.run_dir) / "DONE").exists()
+        name = rundir.stage_dir_name(str(stage_cfg.stage))
+        done = (Path(stage_cfg.run_dir) / rundir.DONE).exists()
         start = f", pretrained={stage_cfg.pretrained}" if stage_cfg.pretrained else ""
         print(f"  {name:7s} {stage_cfg.run_dir}" + (" complete (DONE): skipped" if done else f"  ({_length(stage_cfg)}{start})"))
         if not done:
             todo.append(stage_cfg)
     if cluster != "slurm" or not todo:
         return
-    use_gpus = jobs.gpus_in_cluster(cfg.partition)
+    use_gpus = slurm_cli.partition_has_gpus(cfg.partition)
     previous = None
     for stage_cfg in todo:
-        name = stage_dir_name(str(stage_cfg.stage))
+        name = rundir.stage_dir_name(str(stage_cfg.stage))
         dependency = f"afterok:<job id of {previous}>" if previous else None
         executor = jobs.build_executor(stage_cfg, Path(stage_cfg.run_dir), dependency, use_gpus)._executor
-        print(f"\n# sbatch script of {name} (Submitit writes it into {stage_cfg.run_dir}/slurm/<job id>/)")
+        folder = Path(stage_cfg.run_dir) / rundir.SLURM_DIR
+        print(f"\n# sbatch script of {name} (Submitit writes it into {folder}/<job id>/)")
         print(executor._make_submission_file_text(executor._submitit_command_str, "dry-run").rstrip())
         previous = name
 
@@ -314,8 +295,8 @@ def compare_with_baseline(linear_cfg: DictConfig, burn_summary: dict, max_requeu
     """The same linear evaluation of a randomly initialised student: what pretraining has to beat."""
     baseline_cfg = copy.deepcopy(linear_cfg)
     baseline_cfg.pretrained = RANDOM_BACKBONE
-    baseline_cfg.run_dir = str(Path(linear_cfg.run_dir).parent / "baseline")
-    baseline = jobs.run_stages_here([baseline_cfg], max_requeues)[-1]
+    baseline_cfg.run_dir = str(Path(linear_cfg.run_dir).parent / rundir.BASELINE_DIR)
+    baseline = task.run_stages_here([baseline_cfg], max_requeues)[-1]
     if "top1" in burn_summary and "top1" in baseline:
         print(f"linear top-1: BURN {burn_summary['top1']:.2f}% | no pretraining (random student) "
               f"{baseline['top1']:.2f}% | BURN - baseline: {burn_summary['top1'] - baseline['top1']:+.2f} points")
@@ -329,15 +310,16 @@ def launch(cfg: DictConfig) -> None:
         validate(cfg, planned, cfg.nodes * cfg.gpus_per_node, dry=True)
         print_dry_run(cfg, planned, pick_cluster(cfg.cluster, cfg.nodes * cfg.gpus_per_node))
         return
-    if inside_submitit_job():
+    environment = Environment.read()
+    if environment.in_submitit_job:  # a hydra-submitit-launcher sweep job: run the stages here, queue nothing
         # The stage runner generates/validates the data on rank 0; the rest is checked here.
-        validate(cfg, planned, int(os.environ.get("SLURM_NTASKS", 1)), with_data=False)
-        jobs.run_stages_here(planned, cfg.max_requeues)
+        validate(cfg, planned, environment.ntasks or 1, with_data=False)
+        task.run_stages_here(planned, cfg.max_requeues)
         return
     world_size = cfg.nodes * cfg.gpus_per_node
     validate(cfg, planned, world_size)
     if pick_cluster(cfg.cluster, world_size) == "local":
-        summaries = jobs.run_stages_here(planned, cfg.max_requeues)
+        summaries = task.run_stages_here(planned, cfg.max_requeues)
         print_local_results(summaries)
         if cfg.compare_baseline and str(cfg.stage) == "all":
             compare_with_baseline(planned[-1], summaries[-1], cfg.max_requeues)
@@ -345,7 +327,7 @@ def launch(cfg: DictConfig) -> None:
     print_submission(cfg, jobs.submit_stages(planned, cfg.max_requeues))
 
 
-@hydra.main(version_base=None, config_path="../conf", config_name="config")
+@hydra.main(version_base=None, config_path=str(CONF), config_name="config")  # also as the burn-submit command
 def main(cfg: DictConfig) -> None:
     # Hydra would print a traceback for an error that is the user's config (or data), not a bug.
     with reported_as_one_line("submit.py"):

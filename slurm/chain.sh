@@ -9,6 +9,7 @@
 # stage2/backbone.pth. steps=/epochs= apply to the two pretraining stages (linear evaluation keeps
 # linear.epochs), as with submit.py stage=all. A stage whose dir holds DONE is skipped. Logs: <stage dir>/slurm/<job id>.out.
 # Each job is recorded in <stage dir>/slurm/jobs.jsonl for launch/status.py. Prints the job ids.
+# The run directory's names are burn/rundir.py's (tests/test_layout.py keeps them equal).
 set -euo pipefail
 
 if (($# < 1)) || [[ $1 == -* ]]; then

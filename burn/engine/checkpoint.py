@@ -31,7 +31,6 @@ import logging
 import os
 import pickle
 import re
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -39,7 +38,8 @@ from typing import IO, Any
 
 import torch
 
-from burn.files import raise_if_disk_full, state_nbytes, umask_mode
+from burn.files import raise_if_disk_full, state_nbytes
+from burn.rundir import fsync_directory, write_temp_beside
 
 log = logging.getLogger(__name__)
 
@@ -114,29 +114,9 @@ def read_sidecar(checkpoint: Path) -> list[str]:
     return digests
 
 
-def _fsync_directory(directory: Path) -> None:
-    # Makes the renames themselves durable; without it a node crash can undo a replace.
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_temp(directory: Path, final_name: str, write: Callable[[IO[bytes]], None]) -> Path:
     """Write a hidden, fsynced temp file next to ``final_name``; the caller replaces it."""
-    fd, temp_name = tempfile.mkstemp(prefix=f"{_TEMP_PREFIX}{final_name}.", dir=directory)
-    temp = Path(temp_name)
-    try:
-        with os.fdopen(fd, "wb") as stream:
-            write(stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.chmod(temp, umask_mode())  # mkstemp makes it 0600: lab-mates get what the umask allows
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    return temp
+    return write_temp_beside(directory / final_name, write, prefix=f"{_TEMP_PREFIX}{final_name}.", suffix="")
 
 
 def _write_sidecar(checkpoint: Path, digests: list[str]) -> None:
@@ -144,7 +124,7 @@ def _write_sidecar(checkpoint: Path, digests: list[str]) -> None:
     sidecar = sidecar_path(checkpoint)
     temp = _write_temp(checkpoint.parent, sidecar.name, lambda stream: stream.write(text.encode("ascii")))
     os.replace(temp, sidecar)
-    _fsync_directory(checkpoint.parent)
+    fsync_directory(checkpoint.parent)
 
 
 class CheckpointManager:
@@ -224,7 +204,7 @@ class CheckpointManager:
                 # Overwrite: let the sidecar accept old and new bytes while the replace happens.
                 _write_sidecar(final, previous + [digest])
             os.replace(temp, final)
-            _fsync_directory(self.directory)
+            fsync_directory(self.directory)
         except BaseException:
             temp.unlink(missing_ok=True)
             raise
@@ -327,4 +307,4 @@ class CheckpointManager:
             checkpoint.unlink(missing_ok=True)
             log.debug("Pruned checkpoint %s (keep_last=%d)", checkpoint, self.keep_last)
         if doomed:
-            _fsync_directory(self.directory)
+            fsync_directory(self.directory)

@@ -2,7 +2,7 @@
 
 The launcher's job is to start N copies of the same command; this module turns its environment into
 one small `DistInfo` object and an initialised process group. Everything that needs a rank asks
-`DistInfo`, never the environment.
+`DistInfo`, never the environment (read once, by burn/environment.py).
 """
 
 from __future__ import annotations
@@ -12,8 +12,7 @@ import os
 import random
 import re
 import socket
-import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, List, Optional
 
@@ -21,6 +20,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
+
+from burn.environment import Environment
+from burn.slurm_cli import first_host
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,8 @@ class DistInfo:
     device: torch.device
     backend: Optional[str]
     """"nccl" or "gloo" when a process group is up; None for a lone process."""
+    environment: Environment = field(default_factory=Environment)
+    """What the launcher said (restart count, SLURM job, CPUs); a lone process's by default."""
 
     @property
     def is_main(self) -> bool:
@@ -51,31 +55,20 @@ class DistInfo:
 
 def _first_slurm_host(nodelist: str) -> str:
     """First hostname of a SLURM node list such as ``node[1-2],gpu7``."""
-    try:
-        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True,
-                             text=True, timeout=30, check=True).stdout.split()
-        if out:
-            return out[0]
-    except (OSError, subprocess.SubprocessError):
-        pass
+    host = first_host(nodelist)
+    if host:
+        return host
     # scontrol unavailable: expand the simplest form ourselves.
     first = re.split(r",(?![^\[]*\])", nodelist)[0]
     match = re.match(r"^(.*)\[(\d+)", first)
     return match.group(1) + match.group(2) if match else first
 
 
-def _launcher_env() -> tuple[int, int, int]:
-    """(rank, world_size, local_rank) from torchrun or SLURM; sets MASTER_ADDR/PORT for SLURM."""
-    env = os.environ
-    if "RANK" in env and "WORLD_SIZE" in env:  # torchrun, or a caller that set them (Submitit helper)
-        return int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0))
-    if "SLURM_PROCID" in env and "SLURM_NTASKS" in env and "SLURM_JOB_ID" in env:
-        rank, world = int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"])
-        if world > 1:
-            env.setdefault("MASTER_ADDR", _first_slurm_host(env.get("SLURM_JOB_NODELIST", "localhost")))
-            env.setdefault("MASTER_PORT", str(_PORT_BASE + int(env["SLURM_JOB_ID"]) % _PORT_SPAN))
-        return rank, world, int(env.get("SLURM_LOCALID", 0))
-    return 0, 1, 0
+def _set_slurm_rendezvous(environment: Environment) -> None:
+    """MASTER_ADDR/PORT for torch's env:// rendezvous of a multi-task SLURM job (unless already set)."""
+    if environment.launcher == "slurm" and environment.world_size > 1:
+        os.environ.setdefault("MASTER_ADDR", _first_slurm_host(environment.nodelist or "localhost"))
+        os.environ.setdefault("MASTER_PORT", str(_PORT_BASE + int(environment.slurm_job_id) % _PORT_SPAN))
 
 
 class DeviceAssignmentError(RuntimeError):
@@ -122,9 +115,12 @@ def _gpu_identity(device: torch.device) -> str:
     return f"{socket.gethostname()} GPU {getattr(props, 'uuid', device.index)}"
 
 
-def init_distributed(timeout_s: float = 600.0) -> DistInfo:
-    """Join the process group (nccl with CUDA, gloo without) and pick this rank's device."""
-    rank, world, local_rank = _launcher_env()
+def init_distributed(timeout_s: float = 600.0, environment: Optional[Environment] = None) -> DistInfo:
+    """Join the process group (nccl with CUDA, gloo without) and pick this rank's device; `environment`
+    (default: read now) says which rank of how many this process is."""
+    environment = Environment.read() if environment is None else environment
+    _set_slurm_rendezvous(environment)
+    rank, world, local_rank = environment.rank, environment.world_size, environment.local_rank
     cuda = torch.cuda.is_available()
     device = torch.device("cuda", cuda_device_index(local_rank, torch.cuda.device_count())) if cuda \
         else torch.device("cpu")
@@ -145,7 +141,8 @@ def init_distributed(timeout_s: float = 600.0) -> DistInfo:
                                     world_size=world, timeout=timeout, device_id=device if cuda else None)
         log.info("rank %d/%d (local %d) joined %s group at %s:%s", rank, world, local_rank, backend,
                  os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT"))
-    return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=device, backend=backend)
+    return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=device, backend=backend,
+                    environment=environment)
 
 
 def shutdown_distributed() -> None:

@@ -15,17 +15,15 @@ from torch import nn
 from burn.batch import split_global_batch
 from burn.config import RANDOM_BACKBONE
 from burn.data.loaders import build_eval_loader
-from burn.engine.logging import write_json_atomic
 from burn.engine.distributed import wrap_ddp
 from burn.engine.loop import StageLoop
 from burn.engine.precision import build_amp
 from burn.engine.schedules import build_step_decay
 from burn.models.reactnet import ReActNetA
+from burn.rundir import LINEAR_RESULTS, write_json
 from burn.weights import load_backbone
 
 log = logging.getLogger("burn")
-
-RESULTS_FILE = "linear_eval.json"
 
 
 def topk_hits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -140,12 +138,12 @@ class LinearEvalTrainer(StageLoop):
         self.results = self.evaluate()
         if self.info.is_main:
             self.results.update(step=self.step, pretrained=str(self.cfg.pretrained))
-            write_json_atomic(Path(self.run_dir) / RESULTS_FILE, self.results)
+            write_json(Path(self.run_dir) / LINEAR_RESULTS, self.results)
             self.metrics.scalars(self.step, {"top1": self.results["top1"], "top5": self.results["top5"]},
                                  group="linear/val")
             log.info("linear evaluation complete: top-1 %.2f%%, top-5 %.2f%% on %d images; results in %s",
                      self.results["top1"], self.results["top5"], self.results["num_samples"],
-                     Path(self.run_dir) / RESULTS_FILE)
+                     Path(self.run_dir) / LINEAR_RESULTS)
 
     def final_summary(self) -> Dict[str, Any]:
         return {"top1": self.results["top1"], "top5": self.results["top5"]}

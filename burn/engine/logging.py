@@ -6,9 +6,7 @@ replaced atomically so a reader never sees half of it.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -18,6 +16,8 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from burn.errors import FaultError, UsageError, one_line
+from burn.files import DiskFullError
+from burn.rundir import PROGRESS, TENSORBOARD, read_json, write_json
 
 log = logging.getLogger("burn")
 
@@ -29,30 +29,17 @@ def configure_console_logging(rank: int) -> None:
                         stream=sys.stdout)
 
 
-def write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-        os.replace(tmp, path)
-    except OSError:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def record_failure(run_dir: Path, err: BaseException) -> None:
     """Mark the stage failed in progress.json with the error on one line (launch/status.py shows it)."""
-    path = Path(run_dir) / "progress.json"
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        data = {}
+    path = Path(run_dir) / PROGRESS
+    data = read_json(path)
     message = one_line(err)
     if not isinstance(err, (FaultError, UsageError)):  # a bug: its type says more than the message
         message = f"{type(err).__name__}: {message}"
     data.update(state="failed", error=message, updated=time.time())
     try:
-        write_json_atomic(path, data)
-    except OSError as write_err:  # e.g. the disk is full: the error still reaches the output
+        write_json(path, data)
+    except (OSError, DiskFullError) as write_err:  # e.g. the disk is full: the error still reaches the output
         log.warning("could not record the failure in %s: %s", path, write_err)
 
 
@@ -90,7 +77,7 @@ class MetricLogger:
             return
         # purge_step drops events a killed run logged after its last checkpoint (steps > start_step),
         # so the curve holds every step exactly once across resumes.
-        self.writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=start_step + 1 if start_step else None)
+        self.writer = SummaryWriter(str(self.run_dir / TENSORBOARD), purge_step=start_step + 1 if start_step else None)
         show_bar = progress_bar == "on" or (progress_bar == "auto" and sys.stderr.isatty())
         if show_bar:
             self.bar = tqdm(total=total_steps, initial=start_step, desc=f"stage {stage}", dynamic_ncols=True)
@@ -119,9 +106,9 @@ class MetricLogger:
         data = {"stage": self.stage, "state": state, "step": step, "total_steps": self.total_steps,
                 "epoch": epoch, "restarts": self.restarts, "updated": time.time(), **self.run_info, **extra}
         try:
-            write_json_atomic(self.run_dir / "progress.json", data)
-        except OSError as err:  # a full disk: the checkpoint that follows reports it, in one line
-            log.warning("could not update %s: %s", self.run_dir / "progress.json", err)
+            write_json(self.run_dir / PROGRESS, data)
+        except (OSError, DiskFullError) as err:  # a full disk: the checkpoint that follows reports it, in one line
+            log.warning("could not update %s: %s", self.run_dir / PROGRESS, err)
 
     def close(self) -> None:
         if self.bar is not None:

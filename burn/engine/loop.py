@@ -8,7 +8,6 @@ between stages for resume to be exact. The control flow reads top to bottom in `
 from __future__ import annotations
 
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -25,11 +24,9 @@ from burn.engine.logging import MetricLogger
 from burn.engine.nonfinite import Applied, BadStepStreak
 from burn.engine.signals import EXIT_CODES, REQUEUE_EXIT_CODE, STATES, PreemptionHandler, stop_code, \
     warn_if_slow_checkpoint
+from burn.rundir import CHECKPOINT_FORMAT, CHECKPOINTS, DONE
 
 log = logging.getLogger("burn")
-
-CHECKPOINT_FORMAT = "burn-suite/checkpoint"
-DONE_MARKER = "DONE"
 
 
 class StageLoop:
@@ -41,7 +38,7 @@ class StageLoop:
         self.cfg, self.info, self.run_dir = cfg, info, Path(run_dir)
         self.step = 0
         self.total_steps = 0
-        self.ckpt = CheckpointManager(self.run_dir / "checkpoints", keep_last=cfg.checkpoint.keep_last)
+        self.ckpt = CheckpointManager(self.run_dir / CHECKPOINTS, keep_last=cfg.checkpoint.keep_last)
         self.ckpt_writer = BackgroundCheckpointWriter(self.ckpt)
         self.preemption = preemption
         """Installed by the caller as early as possible: a signal before the loop starts still counts."""
@@ -138,10 +135,9 @@ class StageLoop:
             attempt = all_gather_objects(info, f"{time.time_ns():020d}")[0]  # rank 0's: one id per start
             self.sample_record = SampleRecord(self.run_dir, rank=info.rank, world_size=info.world_size,
                                               attempt=attempt)
-        restarts = int(os.environ.get("SLURM_RESTART_COUNT", 0))
         self.metrics = MetricLogger(self.run_dir, enabled=info.is_main, stage=self.stage,
                                     start_step=self.step, total_steps=self.total_steps,
-                                    progress_bar=self.cfg.log.progress_bar, restarts=restarts,
+                                    progress_bar=self.cfg.log.progress_bar, restarts=info.environment.restarts,
                                     run_info={"world_size": info.world_size,
                                               "world_size_changes": self.world_size_changes})
         if self.step == 0 or saved_world != info.world_size:  # TensorBoard marks where the rank count changed
@@ -172,7 +168,7 @@ class StageLoop:
         self.finish()
         barrier(self.info)
         if self.info.is_main:
-            (self.run_dir / DONE_MARKER).touch()
+            (self.run_dir / DONE).touch()
             self.metrics.progress("done", self.step, self.epoch(), **self._last_logged, **self.final_summary())
         return 0
 

@@ -22,11 +22,9 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Optional
 
+from burn.environment import Environment
 from burn.errors import UsageError
-from burn.files import write_atomic
-
-LOCK_FILE = ".lock"
-CONFIG_FILE = "config.yaml"
+from burn.rundir import CONFIG, LOCK, atomic_write
 
 
 class RunDirBusyError(UsageError):
@@ -37,18 +35,10 @@ class ConfigMismatchError(UsageError):
     """The run directory belongs to a run with another model or data."""
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Replace `path` with `text` atomically (:func:`burn.files.write_atomic`)."""
-    write_atomic(path, text)
-
-
-def holder_record() -> Dict[str, Any]:
+def holder_record(environment: Environment) -> Dict[str, Any]:
     """Who holds a lock: enough for a user to find and stop the other copy."""
-    env = os.environ
-    job = env.get("SLURM_JOB_ID")
-    if job and env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
-        job = f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
-    return {"host": socket.gethostname(), "node": env.get("SLURMD_NODENAME"), "pid": os.getpid(),
+    job = environment.job_id if environment.slurm_job_id else None
+    return {"host": socket.gethostname(), "node": environment.node, "pid": os.getpid(),
             "slurm_job_id": job, "since": time.time()}
 
 
@@ -68,9 +58,11 @@ def describe_holder(text: str) -> str:
 class RunDirLock:
     """Exclusive, non-blocking lock of one run directory for the life of this process (or `release`)."""
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, environment: Optional[Environment] = None):
         self.run_dir = Path(run_dir)
-        self.path = self.run_dir / LOCK_FILE
+        self.environment = Environment.read() if environment is None else environment
+        """Recorded in the lock file for a refused second writer's message."""
+        self.path = self.run_dir / LOCK
         self._fd: Optional[int] = None
 
     def acquire(self) -> "RunDirLock":
@@ -86,7 +78,7 @@ class RunDirLock:
         except BaseException:
             os.close(fd)
             raise
-        record = json.dumps(holder_record()).encode()
+        record = json.dumps(holder_record(self.environment)).encode()
         os.ftruncate(fd, 0)
         os.pwrite(fd, record, 0)
         self._fd = fd
@@ -110,11 +102,11 @@ class RunDirLock:
 
 def write_config_if_changed(run_dir: Path, text: str) -> bool:
     """Write config.yaml when it is missing or its text differs; returns whether it wrote."""
-    path = Path(run_dir) / CONFIG_FILE
+    path = Path(run_dir) / CONFIG
     try:
         if path.read_text() == text:
             return False
     except FileNotFoundError:
         pass
-    write_text_atomic(path, text)
+    atomic_write(path, text)
     return True

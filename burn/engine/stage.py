@@ -22,11 +22,12 @@ from burn.engine.distributed import DistInfo, all_gather_objects, init_distribut
     shutdown_distributed
 from burn.engine.gpu import configure_backends
 from burn.engine.logging import configure_console_logging, record_failure
-from burn.engine.loop import DONE_MARKER
-from burn.engine.rundir import CONFIG_FILE, ConfigMismatchError, RunDirBusyError, RunDirLock, \
+from burn.engine.rundir import ConfigMismatchError, RunDirBusyError, RunDirLock, \
     write_config_if_changed
 from burn.engine.signals import PreemptionHandler
+from burn.environment import Environment
 from burn.errors import UsageError
+from burn.rundir import CONFIG, DONE, stage_dir_name
 from burn.tiny_teacher import AUTO as AUTO_TEACHER
 from burn.tiny_teacher import ensure_teacher, resolve_auto_teacher
 from burn.validation import check_choices, check_data, check_stage
@@ -68,24 +69,20 @@ def check_resume_config(saved_yaml: str, cfg: DictConfig, run_dir: Path, force: 
         f"checkpoint.force=true to continue anyway.")
 
 
-def stage_dir_name(stage: str) -> str:
-    return "linear" if stage == "linear" else f"stage{stage}"
-
-
 def resolve_run_dir(cfg: DictConfig) -> Path:
     """`run_dir` if given, else runs/<name>/stage<N> (runs/<name>/linear), absolute."""
     path = Path(cfg.run_dir) if cfg.run_dir else Path("runs") / cfg.name / stage_dir_name(str(cfg.stage))
     return path.absolute()
 
 
-def _cpu_threads() -> None:
+def _cpu_threads(environment: Environment) -> None:
     """One rank per SLURM task: use the task's CPUs, not every core of the node."""
-    cpus = os.environ.get("SLURM_CPUS_PER_TASK") or os.environ.get("OMP_NUM_THREADS")
-    if cpus:
-        torch.set_num_threads(int(cpus))
+    if environment.cpus:
+        torch.set_num_threads(environment.cpus)
 
 
-def _claim_run_dir(cfg: DictConfig, run_dir: Path, world_size: int) -> tuple[Optional[RunDirLock], str]:
+def _claim_run_dir(cfg: DictConfig, run_dir: Path, world_size: int,
+                   environment: Optional[Environment] = None) -> tuple[Optional[RunDirLock], str]:
     """Rank 0's start-up in the run directory: checks, lock, identity check, config.yaml. Returns the
     lock (held until the stage ends) and "run" or "done". Bad input fails before anything is written."""
     check_choices(cfg)  # data.root is set: model.teacher_weights=auto's path derives from it
@@ -93,19 +90,19 @@ def _claim_run_dir(cfg: DictConfig, run_dir: Path, world_size: int) -> tuple[Opt
     # trains it if it is missing, once the data are known to be good; check_stage checks the file.
     train_teacher = cfg.model.teacher_weights == AUTO_TEACHER and str(cfg.stage) != "linear"
     resolve_auto_teacher(cfg, train=False)
-    if not (run_dir / DONE_MARKER).exists():
+    if not (run_dir / DONE).exists():
         ensure_synthetic(cfg.data)  # safe without the lock: it builds aside and renames
         check_data(cfg)
     if train_teacher:
         ensure_teacher(cfg.data, cfg.model.teacher_arch)
     check_stage(cfg, world_size, run_dir)  # the same checks as launch/submit.py
     run_dir.mkdir(parents=True, exist_ok=True)
-    lock = RunDirLock(run_dir).acquire()
+    lock = RunDirLock(run_dir, environment).acquire()
     try:
-        saved = run_dir / CONFIG_FILE
+        saved = run_dir / CONFIG
         if saved.exists():
             check_resume_config(saved.read_text(), cfg, run_dir, cfg.checkpoint.force)
-        if (run_dir / DONE_MARKER).exists():
+        if (run_dir / DONE).exists():
             return lock, "done"
         write_config_if_changed(run_dir, OmegaConf.to_yaml(cfg, resolve=True))
         return lock, "run"
@@ -124,7 +121,7 @@ def _start_up(cfg: DictConfig, info: DistInfo, run_dir: Path) -> tuple[Optional[
     lock, error, decision = None, None, None
     if info.is_main:
         try:
-            lock, action = _claim_run_dir(cfg, run_dir, info.world_size)
+            lock, action = _claim_run_dir(cfg, run_dir, info.world_size, info.environment)
             decision = ("ok", action, "")
         except Exception as err:
             if not info.distributed:
@@ -140,18 +137,20 @@ def _start_up(cfg: DictConfig, info: DistInfo, run_dir: Path) -> tuple[Optional[
     raise RuntimeError(f"rank 0 failed to start the stage: {what}: {message}")
 
 
-def run_stage(cfg: DictConfig) -> int:
+def run_stage(cfg: DictConfig, environment: Optional[Environment] = None) -> int:
+    """Run stage `cfg.stage` as the rank `environment` names (default: read from this process's)."""
     stage = str(cfg.stage)
     if stage not in RUNNABLE_STAGES:
         raise UsageError(f"stage={stage!r}: the stage runner runs one of {', '.join(RUNNABLE_STAGES)} "
                          "(stage=all is for launch/submit.py)")
     # Handlers first: a signal that arrives while we start up still produces a checkpoint + requeue.
     with PreemptionHandler() as preemption:
-        configure_console_logging(int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", 0))))
-        info = init_distributed()
+        environment = Environment.read() if environment is None else environment
+        configure_console_logging(environment.rank)
+        info = init_distributed(environment=environment)
         lock = None
         try:
-            _cpu_threads()
+            _cpu_threads(environment)
             configure_backends(info.device, deterministic=cfg.train.deterministic)
             run_dir = resolve_run_dir(cfg)
             lock, action = _start_up(cfg, info, run_dir)

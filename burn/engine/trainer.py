@@ -26,13 +26,11 @@ from burn.engine.schedules import build_warmup_cosine
 from burn.engine.signals import warn_if_slow_checkpoint
 from burn.models.burn import build_burn_model
 from burn.objective import lambda_at
+from burn.rundir import BACKBONE, STAGE1_EXTRACTION
 from burn.tiny_teacher import resolve_auto_teacher
 from burn.weights import load_stage1_init, write_backbone_extraction, write_stage1_extraction
 
 log = logging.getLogger("burn")
-
-STAGE1_EXTRACTION = "stage1_extraction.pth"
-BACKBONE_EXTRACTION = "backbone.pth"
 
 
 class PretrainTrainer(StageLoop):
@@ -184,5 +182,5 @@ class PretrainTrainer(StageLoop):
             path = write_stage1_extraction(self.run_dir / STAGE1_EXTRACTION, parts, author="burn-suite")
             log.info("stage 1 complete: extraction in %s (next: launch/run.py stage=2 pretrained=%s)", path, path)
         else:
-            path = write_backbone_extraction(self.run_dir / BACKBONE_EXTRACTION, parts["student"], author="burn-suite")
+            path = write_backbone_extraction(self.run_dir / BACKBONE, parts["student"], author="burn-suite")
             log.info("stage 2 complete: backbone in %s (next: launch/run.py stage=linear pretrained=%s)", path, path)

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from burn.engine.rundir import RunDirBusyError, RunDirLock, write_config_if_changed, write_text_atomic
+from burn.engine.rundir import RunDirBusyError, RunDirLock, write_config_if_changed
+from burn.rundir import atomic_write
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -43,12 +44,12 @@ def test_atomic_write_never_shows_a_partial_file(tmp_path):
     (tmp_path / "a").write_text(a)
     (tmp_path / "b").write_text(b)
     target, stop = tmp_path / "config.yaml", tmp_path / "stop"
-    write_text_atomic(target, a)
+    atomic_write(target, a)
     reader = subprocess.Popen([sys.executable, "-c", _READER, str(target), str(tmp_path / "a"),
                                str(tmp_path / "b"), str(stop)], stdout=subprocess.PIPE, text=True)
     try:
         for i in range(300):
-            write_text_atomic(target, b if i % 2 else a)
+            atomic_write(target, b if i % 2 else a)
     finally:
         stop.touch()
     reads, bad = map(int, reader.communicate(timeout=60)[0].split())
@@ -68,7 +69,7 @@ def test_config_is_rewritten_only_when_its_text_changes(tmp_path):
 def test_atomic_write_respects_the_umask(tmp_path):
     old = os.umask(0o022)
     try:
-        write_text_atomic(tmp_path / "x", "1")
+        atomic_write(tmp_path / "x", "1")
     finally:
         os.umask(old)
     assert (tmp_path / "x").stat().st_mode & 0o777 == 0o644
@@ -187,7 +188,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 from burn.engine.distributed import init_distributed, shutdown_distributed
 from burn.engine.stage import _start_up
-from launch.jobs import stage_config
+from launch.task import stage_config
 run_dir, rounds, data = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 info = init_distributed()
 cfg = stage_config(f"run_dir: {run_dir}\ntrain:\n  global_batch: 2\n  per_gpu_batch: 1\ndata:\n  root: {data}\n")

@@ -1,4 +1,4 @@
-"""launch/jobs.py without a cluster: the requeue decision (limit, crash loop) and task outcomes."""
+"""launch/task.py without a cluster: the requeue decision (limit, crash loop) and task outcomes."""
 
 import json
 
@@ -6,7 +6,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from burn.engine.checkpoint import CheckpointManager
-from launch import jobs
+from burn.environment import Environment
+from launch import task
 
 
 def checkpoint_at(stage_dir, step):
@@ -18,50 +19,52 @@ def ledger(stage_dir):
 
 
 def test_requeue_is_refused_without_a_checkpoint(tmp_path):
-    with pytest.raises(jobs.RequeueRefused, match="holds no valid checkpoint"):
-        jobs.decide_requeue(tmp_path, max_requeues=5, job_id="7", restarts=0)
+    with pytest.raises(task.RequeueRefused, match="holds no valid checkpoint"):
+        task.decide_requeue(tmp_path, max_requeues=5, job_id="7", restarts=0)
 
 
 def test_requeue_limit_names_the_key_and_the_intact_step(tmp_path):
     checkpoint_at(tmp_path, 12)
-    with pytest.raises(jobs.RequeueRefused, match=r"after 3 requeues \(max_requeues=3\).*step 12"):
-        jobs.decide_requeue(tmp_path, max_requeues=3, job_id="7", restarts=3)
+    with pytest.raises(task.RequeueRefused, match=r"after 3 requeues \(max_requeues=3\).*step 12"):
+        task.decide_requeue(tmp_path, max_requeues=3, job_id="7", restarts=3)
 
 
 def test_requeues_with_progress_are_recorded_and_allowed(tmp_path):
     for restarts, step in enumerate((5, 10, 15, 20)):
         checkpoint_at(tmp_path, step)
-        assert jobs.decide_requeue(tmp_path, max_requeues=10, job_id="7", restarts=restarts) == step
+        assert task.decide_requeue(tmp_path, max_requeues=10, job_id="7", restarts=restarts) == step
     assert [r["step"] for r in ledger(tmp_path)] == [5, 10, 15, 20]
     assert [r["restarts"] for r in ledger(tmp_path)] == [0, 1, 2, 3]
 
 
 def test_three_requeues_at_the_same_step_are_a_crash_loop(tmp_path):
     checkpoint_at(tmp_path, 10)
-    jobs.decide_requeue(tmp_path, max_requeues=10, job_id="7", restarts=0)
+    task.decide_requeue(tmp_path, max_requeues=10, job_id="7", restarts=0)
     checkpoint_at(tmp_path, 20)
-    jobs.decide_requeue(tmp_path, max_requeues=10, job_id="7", restarts=1)
-    jobs.decide_requeue(tmp_path, max_requeues=10, job_id="7", restarts=2)
-    with pytest.raises(jobs.RequeueRefused, match="crash loop.*3 times in a row at checkpoint step 20"):
-        jobs.decide_requeue(tmp_path, max_requeues=10, job_id="7", restarts=3)
+    task.decide_requeue(tmp_path, max_requeues=10, job_id="7", restarts=1)
+    task.decide_requeue(tmp_path, max_requeues=10, job_id="7", restarts=2)
+    with pytest.raises(task.RequeueRefused, match="crash loop.*3 times in a row at checkpoint step 20"):
+        task.decide_requeue(tmp_path, max_requeues=10, job_id="7", restarts=3)
 
 
 def test_task_outcomes_outside_slurm(tmp_path, monkeypatch):
     for key in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_PROCID"):
         monkeypatch.delenv(key, raising=False)
+    here = Environment.read()
     (tmp_path / "linear_eval.json").write_text(json.dumps({"top1": 12.5, "top5": 50.0}))
     cfg = OmegaConf.create({"run_dir": str(tmp_path)})
-    assert jobs.conclude_task(cfg, 0, max_requeues=3) == {"run_dir": str(tmp_path), "top1": 12.5, "top5": 50.0}
-    with pytest.raises(jobs.RequeueRefused, match="interrupted outside SLURM"):
-        jobs.conclude_task(cfg, jobs.REQUEUE_EXIT_CODE, max_requeues=3)
+    summary = task.conclude_task(cfg, 0, max_requeues=3, environment=here)
+    assert summary == {"run_dir": str(tmp_path), "top1": 12.5, "top5": 50.0}
+    with pytest.raises(task.RequeueRefused, match="interrupted outside SLURM"):
+        task.conclude_task(cfg, task.REQUEUE_EXIT_CODE, max_requeues=3, environment=here)
     with pytest.raises(RuntimeError, match="unexpected exit code 3"):
-        jobs.conclude_task(cfg, 3, max_requeues=3)
+        task.conclude_task(cfg, 3, max_requeues=3, environment=here)
 
 
 def test_array_jobs_are_requeued_by_their_array_task_id(monkeypatch):
     monkeypatch.setenv("SLURM_JOB_ID", "105")
     monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "100")
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "5")
-    assert jobs.slurm_job_id() == "100_5"
+    assert Environment.read().job_id == "100_5"
     monkeypatch.delenv("SLURM_ARRAY_JOB_ID")
-    assert jobs.slurm_job_id() == "105"
+    assert Environment.read().job_id == "105"

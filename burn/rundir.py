@@ -1,0 +1,188 @@
+"""The run directory's layout: every file and folder name a stage run uses, and how they are written.
+
+This module is the only place that spells the layout out; the trainers, the launchers, the status
+report and the benchmarks import the names from here (slurm/chain.sh keeps its own copies, which a
+test holds equal to these). It imports neither torch nor the training code, so launch/status.py
+answers fast.
+
+A run of ``stage=all`` (launch/submit.py, slurm/chain.sh) is a parent folder with one folder per
+stage::
+
+    <run_dir>/stage1/   stage 1: stage1_extraction.pth when complete
+    <run_dir>/stage2/   stage 2: backbone.pth when complete
+    <run_dir>/linear/   linear evaluation: linear_eval.json when complete
+    <run_dir>/baseline/ linear evaluation of a random student (compare_baseline=true)
+
+and each stage folder holds::
+
+    DONE                the stage is complete (its product is written before it)
+    progress.json       where the stage is (state, step, loss, ...), replaced atomically
+    config.yaml         the resolved config of the run, for the identity check on resume
+    .lock               flock'ed by the one process that writes here (burn/engine/rundir.py)
+    checkpoints/        ckpt-<step>.pt + .sha256 sidecars (burn/engine/checkpoint.py)
+    tb/                 TensorBoard events
+    slurm/              Submitit's job folders (<job id>/) or slurm/chain.sh's logs (<job id>.out)
+    slurm/jobs.jsonl    one JSON line per job submitted for the stage
+    slurm/requeues.jsonl one JSON line per requeue (job id, restart count, checkpoint step)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import IO, Any, Callable, Dict, List, Optional, Union
+
+from burn.files import raise_if_disk_full, umask_mode
+
+# ---- names inside a stage's folder ---------------------------------------------------------------
+
+#: Written last by a stage that completed; a complete stage is skipped.
+DONE = "DONE"
+#: The machine-readable "where is this stage" file (launch/status.py reads it).
+PROGRESS = "progress.json"
+#: The run's resolved config, compared with a resuming command's.
+CONFIG = "config.yaml"
+#: The run directory's lock file (never deleted: see burn/engine/rundir.py).
+LOCK = ".lock"
+#: The stage's checkpoint folder.
+CHECKPOINTS = "checkpoints"
+#: The stage's TensorBoard folder.
+TENSORBOARD = "tb"
+#: Stage 1's product: what stage 2 starts from.
+STAGE1_EXTRACTION = "stage1_extraction.pth"
+#: Stage 2's product: what linear evaluation evaluates.
+BACKBONE = "backbone.pth"
+#: Linear evaluation's product: top-1, top-5 and the evaluated file.
+LINEAR_RESULTS = "linear_eval.json"
+#: Submitit's folder (one sub-folder per job id) and slurm/chain.sh's log folder.
+SLURM_DIR = "slurm"
+#: One JSON line per submitted job of a stage, in SLURM_DIR (launch/jobs.py, slurm/chain.sh).
+JOBS_FILE = "jobs.jsonl"
+#: One JSON line per requeue of a stage, in SLURM_DIR.
+REQUEUES_FILE = "requeues.jsonl"
+
+#: The tag in every checkpoint (and stage product) this suite writes: ``state["format"]``.
+CHECKPOINT_FORMAT = "burn-suite/checkpoint"
+
+# ---- the stage folders of a stage=all run --------------------------------------------------------
+
+#: Folder of each stage inside a stage=all run, in the order they run.
+STAGE_DIRS = {"1": "stage1", "2": "stage2", "linear": "linear"}
+#: Folder of the no-pretraining linear evaluation beside them (compare_baseline=true).
+BASELINE_DIR = "baseline"
+#: What a complete stage leaves in its folder.
+STAGE_PRODUCTS = {"1": STAGE1_EXTRACTION, "2": BACKBONE, "linear": LINEAR_RESULTS}
+
+
+def stage_dir_name(stage: str) -> str:
+    """The folder of ``stage`` ("1", "2", "linear") inside a stage=all run: stage1, stage2, linear."""
+    stage = str(stage)
+    return STAGE_DIRS.get(stage, f"stage{stage}")
+
+
+def jobs_file(stage_dir: Union[str, os.PathLike]) -> Path:
+    """``<stage_dir>/slurm/jobs.jsonl``."""
+    return Path(stage_dir) / SLURM_DIR / JOBS_FILE
+
+
+def requeues_file(stage_dir: Union[str, os.PathLike]) -> Path:
+    """``<stage_dir>/slurm/requeues.jsonl``."""
+    return Path(stage_dir) / SLURM_DIR / REQUEUES_FILE
+
+
+# ---- writing and reading its files ---------------------------------------------------------------
+
+Writer = Callable[[IO[bytes]], None]
+
+
+def write_temp_beside(path: Union[str, os.PathLike], write: Writer, prefix: Optional[str] = None,
+                      suffix: str = ".tmp") -> Path:
+    """A hidden, fsynced temp file in ``path``'s folder holding what ``write`` wrote; the caller
+    renames it (``os.replace`` is atomic only within one filesystem, hence the same folder).
+
+    The name is ``<prefix><random><suffix>``, by default ``.<name>.<random>.tmp``. Permissions follow
+    the umask, as a plain ``open()`` would create them (``mkstemp`` makes 0600). The temp file is
+    removed when ``write`` fails."""
+    path = Path(path)
+    prefix = f".{path.name}." if prefix is None else prefix
+    fd, temp_name = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=path.parent)
+    temp = Path(temp_name)
+    try:
+        with os.fdopen(fd, "wb") as stream:
+            write(stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.chmod(temp, umask_mode())
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    return temp
+
+
+def fsync_directory(directory: Union[str, os.PathLike]) -> None:
+    """Make the renames in ``directory`` durable; without it a node crash can undo a replace."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Union[str, os.PathLike], data: Union[bytes, str, Writer], *, size: int = 0,
+                 intact: Optional[str] = None, sync_dir: bool = False) -> None:
+    """Replace ``path`` with ``data`` so that a reader sees the old file or the new one, never a part.
+
+    ``data`` is bytes, text, or a function that writes into a binary stream (``torch.save``). The
+    temp file is fsynced before the rename, so a crash cannot leave an empty file under the real
+    name; ``sync_dir`` also makes the rename itself durable. A full disk raises
+    :class:`burn.files.DiskFullError` naming the file, ``size`` (the bytes a writer function meant
+    to write) and ``intact`` (default: "the previous <name> is intact")."""
+    path = Path(path)
+    if isinstance(data, str):
+        data = data.encode()
+    if isinstance(data, bytes):
+        size, payload = len(data), data
+        data = lambda stream: stream.write(payload)  # noqa: E731
+    temp = None
+    try:
+        temp = write_temp_beside(path, data)
+        os.replace(temp, path)
+    except BaseException as err:
+        if temp is not None:
+            temp.unlink(missing_ok=True)
+        intact = f"the previous {path.name} is intact" if intact is None else intact
+        raise_if_disk_full(err, f"writing {path.name}", path.parent, size, intact)
+        raise
+    if sync_dir:
+        fsync_directory(path.parent)
+
+
+def write_json(path: Union[str, os.PathLike], data: Dict[str, Any]) -> None:
+    """``data`` as indented, key-sorted JSON, replaced atomically (progress.json, linear_eval.json)."""
+    atomic_write(path, json.dumps(data, indent=1, sort_keys=True))
+
+
+def read_json(path: Union[str, os.PathLike]) -> Dict[str, Any]:
+    """A JSON file's object; {} when it is missing or unreadable (a stage that has not written it yet)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def append_jsonl(path: Union[str, os.PathLike], record: Dict[str, Any]) -> None:
+    """Add one JSON line to a ledger (jobs.jsonl, requeues.jsonl), creating its folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(record, sort_keys=True) + "\n")
+
+
+def read_jsonl(path: Union[str, os.PathLike]) -> List[Dict[str, Any]]:
+    """Every record of a ledger, oldest first; [] when it does not exist."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
