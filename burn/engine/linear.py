@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 from typing import Any, Dict
 
@@ -19,7 +18,7 @@ from burn.engine.logging import write_json_atomic
 from burn.engine.distributed import wrap_ddp
 from burn.engine.loop import StageLoop
 from burn.engine.precision import build_amp
-from burn.engine.schedules import build_step_decay
+from burn.engine.schedules import build_step_decay, stage_length
 from burn.models.reactnet import ReActNetA
 from burn.weights import load_backbone
 
@@ -78,9 +77,9 @@ class LinearEvalTrainer(StageLoop):
         self.loader = build_eval_loader(cfg.data, split="train", batch_size=self.per_gpu_batch, shard_id=info.rank,
                                         num_shards=info.world_size, seed=cfg.seed, dtype=self.amp.input_dtype,
                                         state=data_state)
-        self.steps_per_epoch = steps_per_epoch = max(1, self.loader.steps_per_epoch // self.accum)
-        epochs = cfg.epochs if cfg.epochs is not None else lin.epochs
-        self.total_steps = int(cfg.steps) if cfg.steps else max(1, math.ceil(epochs * steps_per_epoch))
+        epochs, self.steps_per_epoch, self.total_steps = stage_length(
+            steps=cfg.steps, epochs=cfg.epochs, default_epochs=lin.epochs,
+            batches_per_epoch=self.loader.steps_per_epoch, accumulation=self.accum)
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.SGD(self.trainable, lr=lin.lr, momentum=lin.momentum,
                                          weight_decay=lin.weight_decay, fused=info.device.type == "cuda")

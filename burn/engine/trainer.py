@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import time
 from pathlib import Path
 from typing import Any, Dict
@@ -22,7 +21,7 @@ from burn.engine.loop import StageLoop
 from burn.engine.monitors import CollapseAlarm, collapse_metrics
 from burn.engine.nonfinite import Applied
 from burn.engine.precision import AmpSettings, LazyScale, build_amp
-from burn.engine.schedules import build_warmup_cosine
+from burn.engine.schedules import build_warmup_cosine, stage_length
 from burn.engine.signals import warn_if_slow_checkpoint
 from burn.models.burn import build_burn_model
 from burn.objective import lambda_at
@@ -84,12 +83,9 @@ class PretrainTrainer(StageLoop):
                     if cfg.monitor.knn else None)
         self.collapse_alarm = (CollapseAlarm(cfg.monitor.collapse_threshold, cfg.optim.temperature)
                                if cfg.monitor.collapse else None)
-        self.steps_per_epoch = self.loader.steps_per_epoch // self.accum
-        if self.steps_per_epoch < 1:
-            raise ValueError(f"the training list gives {self.loader.steps_per_epoch} batches per rank, fewer than "
-                             f"the {self.accum} micro-batches of one optimizer step")
-        epochs = cfg.epochs if cfg.epochs is not None else cfg.train.epochs
-        self.total_steps = int(cfg.steps) if cfg.steps else max(1, math.ceil(epochs * self.steps_per_epoch))
+        _, self.steps_per_epoch, self.total_steps = stage_length(
+            steps=cfg.steps, epochs=cfg.epochs, default_epochs=cfg.train.epochs,
+            batches_per_epoch=self.loader.steps_per_epoch, accumulation=self.accum)
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         groups = self.model.param_groups(cfg.optim.lr, cfg.optim.teacher_classifier_lr_scale)
         self.optimizer = torch.optim.Adam(groups, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
