@@ -19,6 +19,7 @@ from burn.engine.distributed import wrap_ddp
 from burn.engine.loop import StageLoop
 from burn.engine.precision import build_amp
 from burn.engine.schedules import build_step_decay, stage_length
+from burn.engine.state import ModuleParts, Stateful
 from burn.models.reactnet import ReActNetA
 from burn.weights import load_backbone
 
@@ -59,7 +60,7 @@ class LinearEvalModel(nn.Module):
 class LinearEvalTrainer(StageLoop):
     stage = "linear"
 
-    def build(self, data_state: Any) -> None:
+    def build(self, data_state: Any) -> Dict[str, Stateful]:
         cfg, info, lin = self.cfg, self.info, self.cfg.linear
         if not cfg.pretrained:
             raise ValueError("stage=linear needs pretrained=<backbone file> (e.g. a stage-2 run's backbone.pth), "
@@ -85,6 +86,9 @@ class LinearEvalTrainer(StageLoop):
                                          weight_decay=lin.weight_decay, fused=info.device.type == "cuda")
         self.scheduler = build_step_decay(self.optimizer, list(lin.milestones), epochs, self.total_steps)
         self.scaler = self.amp.scaler()
+        # "student": the backbone under the name burn.weights reads from a stage checkpoint.
+        return {"model": ModuleParts({"student": self.model.backbone, "fc_cls": self.model.fc_cls}),
+                "optimizer": self.optimizer, "scheduler": self.scheduler, "scaler": self.scaler, "data": self.loader}
 
     def train_step(self) -> tuple[Dict[str, torch.Tensor], bool]:
         self.optimizer.zero_grad(set_to_none=True)
@@ -125,15 +129,6 @@ class LinearEvalTrainer(StageLoop):
             results = self.evaluate()
             self.ddp.train()
             self.metrics.scalars(self.step, {"top1": results["top1"], "top5": results["top5"]}, group="linear/val")
-
-    # ---- state -----------------------------------------------------------------------------------
-    def model_state(self) -> Dict[str, Any]:
-        return {"student": self.model.backbone.state_dict(), "fc_cls": self.model.fc_cls.state_dict()}
-
-    def load_model_state(self, state: Dict[str, Any]) -> None:
-        self.model.backbone.load_state_dict(state["student"], strict=True)
-        self.model.fc_cls.load_state_dict(state["fc_cls"], strict=True)
-
 
     def finish(self) -> None:
         self.results = self.evaluate()
