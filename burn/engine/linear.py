@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 from typing import Any, Dict
 
@@ -18,7 +17,8 @@ from burn.data.loaders import build_eval_loader
 from burn.engine.distributed import wrap_ddp
 from burn.engine.loop import StageLoop
 from burn.engine.precision import build_amp
-from burn.engine.schedules import build_step_decay
+from burn.engine.schedules import build_step_decay, stage_length
+from burn.engine.state import ModuleParts, Stateful
 from burn.models.reactnet import ReActNetA
 from burn.rundir import LINEAR_RESULTS, write_json
 from burn.weights import load_backbone
@@ -58,7 +58,7 @@ class LinearEvalModel(nn.Module):
 class LinearEvalTrainer(StageLoop):
     stage = "linear"
 
-    def build(self, data_state: Any) -> None:
+    def build(self, data_state: Any) -> Dict[str, Stateful]:
         cfg, info, lin = self.cfg, self.info, self.cfg.linear
         if not cfg.pretrained:
             raise ValueError("stage=linear needs pretrained=<backbone file> (e.g. a stage-2 run's backbone.pth), "
@@ -76,14 +76,17 @@ class LinearEvalTrainer(StageLoop):
         self.loader = build_eval_loader(cfg.data, split="train", batch_size=self.per_gpu_batch, shard_id=info.rank,
                                         num_shards=info.world_size, seed=cfg.seed, dtype=self.amp.input_dtype,
                                         state=data_state)
-        self.steps_per_epoch = steps_per_epoch = max(1, self.loader.steps_per_epoch // self.accum)
-        epochs = cfg.epochs if cfg.epochs is not None else lin.epochs
-        self.total_steps = int(cfg.steps) if cfg.steps else max(1, math.ceil(epochs * steps_per_epoch))
+        epochs, self.steps_per_epoch, self.total_steps = stage_length(
+            steps=cfg.steps, epochs=cfg.epochs, default_epochs=lin.epochs,
+            batches_per_epoch=self.loader.steps_per_epoch, accumulation=self.accum)
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.SGD(self.trainable, lr=lin.lr, momentum=lin.momentum,
                                          weight_decay=lin.weight_decay, fused=info.device.type == "cuda")
         self.scheduler = build_step_decay(self.optimizer, list(lin.milestones), epochs, self.total_steps)
         self.scaler = self.amp.scaler()
+        # "student": the backbone under the name burn.weights reads from a stage checkpoint.
+        return {"model": ModuleParts({"student": self.model.backbone, "fc_cls": self.model.fc_cls}),
+                "optimizer": self.optimizer, "scheduler": self.scheduler, "scaler": self.scaler, "data": self.loader}
 
     def train_step(self) -> tuple[Dict[str, torch.Tensor], bool]:
         self.optimizer.zero_grad(set_to_none=True)
@@ -124,15 +127,6 @@ class LinearEvalTrainer(StageLoop):
             results = self.evaluate()
             self.ddp.train()
             self.metrics.scalars(self.step, {"top1": results["top1"], "top5": results["top5"]}, group="linear/val")
-
-    # ---- state -----------------------------------------------------------------------------------
-    def model_state(self) -> Dict[str, Any]:
-        return {"student": self.model.backbone.state_dict(), "fc_cls": self.model.fc_cls.state_dict()}
-
-    def load_model_state(self, state: Dict[str, Any]) -> None:
-        self.model.backbone.load_state_dict(state["student"], strict=True)
-        self.model.fc_cls.load_state_dict(state["fc_cls"], strict=True)
-
 
     def finish(self) -> None:
         self.results = self.evaluate()

@@ -1,8 +1,9 @@
 """The skeleton every stage shares: resume, the optimizer-step loop, preemption, checkpoints, logging.
 
-A stage (pretraining, linear evaluation) subclasses `StageLoop` and supplies `build()`,
-`train_step()`, its model state and `finish()`; this class owns everything that must be identical
-between stages for resume to be exact. The control flow reads top to bottom in `run()`.
+A stage (pretraining, linear evaluation) subclasses `StageLoop` and supplies `build()`, which hands
+over the stage's checkpointed objects as one `states` mapping (burn.engine.state), `train_step()` and
+`finish()`; this class owns everything that must be identical between stages for resume to be exact,
+saving and restoring those objects by name. The control flow reads top to bottom in `run()`.
 """
 
 from __future__ import annotations
@@ -19,14 +20,19 @@ from burn.data.record import SampleRecord
 from burn.engine import elastic
 from burn.engine.background_save import BackgroundCheckpointWriter, snapshot
 from burn.engine.checkpoint import CheckpointError, CheckpointManager
-from burn.engine.distributed import DistInfo, all_gather_objects, barrier, rng_state, set_rng_state
+from burn.engine.distributed import DistInfo, all_gather_objects, barrier
 from burn.engine.logging import MetricLogger
 from burn.engine.nonfinite import Applied, BadStepStreak
 from burn.engine.signals import EXIT_CODES, REQUEUE_EXIT_CODE, STATES, PreemptionHandler, stop_code, \
     warn_if_slow_checkpoint
+from burn.engine.state import ProcessRng, Stateful
 from burn.rundir import CHECKPOINT_FORMAT, CHECKPOINTS, DONE
 
 log = logging.getLogger("burn")
+
+PER_RANK = ("data", "rng")
+"""Entries of `states` that every rank holds its own of (data position, RNG streams): a checkpoint keeps
+one per rank, in a list indexed by rank; another number of ranks maps them (burn.engine.elastic)."""
 
 
 class StageLoop:
@@ -51,21 +57,20 @@ class StageLoop:
         self.world_size_changes: list = []
         """Every resume on another number of ranks: {"step", "from", "to"} (kept in checkpoints)."""
         self.sample_record: Optional[SampleRecord] = None
+        self.states: Dict[str, Stateful] = {}
+        """What a checkpoint holds besides the loop's progress: build()'s mapping plus the process RNG."""
 
     # ---- hooks -----------------------------------------------------------------------------------
-    def build(self, data_state: Any) -> None:
-        """Build model, optimizer, schedules and the data loader (resuming its position), set total_steps."""
+    def build(self, data_state: Any) -> Dict[str, Stateful]:
+        """Build model, optimizer, schedule and the data loader (opened at `data_state`: the saved
+        position, or None), set total_steps. Returns the objects a checkpoint saves and restores, by
+        name: at least "model", "optimizer", "scheduler", "scaler" and "data" (the loader). They are
+        restored in this order, after build, except "data" (the loader starts where it was saved)."""
         raise NotImplementedError
 
     def train_step(self) -> tuple[Dict[str, torch.Tensor], bool]:
         """One optimizer step; returns (metrics on device, whether the update was applied: a bool, or a
         0-dim bool tensor on the device when reading it would cost a host sync)."""
-        raise NotImplementedError
-
-    def model_state(self) -> Dict[str, Any]:
-        raise NotImplementedError
-
-    def load_model_state(self, state: Dict[str, Any]) -> None:
         raise NotImplementedError
 
     # ---- shared by every stage: they all have self.optimizer, .scheduler, .scaler, .loader ---------
@@ -90,18 +95,6 @@ class StageLoop:
         self.scheduler.step()
         return grad_norm, applied, lr
 
-    def optim_state(self) -> Dict[str, Any]:
-        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict()}
-
-    def load_optim_state(self, state: Dict[str, Any]) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-
-    def data_state(self) -> Any:
-        return self.loader.state_dict()
-
     def next_batch(self) -> Any:
         """The loader's next micro-batch (recorded with log.sample_ids)."""
         batch = next(self.loader)
@@ -121,7 +114,9 @@ class StageLoop:
         info = self.info
         resume = self._load_resume_point()
         saved_world = resume["world_size"] if resume else info.world_size
-        self.build(elastic.data_state_for(resume["data"], info.rank, info.world_size) if resume else None)
+        # The process RNG goes last: restored after building (which draws from it) and every other entry.
+        self.states = {**self.build(elastic.data_state_for(resume["data"], info.rank, info.world_size)
+                                    if resume else None), "rng": ProcessRng()}
         if resume:
             self._restore(resume, resized=saved_world != info.world_size)
         if saved_world != info.world_size:
@@ -225,15 +220,15 @@ class StageLoop:
         self.metrics.progress("running", self.step, self.epoch(), **self._last_logged)
 
     # ---- checkpoints -----------------------------------------------------------------------------
-    def state_dict(self, data_states: list, rng_states: list) -> Dict[str, Any]:
-        return {"format": CHECKPOINT_FORMAT, "version": 1, "stage": self.stage, "step": self.step,
-                "epoch": self.epoch(), "world_size": self.info.world_size, "model": self.model_state(),
-                **self.optim_state(), "rng": rng_states, "data": data_states,
-                "world_size_changes": self.world_size_changes,
-                "config": OmegaConf.to_yaml(self.cfg, resolve=True), **self.extra_state()}
-
-    def extra_state(self) -> Dict[str, Any]:
-        return {}
+    def checkpoint_state(self, per_rank: Dict[str, list]) -> Dict[str, Any]:
+        """The checkpoint (rank 0): the loop's progress, then every entry of `states` under its name;
+        `per_rank` holds the PER_RANK entries gathered from every rank."""
+        progress = {"format": CHECKPOINT_FORMAT, "version": 1, "stage": self.stage, "step": self.step,
+                    "epoch": self.epoch(), "world_size": self.info.world_size,
+                    "world_size_changes": self.world_size_changes,
+                    "config": OmegaConf.to_yaml(self.cfg, resolve=True)}
+        return {**progress, **{name: per_rank[name] if name in PER_RANK else entry.state_dict()
+                               for name, entry in self.states.items()}}
 
     def save_checkpoint(self, background: bool = False) -> None:
         """Collective: gathers every rank's data and RNG state; rank 0 writes, the others wait.
@@ -241,13 +236,12 @@ class StageLoop:
         ``background`` (periodic saves, with checkpoint.background): rank 0 only snapshots the state
         to CPU memory before everyone continues; a thread writes it. Any other save returns once
         this step's checkpoint, and any write still in flight, is on disk."""
-        data_states = all_gather_objects(self.info, self.data_state())
-        rng_states = all_gather_objects(self.info, rng_state())
+        per_rank = {name: all_gather_objects(self.info, self.states[name].state_dict()) for name in PER_RANK}
         if self.info.is_main:
             if not background and not self._finish_background_write("writing the checkpoint synchronously now"):
                 self._saved_step = None  # a preemption save must not be lost to an earlier failure
             if self._saved_step != self.step:
-                state = self.state_dict(data_states, rng_states)
+                state = self.checkpoint_state(per_rank)
                 if background and self.cfg.checkpoint.background:
                     self.ckpt_writer.submit(snapshot(state, pin=self.info.device.type == "cuda"), self.step)
                 else:
@@ -278,11 +272,18 @@ class StageLoop:
         return {**state, "path": path}
 
     def _restore(self, state: Dict[str, Any], resized: bool) -> None:
+        """Every entry of `states` from the checkpoint `state`, in the mapping's order."""
         self.step = self._saved_step = state["step"]
-        self.load_model_state(state["model"])
-        self.load_optim_state(state)
         self.world_size_changes = list(state.get("world_size_changes", []))
-        if resized:  # the saved streams belong to the old ranks: derive this layout's own
+        for name, entry in self.states.items():
+            if name == "data":
+                continue  # build() opened the loader at its saved position
+            if name not in state:
+                raise CheckpointError(f"{state['path']} has no {name!r} entry: it was not written by a "
+                                      f"{self.stage!r} stage of this code")
+            if name not in PER_RANK:
+                entry.load_state_dict(state[name])
+            elif not resized:
+                entry.load_state_dict(state[name][self.info.rank])
+        if resized:  # the saved RNG streams belong to the old ranks: derive this layout's own
             elastic.reseed(self.cfg.seed, self.info.rank, self.info.world_size, self.step)
-        else:
-            set_rng_state(state["rng"][self.info.rank])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import time
 from pathlib import Path
 from typing import Any, Dict
@@ -22,8 +21,9 @@ from burn.engine.loop import StageLoop
 from burn.engine.monitors import CollapseAlarm, collapse_metrics
 from burn.engine.nonfinite import Applied
 from burn.engine.precision import AmpSettings, LazyScale, build_amp
-from burn.engine.schedules import build_warmup_cosine
+from burn.engine.schedules import build_warmup_cosine, stage_length
 from burn.engine.signals import warn_if_slow_checkpoint
+from burn.engine.state import ModuleParts, Record, Stateful
 from burn.models.burn import build_burn_model
 from burn.objective import lambda_at
 from burn.rundir import BACKBONE, STAGE1_EXTRACTION
@@ -45,7 +45,7 @@ class PretrainTrainer(StageLoop):
                                                             info.world_size)
 
     # ---- wiring ----------------------------------------------------------------------------------
-    def build(self, data_state: Any) -> None:
+    def build(self, data_state: Any) -> Dict[str, Stateful]:
         cfg, info = self.cfg, self.info
         self.amp: AmpSettings = build_amp(cfg.train.precision, info.device)
         # The stage runner resolved model.teacher_weights=auto already; trainers built directly (tests,
@@ -82,12 +82,9 @@ class PretrainTrainer(StageLoop):
                     if cfg.monitor.knn else None)
         self.collapse_alarm = (CollapseAlarm(cfg.monitor.collapse_threshold, cfg.optim.temperature)
                                if cfg.monitor.collapse else None)
-        self.steps_per_epoch = self.loader.steps_per_epoch // self.accum
-        if self.steps_per_epoch < 1:
-            raise ValueError(f"the training list gives {self.loader.steps_per_epoch} batches per rank, fewer than "
-                             f"the {self.accum} micro-batches of one optimizer step")
-        epochs = cfg.epochs if cfg.epochs is not None else cfg.train.epochs
-        self.total_steps = int(cfg.steps) if cfg.steps else max(1, math.ceil(epochs * self.steps_per_epoch))
+        _, self.steps_per_epoch, self.total_steps = stage_length(
+            steps=cfg.steps, epochs=cfg.epochs, default_epochs=cfg.train.epochs,
+            batches_per_epoch=self.loader.steps_per_epoch, accumulation=self.accum)
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         groups = self.model.param_groups(cfg.optim.lr, cfg.optim.teacher_classifier_lr_scale)
         self.optimizer = torch.optim.Adam(groups, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
@@ -99,6 +96,11 @@ class PretrainTrainer(StageLoop):
             log.info("stage %s: %s student, %d ranks x %d images x %d accumulation = %d per step; %d steps "
                      "(%d per epoch)", self.stage, self.precision, info.world_size, self.per_gpu_batch,
                      self.accum, cfg.train.global_batch, self.total_steps, self.steps_per_epoch)
+        # The frozen teacher is referenced, not copied: its path and checksum identify it.
+        teacher = cfg.model.teacher_weights
+        return {"model": ModuleParts(self.model.trainable_modules()), "optimizer": self.optimizer,
+                "scheduler": self.scheduler, "scaler": self.scaler, "data": self.loader,
+                "teacher": Record(lambda: {"path": teacher, "sha256": sha256_of_file(teacher) if teacher else None})}
 
     # ---- one optimizer step ------------------------------------------------------------------------
     def train_step(self) -> tuple[Dict[str, Any], Applied]:
@@ -159,21 +161,7 @@ class PretrainTrainer(StageLoop):
         result = self.knn(self.model.student)  # collective: every rank runs it at this step
         self.metrics.scalars(self.step, {"top1": result["top1"], "seconds": result["seconds"]}, group="knn")
 
-    # ---- state -----------------------------------------------------------------------------------
-    def model_state(self) -> Dict[str, Any]:
-        return self.model.trainable_state_dicts()
-
-    def load_model_state(self, state: Dict[str, Any]) -> None:
-        self.model.load_trainable_state_dicts(state)
-
-
-    def extra_state(self) -> Dict[str, Any]:
-        # The frozen teacher is referenced, not copied: its path and checksum identify it.
-        if not hasattr(self, "_teacher_ref"):
-            path = self.cfg.model.teacher_weights
-            self._teacher_ref = {"path": path, "sha256": sha256_of_file(path) if path else None}
-        return {"teacher": self._teacher_ref}
-
+    # ---- products --------------------------------------------------------------------------------
     def finish(self) -> None:
         if not self.info.is_main:
             return

@@ -14,9 +14,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from burn.engine.signals import REQUEUE_EXIT_CODE
+from burn.config import register_configs
+from burn.engine.distributed import init_distributed, seed_everything
+from burn.engine.linear import LinearEvalTrainer
+from burn.engine.signals import REQUEUE_EXIT_CODE, PreemptionHandler
+
+CONF = Path(__file__).resolve().parents[2] / "conf"
 
 STEPS = 24
 # 2 ranks x 2 images x 4 micro-batches = 16 per optimizer step: most of a step is mid-accumulation.
@@ -91,6 +97,9 @@ def test_interrupted_run_is_bit_identical_to_uninterrupted(cli, tmp_path):
     curve = _scalars(interrupted, "pretrain/loss")
     assert [s for s, _ in curve] == list(range(1, STEPS + 1))
     assert curve == _scalars(straight, "pretrain/loss")
+    # The lr is a function of the step: after each resume it goes on exactly as the straight run's.
+    lr = _scalars(interrupted, "pretrain/optim/lr")
+    assert [s for s, _ in lr] == list(range(1, STEPS + 1)) and lr == _scalars(straight, "pretrain/optim/lr")
     # The monitors logged: every step's collapse statistics, the k-NN at its cadence, once each.
     for side in ("student", "teacher"):
         for stat in ("std", "batch_entropy", "image_entropy", "mi"):
@@ -101,3 +110,50 @@ def test_interrupted_run_is_bit_identical_to_uninterrupted(cli, tmp_path):
     assert [s for s, _ in knn] == [8, 16, 24] and all(0.0 <= v <= 100.0 for _, v in knn)
     straight_tags = EventAccumulator(str(straight / "tb")).Reload().Tags()["scalars"]
     assert not [t for t in straight_tags if t.startswith(("knn/", "collapse/"))], straight_tags
+
+
+@pytest.mark.slow
+def test_linear_stage_resumes_to_the_same_bits(tiny_data, tmp_path):
+    """The step-decay schedule resumes from the step alone, like pretraining's: a linear stage saved at
+    step 8 (between its lr milestones, steps 7 and 10 of 12) and resumed by a new trainer uses the
+    straight run's lr at every step and ends with its bits. In one process: the RNG comes from the
+    checkpoint, as in a new one."""
+    register_configs()
+    info = init_distributed()
+    steps, stop_at = 12, 8
+
+    def trainer(run_dir: Path, preemption: PreemptionHandler) -> LinearEvalTrainer:
+        with initialize_config_dir(config_dir=str(CONF), version_base=None):
+            cfg = compose("config", overrides=[
+                "preset=tiny", f"data.root={tiny_data}", "data.synthetic.generate=false", f"run_dir={run_dir}",
+                "stage=linear", "pretrained=random", f"steps={steps}", "checkpoint.every_steps=100",
+                "log.progress_bar=off", "linear.eval_every_epochs=0"])
+        seed_everything(cfg.seed, info.rank)  # as the stage runner does
+        loop = LinearEvalTrainer(cfg, info, run_dir, preemption)
+        loop.prepare()
+        return loop
+
+    def train(loop: LinearEvalTrainer, until: int) -> list[list[float]]:
+        lrs = []
+        while loop.step < until:
+            lrs.append([group["lr"] for group in loop.optimizer.param_groups])  # the lr of the next step
+            loop.train_until(loop.step + 1)
+        return lrs
+
+    with PreemptionHandler() as preemption:
+        straight = trainer(tmp_path / "straight", preemption)
+        straight_lrs = train(straight, steps)
+        straight.metrics.close()
+        first = trainer(tmp_path / "interrupted", preemption)
+        first_lrs = train(first, stop_at)
+        first.save_checkpoint()
+        first.metrics.close()
+        resumed = trainer(tmp_path / "interrupted", preemption)
+        assert resumed.step == stop_at
+        resumed_lrs = train(resumed, steps)
+        resumed.metrics.close()
+
+    assert [resumed.scheduler.lr_lambdas[0](s) for s in (6, 7, 9, 10)] == [1.0, 0.1, 0.1, 0.1 ** 2]  # milestones
+    assert first_lrs + resumed_lrs == straight_lrs  # ==: bit for bit
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)

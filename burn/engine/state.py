@@ -1,0 +1,64 @@
+"""What a stage checkpoints: a mapping name -> object with ``state_dict()`` / ``load_state_dict()``.
+
+A stage hands the loop one such mapping (torchtitan's "Stateful" objects); the loop saves each entry
+under its name and restores it from there, without knowing what the objects are (burn.engine.loop).
+Optimizers, GradScalers, schedulers and loaders are such objects already; this module adapts the rest.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Mapping, Optional, Protocol
+
+from torch import nn
+
+from burn.engine.distributed import rng_state, set_rng_state
+
+
+class Stateful(Protocol):
+    def state_dict(self) -> Any: ...
+
+    def load_state_dict(self, state_dict: Any) -> None: ...
+
+
+class ModuleParts:
+    """The state of named modules, ``{name: module.state_dict()}``: the trained parts of a model, under
+    the names the weight extraction reads (burn.weights). Restored strictly, every part."""
+
+    def __init__(self, modules: Mapping[str, nn.Module]):
+        self.modules = dict(modules)
+
+    def state_dict(self) -> Dict[str, Dict[str, Any]]:
+        return {name: module.state_dict() for name, module in self.modules.items()}
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        if set(state_dict) != set(self.modules):
+            raise KeyError(f"expected parts {sorted(self.modules)}, got {sorted(state_dict)}")
+        for name, module in self.modules.items():
+            module.load_state_dict(state_dict[name], strict=True)
+
+
+class ProcessRng:
+    """This process's python, numpy, torch (and CUDA) RNG streams; every rank has its own."""
+
+    def state_dict(self) -> Dict[str, Any]:
+        return rng_state()
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        set_rng_state(state_dict)
+
+
+class Record:
+    """Facts written into every checkpoint that restore nothing, e.g. which frozen input the run used.
+    ``facts`` is called once, at the first save (a checksum of a large file costs nothing before)."""
+
+    def __init__(self, facts: Callable[[], Any]):
+        self._facts: Optional[Callable[[], Any]] = facts
+        self._value: Any = None
+
+    def state_dict(self) -> Any:
+        if self._facts is not None:
+            self._value, self._facts = self._facts(), None
+        return self._value
+
+    def load_state_dict(self, state_dict: Any) -> None:
+        """Nothing to restore: the facts describe this run's own inputs."""
