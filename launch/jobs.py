@@ -38,7 +38,7 @@ from typing import Any, Dict, List, Optional
 import submitit
 from omegaconf import DictConfig, OmegaConf
 
-from burn.config import BurnConfig
+from burn.config import BurnConfig, load_saved_config
 from burn.engine.checkpoint import CheckpointManager
 from burn.engine.loop import DONE_MARKER
 from burn.engine.signals import CANCEL_EXIT_CODE, INTERRUPT_EXIT_CODE, REQUEUE_EXIT_CODE, STOP_SIGNALS
@@ -66,8 +66,9 @@ class RequeueRefused(RuntimeError):
 
 
 def stage_config(stage_yaml: str) -> DictConfig:
-    """The typed stage config from its resolved YAML (what the job pickle carries)."""
-    return OmegaConf.merge(OmegaConf.structured(BurnConfig), OmegaConf.create(stage_yaml))
+    """The typed stage config from its resolved YAML (what the job pickle carries; a job queued before a
+    key moved reads with the value where it is now)."""
+    return OmegaConf.merge(OmegaConf.structured(BurnConfig), load_saved_config(stage_yaml))
 
 
 # ---- on the task -----------------------------------------------------------------------------------

@@ -15,8 +15,9 @@ from burn.batch import split_global_batch
 from burn.config import RANDOM_BACKBONE, STAGE_PRECISION
 from burn.data.loaders import build_pretrain_loader
 from burn.engine.checkpoint import sha256_of_file
-from burn.engine.distributed import wrap_ddp
+from burn.engine.distributed import all_gather_objects, wrap_ddp
 from burn.engine.gpu import compile_enabled, compile_in_place, teacher_to_half, to_channels_last
+from burn.engine.identity import check_teacher_unchanged
 from burn.engine.knn import KnnMonitor
 from burn.engine.loop import StageLoop
 from burn.engine.monitors import CollapseAlarm, collapse_metrics
@@ -82,7 +83,7 @@ class PretrainTrainer(StageLoop):
         self.knn = (KnnMonitor(cfg.monitor, cfg.data, info, seed=cfg.seed, dtype=self.amp.input_dtype,
                                autocast=self.amp.autocast, channels_last=cfg.train.channels_last)
                     if cfg.monitor.knn else None)
-        self.collapse_alarm = (CollapseAlarm(cfg.monitor.collapse_threshold, cfg.optim.temperature)
+        self.collapse_alarm = (CollapseAlarm(cfg.monitor.collapse_threshold, cfg.loss.temperature)
                                if cfg.monitor.collapse else None)
         self.steps_per_epoch = self.loader.steps_per_epoch // self.accum
         if self.steps_per_epoch < 1:
@@ -106,7 +107,7 @@ class PretrainTrainer(StageLoop):
     def train_step(self) -> tuple[Dict[str, Any], Applied]:
         cfg = self.cfg
         started = time.perf_counter()
-        lam = lambda_at(self.step, self.total_steps, cfg.optim.lambda_start, cfg.optim.lambda_end)
+        lam = lambda_at(self.step, self.total_steps, cfg.loss.lambda_start, cfg.loss.lambda_end)
         self.optimizer.zero_grad(set_to_none=True)
         sums = torch.zeros(3, device=self.info.device)  # loss, kl, fs over the micro-batches
         data_wait = 0.0
@@ -122,7 +123,7 @@ class PretrainTrainer(StageLoop):
             sync = contextlib.nullcontext() if last or not self.info.distributed else self.ddp.no_sync()
             with sync:
                 with self.amp.autocast():
-                    out = self.ddp(view1, view2, lam, cfg.optim.temperature)
+                    out = self.ddp(view1, view2, lam, cfg.loss.temperature)
                 self.scaler.scale(out["loss"] / self.accum).backward()
             sums += torch.stack([out["loss"], out["kl"], out["fs"]]).detach().float() / self.accum
             if self.preemption.requested and self.noticed_at is None:
@@ -136,12 +137,12 @@ class PretrainTrainer(StageLoop):
             self._first_step_s = seconds
             if self.info.is_main:
                 log.info("first step (with compilation) took %.1f s", seconds)
-            warn_if_slow_checkpoint(0.0, cfg.checkpoint.signal_lead_s, step_seconds=seconds)
+            warn_if_slow_checkpoint(0.0, cfg.signal_delay_s, step_seconds=seconds)
         metrics = {"loss": sums[0], "kl": sums[1], "fs": sums[2], "grad_norm": grad_norm, "lambda": lam,
                    "lr": lr, "grad_scale": LazyScale(self.scaler),  # read on logging steps only
                    "images_per_s": images / seconds, "data_wait_s": data_wait}
         if cfg.monitor.collapse:  # last micro-batch on this rank; device tensors, synced on logging steps only
-            metrics.update(collapse_metrics(out, cfg.optim.temperature))
+            metrics.update(collapse_metrics(out, cfg.loss.temperature))
             self._collapse_shape = tuple(out["student_out"].shape)
         return metrics, applied
 
@@ -172,9 +173,20 @@ class PretrainTrainer(StageLoop):
     def extra_state(self) -> Dict[str, Any]:
         # The frozen teacher is referenced, not copied: its path and checksum identify it.
         if not hasattr(self, "_teacher_ref"):
-            path = self.cfg.model.teacher_weights
-            self._teacher_ref = {"path": path, "sha256": sha256_of_file(path) if path else None}
+            self._teacher_ref = self._hash_teacher()
         return {"teacher": self._teacher_ref}
+
+    def _hash_teacher(self) -> Dict[str, Any]:
+        path = self.cfg.model.teacher_weights
+        return {"path": path, "sha256": sha256_of_file(path) if path else None}
+
+    def _restore(self, state: Dict[str, Any], resized: bool) -> None:
+        # The checkpoint's weights were trained against its teacher: refuse another file's content. Rank 0
+        # hashes the file; every rank gets its digest, so every rank decides alike.
+        self._teacher_ref = all_gather_objects(self.info, self._hash_teacher() if self.info.is_main else None)[0]
+        check_teacher_unchanged(state.get("teacher"), self._teacher_ref, self.run_dir, state["step"],
+                                self.cfg.checkpoint.force)
+        super()._restore(state, resized)
 
     def finish(self) -> None:
         if not self.info.is_main:
