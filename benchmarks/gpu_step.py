@@ -127,7 +127,7 @@ def time_naive(cfg, device: torch.device, root: str, synthetic: bool, steps: int
             started = time.perf_counter()
         view1, view2 = next(batches)
         optimizer.zero_grad(set_to_none=True)
-        model(view1, view2, 0.2, cfg.optim.temperature)["loss"].backward()
+        model(view1, view2, 0.2, cfg.loss.temperature)["loss"].backward()
         optimizer.step()
     _sync(device)
     rate = steps * batch / (time.perf_counter() - started)

@@ -9,7 +9,13 @@ checks this before torch is imported.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
+
+from burn.errors import UsageError
+
+
+class BatchSplitError(UsageError):
+    """The global batch cannot be split over the job's ranks (the one check and message of it)."""
 
 
 class BatchSplit(NamedTuple):
@@ -19,13 +25,22 @@ class BatchSplit(NamedTuple):
     """Micro-batches per optimizer step."""
 
 
-def split_global_batch(global_batch: int, per_gpu_batch: int, world_size: int) -> BatchSplit:
+def split_global_batch(global_batch: int, per_gpu_batch: int, world_size: int, section: str = "train") -> BatchSplit:
     """per_gpu x world_size x accumulation == global_batch with the largest per_gpu <= per_gpu_batch.
 
-    Raises ValueError (one line) when none exists: the global batch is not a multiple of the ranks."""
+    Raises BatchSplitError (a UsageError, one line naming ``<section>.global_batch``) when none exists:
+    the global batch is not a multiple of the ranks."""
     if global_batch < 1 or per_gpu_batch < 1 or world_size < 1 or global_batch % world_size:
-        raise ValueError(f"global batch {global_batch} cannot be split over {world_size} ranks: no per-GPU batch "
-                         f"b gives b x {world_size} ranks x accumulation = {global_batch}")
+        raise BatchSplitError(
+            f"{section}.global_batch={global_batch} cannot be split over {world_size} ranks (nodes x gpus_per_node): "
+            f"no per-GPU batch up to {section}.per_gpu_batch={per_gpu_batch} gives per-GPU batch x {world_size} x "
+            f"accumulation = {global_batch}")
     per_rank = global_batch // world_size
     per_gpu = next(b for b in range(min(per_gpu_batch, per_rank), 0, -1) if per_rank % b == 0)
     return BatchSplit(per_gpu, per_rank // per_gpu)
+
+
+def split_stage_batch(stage_cfg: Any, world_size: int) -> BatchSplit:
+    """The split of a stage config's batch: ``linear.*`` for stage=linear, ``train.*`` otherwise."""
+    section = "linear" if str(stage_cfg.stage) == "linear" else "train"
+    return split_global_batch(stage_cfg[section].global_batch, stage_cfg[section].per_gpu_batch, world_size, section)

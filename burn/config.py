@@ -8,11 +8,23 @@ at composition time, before anything trains or is queued.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
-from typing import List, Optional
+import sys
+from dataclasses import MISSING as NO_DEFAULT
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+#: Field roles (``setting(role=...)`` below), declared once here and read by the code that needs them.
+#: LAUNCH: chooses where and how a stage is queued, not what it computes (launch/submit.py keeps these keys
+#: out of sweep run-directory names; the stage runner reads none of them but signal_delay_s).
+LAUNCH = "launch"
+#: IDENTITY: a run directory belongs to one value of it: a resume with another value is refused unless
+#: checkpoint.force=true (burn/engine/identity.py). Either it changes the model or the data, or a restored
+#: checkpoint would silently override the new value (the optimizer state holds the learning rates).
+IDENTITY = "identity"
 
 STAGES = ("1", "2", "linear", "all")
 #: ``pretrained=random`` with stage=linear: evaluate a freshly initialised (seeded) student, the
@@ -26,10 +38,41 @@ AUTO_TEACHER = "auto"
 PATH_KEYS = ("data.root", "model.teacher_weights", "pretrained")
 #: Student precision per pretraining stage (burn_facts.md: stage 1 binarises activations only).
 STAGE_PRECISION = {"1": "binact", "2": "binary"}
+#: The stages a key is read by (``setting(stages=...)``): an IDENTITY key binds only the run directories of those.
+PRETRAINING = ("1", "2")
+LINEAR = ("linear",)
+#: Keys that moved or merged (old dotted key -> the key that now holds the setting). A command line that
+#: names an old key is refused naming the new one (launch/entry.py); a saved config.yaml (or a queued job's
+#: config) written before the move is read with the value moved, unless the new key is there already.
+RENAMED_KEYS = {
+    "optim.temperature": "loss.temperature",
+    "optim.lambda_start": "loss.lambda_start",
+    "optim.lambda_end": "loss.lambda_end",
+    "checkpoint.signal_lead_s": "signal_delay_s",
+}
+
+
+def setting(default: Any = NO_DEFAULT, *, factory: Any = NO_DEFAULT, choices: Sequence[str] = (),
+            role: Optional[str] = None, stages: Sequence[str] = ()) -> Any:
+    """A schema field with its meaning attached: ``choices`` (a closed set, checked right after the
+    config is composed: burn/validation.py), ``role`` (:data:`LAUNCH` or :data:`IDENTITY`) and the
+    ``stages`` that read it (default: every stage), so that an IDENTITY key binds only those stages."""
+    metadata: Dict[str, Any] = {}
+    if choices:
+        metadata["choices"] = tuple(choices)
+    if role:
+        metadata["role"] = role
+    if stages:
+        metadata["stages"] = tuple(stages)
+    if factory is not NO_DEFAULT:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass
 class ModelConfig:
+    """The networks: student, frozen teacher and the two classifiers (the whole section is IDENTITY)."""
+
     width: float = 1.0
     """Channel multiplier of the ReActNet-A student; 1.0 is the paper's network."""
     teacher_arch: str = "resnet50"
@@ -38,11 +81,12 @@ class ModelConfig:
     """Teacher weights file (MoCo v2 release, original BURN teacher or torchvision state dict).
     ``auto``: a small supervised teacher trained once on data.root's labelled train split and cached
     beside the data (burn/tiny_teacher.py; the tiny preset's choice). None keeps a random teacher
-    trunk: a control for experiments and tests, not a way to learn anything."""
+    trunk: a control for experiments and tests, not a way to learn anything. Its sha256 is kept in
+    every checkpoint; a resume with another file's content is refused unless checkpoint.force=true."""
     center_target: bool = True
     """Subtract the batch mean (per view) from the teacher classifier's outputs before the loss, so that
     a student that outputs one constant vector (the mean target) scores nothing: docs/moving-target.md."""
-    teacher_classifier: str = "joint"
+    teacher_classifier: str = setting("joint", choices=TEACHER_CLASSIFIER_MODES)
     """joint: the teacher classifier trains with the student (the paper's moving target) at
     optim.teacher_classifier_lr_scale x the student's lr | frozen: it stays at its random init."""
     classifier_hidden: int = 2000
@@ -53,23 +97,30 @@ class ModelConfig:
 
 @dataclass
 class AugmentConfig:
-    """Two-view pretraining recipe (burn_facts.md); both views use the same recipe."""
+    """Two-view pretraining recipe (burn_facts.md); both views use the same recipe (IDENTITY)."""
 
     image_size: int = 224
     """Side of the random resized crop."""
     crop_scale: List[float] = field(default_factory=lambda: [0.08, 1.0])
     """Area range of RandomResizedCrop."""
     flip_prob: float = 0.5
+    """Probability of a horizontal flip."""
     jitter: List[float] = field(default_factory=lambda: [0.4, 0.4, 0.4, 0.1])
     """Colour jitter strengths: brightness, contrast, saturation, hue."""
     jitter_prob: float = 0.6
+    """Probability that colour jitter is applied."""
     grayscale_prob: float = 0.2
+    """Probability of converting the view to grayscale (after the jitter)."""
     blur_prob: float = 0.2
+    """Probability of a Gaussian blur."""
     blur_sigma: List[float] = field(default_factory=lambda: [0.1, 2.0])
+    """Range the blur's sigma is drawn from, in pixels."""
     solarize_prob: float = 0.0
+    """Probability of solarising the view (threshold 128)."""
     mean: List[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
     """Normalisation mean (fractions of 255)."""
     std: List[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    """Normalisation standard deviation (fractions of 255)."""
 
 
 @dataclass
@@ -79,40 +130,54 @@ class SyntheticConfig:
     generate: bool = False
     """Write the dataset into data.root first if it is not there yet."""
     classes: int = 10
+    """Number of generated classes."""
     per_class: int = 40
     """Training images per class."""
     val_per_class: int = 10
+    """Validation images per class."""
     size: int = 64
     """Side of the generated JPEGs in pixels."""
     seed: int = 0
+    """Seed of the generator: the same seed writes the same images."""
 
 
 @dataclass
 class DataConfig:
-    root: str = MISSING
+    """Where the images are, how they are read, and the pretraining views."""
+
+    root: str = setting(MISSING, role=IDENTITY)
     """ImageNet-style root (train/, val/, meta/) or a bare class-folder tree."""
-    train_list: Optional[str] = "meta/train.txt"
+    train_list: Optional[str] = setting("meta/train.txt", role=IDENTITY)
     """Unlabelled pretraining list, relative to root (None: derive from the class folders)."""
-    train_labeled_list: Optional[str] = "meta/train_labeled.txt"
-    val_list: Optional[str] = "meta/val_labeled.txt"
-    backend: str = "dali"
+    train_labeled_list: Optional[str] = setting("meta/train_labeled.txt", role=IDENTITY)
+    """Labelled training list (linear evaluation, the k-NN monitor's memory bank), relative to root."""
+    val_list: Optional[str] = setting("meta/val_labeled.txt", role=IDENTITY)
+    """Labelled validation list (linear evaluation's score, the k-NN monitor's queries), relative to root."""
+    backend: str = setting("dali", choices=("dali", "torchvision"))
     """dali | torchvision (fallback with the same contract)."""
-    device: str = "auto"
+    device: str = setting("auto", choices=("auto", "gpu", "cpu"))
     """Where DALI decodes and augments: auto | gpu | cpu."""
     num_threads: int = 4
     """DALI CPU threads (or DataLoader workers) per process."""
     eval_resize: int = 256
+    """Evaluation images: the shorter side is resized to this, then centre-cropped to eval_crop."""
     eval_crop: int = 224
-    aug: AugmentConfig = field(default_factory=AugmentConfig)
+    """Side of the evaluation centre crop."""
+    aug: AugmentConfig = setting(factory=AugmentConfig, role=IDENTITY)
+    """The augmentation recipe (the pretraining views; linear evaluation's crop, flip and normalisation)."""
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    """The generated dataset (preset=tiny, the tests)."""
 
 
 @dataclass
 class OptimConfig:
-    """Pretraining optimiser (Adam) and its learning-rate schedule."""
+    """Pretraining optimiser (Adam) and its learning-rate schedule. IDENTITY: a restored checkpoint's
+    optimizer and schedule state would silently keep the old values."""
 
     lr: float = 3e-4
+    """Student learning rate at the end of the warmup (the peak of the schedule)."""
     weight_decay: float = 0.0
+    """Adam weight decay."""
     warmup_epochs: float = 10.0
     """Linear warmup length; the rest of the stage follows a cosine to 0."""
     warmup_start_factor: float = 1e-4
@@ -121,9 +186,19 @@ class OptimConfig:
     """The teacher classifier's lr as a multiple of optim.lr (model.teacher_classifier=joint). See
     docs/moving-target.md for why this is not 1: at the student's lr the two classifiers collapse onto
     one constant output within a few hundred steps."""
+
+
+@dataclass
+class LossConfig:
+    """The BURN objective (burn/objective.py): lambda x KL(teacher || student) + (1 - lambda) x feature
+    similarity, on softmaxes at one temperature."""
+
     temperature: float = 0.2
+    """Softmax temperature of both classifiers' outputs in the KL term (and of the collapse monitor)."""
     lambda_start: float = 0.1
+    """Weight of the KL term at the stage's first step; it moves linearly to lambda_end."""
     lambda_end: float = 0.3
+    """Weight of the KL term at the stage's last step."""
 
 
 @dataclass
@@ -131,12 +206,13 @@ class TrainConfig:
     """Pretraining loop settings (stages 1 and 2)."""
 
     epochs: float = 200.0
-    global_batch: int = 4096
+    """Length of a pretraining stage in epochs of data.train_list (the top-level epochs/steps win)."""
+    global_batch: int = setting(4096, role=IDENTITY, stages=PRETRAINING)
     """Images per optimizer step over all ranks (gradient accumulation is derived from it)."""
-    per_gpu_batch: int = 256
+    per_gpu_batch: int = setting(256, role=IDENTITY, stages=PRETRAINING)
     """Most images per forward on one rank; a smaller one is used when it does not divide the global
     batch over the job's ranks (burn/batch.py)."""
-    precision: str = "fp16"
+    precision: str = setting("fp16", choices=("fp16", "bf16", "fp32"))
     """fp16 (AMP + GradScaler, CUDA) | bf16 | fp32. On CPU fp16 falls back to fp32."""
     channels_last: bool = True
     """Use channels_last memory format on CUDA."""
@@ -158,30 +234,39 @@ class LinearConfig:
     """Linear evaluation recipe (frozen feature entries, trainable MLP head + linear classifier)."""
 
     epochs: float = 100.0
-    global_batch: int = 256
-    per_gpu_batch: int = 256
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    milestones: List[int] = field(default_factory=lambda: [60, 80])
+    """Length of linear evaluation in epochs of data.train_labeled_list."""
+    global_batch: int = setting(256, role=IDENTITY, stages=LINEAR)
+    """Images per optimizer step over all ranks."""
+    per_gpu_batch: int = setting(256, role=IDENTITY, stages=LINEAR)
+    """Most images per forward on one rank (burn/batch.py, as train.per_gpu_batch)."""
+    lr: float = setting(0.01, role=IDENTITY, stages=LINEAR)
+    """SGD learning rate (the optimizer state of a checkpoint holds it: IDENTITY)."""
+    momentum: float = setting(0.9, role=IDENTITY, stages=LINEAR)
+    """SGD momentum."""
+    weight_decay: float = setting(0.0, role=IDENTITY, stages=LINEAR)
+    """SGD weight decay."""
+    milestones: List[int] = setting(factory=lambda: [60, 80], role=IDENTITY, stages=LINEAR)
     """Epochs at which the learning rate is multiplied by 0.1."""
-    num_classes: int = 1000
+    num_classes: int = setting(1000, role=IDENTITY, stages=LINEAR)
+    """Classes of the labelled lists (the classifier's outputs)."""
     eval_every_epochs: int = 10
     """Evaluate on data.val_list every N epochs (TensorBoard linear/val/top1, top5) as well as at the
     end; 0: at the end only."""
-    precision: str = "binary"
+    precision: str = setting("binary", choices=("binary", "binact", "fp"), role=IDENTITY, stages=LINEAR)
     """Student precision of the evaluated backbone: binary (stage-2 weights) | binact | fp."""
 
 
 @dataclass
 class CheckpointConfig:
+    """Periodic checkpoints and the resume guard."""
+
     every_steps: int = 500
     """Write a checkpoint every N optimizer steps (and on preemption, and at the end)."""
     keep_last: int = 3
-    signal_lead_s: float = 120.0
-    """Seconds between the preemption signal and the kill; a slower checkpoint write warns."""
+    """Checkpoints kept in <run_dir>/checkpoints (the newest ones)."""
     force: bool = False
-    """Resume even if the saved config changes the model or the data."""
+    """Resume even if the new command changes an IDENTITY key (the model, the data, the optimizer
+    settings: burn/config.py) or the teacher file's content; the change is logged as a warning."""
     background: bool = True
     """Write periodic checkpoints in a background thread from a CPU snapshot (training goes on);
     preemption and final saves are always written before the job goes on or exits."""
@@ -189,9 +274,11 @@ class CheckpointConfig:
 
 @dataclass
 class LogConfig:
+    """Console, TensorBoard and debugging output."""
+
     every_steps: int = 20
     """TensorBoard / console logging period in optimizer steps."""
-    progress_bar: str = "auto"
+    progress_bar: str = setting("auto", choices=("auto", "on", "off"))
     """auto (when interactive) | on | off."""
     sample_ids: bool = False
     """Debug: every rank appends the global stream position and the sample indices of each training
@@ -229,56 +316,127 @@ class MonitorConfig:
 
 @dataclass
 class BurnConfig:
-    stage: str = "1"
+    """The whole configuration of a stage (and of launch/submit.py)."""
+
+    stage: str = setting("1", choices=STAGES, role=IDENTITY)
     """1 | 2 | linear (| all with launch/submit.py)."""
     preset: str = "paper"
     """Name of the preset group the values came from (paper | tiny)."""
     name: str = "burn"
     """Run name; the default run directory is runs/<name>/stage<stage>."""
-    run_dir: Optional[str] = None
+    run_dir: Optional[str] = setting(None, role=LAUNCH)
     """Run directory of this stage (with stage=all: the parent of the three stage directories)."""
-    seed: int = 0
+    seed: int = setting(0, role=IDENTITY)
+    """Seed of the initialisation, the data order and the augmentations (each rank derives its own)."""
     epochs: Optional[float] = None
     """Length of this stage in epochs (overrides the stage's preset). With launch/submit.py stage=all:
     the pretraining stages' length; linear evaluation keeps linear.epochs."""
     steps: Optional[int] = None
-    """Length of this stage in optimizer steps; wins over epochs when given (stage=all: as epochs)."""
-    pretrained: Optional[str] = None
+    """Length of this stage in optimizer steps (at least 1); wins over epochs when given (stage=all: as
+    epochs)."""
+    pretrained: Optional[str] = setting(None, role=IDENTITY)
     """Stage 2: a stage-1 extraction (or checkpoint); linear: a backbone extraction (or checkpoint), or
     ``random`` for the no-pretraining baseline (a seeded random student)."""
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: ModelConfig = setting(factory=ModelConfig, role=IDENTITY)
+    """The networks."""
     data: DataConfig = field(default_factory=DataConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
+    """The dataset and the views."""
+    optim: OptimConfig = setting(factory=OptimConfig, role=IDENTITY, stages=PRETRAINING)
+    """Pretraining optimiser and lr schedule."""
+    loss: LossConfig = field(default_factory=LossConfig)
+    """Pretraining objective."""
     train: TrainConfig = field(default_factory=TrainConfig)
+    """Pretraining loop."""
     linear: LinearConfig = field(default_factory=LinearConfig)
+    """Linear evaluation."""
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    """Checkpoints and the resume guard."""
     log: LogConfig = field(default_factory=LogConfig)
+    """Logging."""
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
-    # --- launch keys (launch/submit.py); the stage runner ignores them ---
-    cluster: str = "auto"
+    """Pretraining diagnostics."""
+    # --- launch keys (launch/submit.py); the stage runner ignores them but signal_delay_s ---
+    cluster: str = setting("auto", choices=("auto", "slurm", "local"), role=LAUNCH)
     """auto | slurm | local. auto: SLURM when sbatch answers."""
-    nodes: int = 1
-    gpus_per_node: int = 1
+    nodes: int = setting(1, role=LAUNCH)
+    """Nodes per job."""
+    gpus_per_node: int = setting(1, role=LAUNCH)
     """GPUs (and tasks) per node; on CPU-only clusters the number of processes per node."""
-    partition: Optional[str] = None
-    time: int = 4320
+    partition: Optional[str] = setting(None, role=LAUNCH)
+    """SLURM partition (None: the cluster's default)."""
+    time: int = setting(4320, role=LAUNCH)
     """Time limit per job, minutes."""
-    account: Optional[str] = None
-    qos: Optional[str] = None
-    constraint: Optional[str] = None
-    mem: Optional[str] = None
+    account: Optional[str] = setting(None, role=LAUNCH)
+    """SLURM account to charge."""
+    qos: Optional[str] = setting(None, role=LAUNCH)
+    """SLURM quality of service."""
+    constraint: Optional[str] = setting(None, role=LAUNCH)
+    """SLURM node feature constraint, e.g. a GPU model."""
+    mem: Optional[str] = setting(None, role=LAUNCH)
     """Memory per node, e.g. 64G."""
-    cpus_per_task: int = 8
-    signal_delay_s: int = 120
-    """Seconds before the time limit at which SLURM sends USR2."""
-    max_requeues: int = 20
-    dry_run: bool = False
+    cpus_per_task: int = setting(8, role=LAUNCH)
+    """CPUs per task (one task per GPU): DALI's threads and the loader's workers run on them."""
+    signal_delay_s: int = setting(120, role=LAUNCH)
+    """Seconds between SLURM's warning signal (USR2) and the kill at the time limit: the time a
+    stage has to finish its step and write a checkpoint. The one source of this number: Submitit's
+    --signal=USR2@<s>, slurm/chain.sh's --signal=B:USR2@<s> (slurm/stage.sbatch's own line is this
+    default) and the stage's warning when a checkpoint write (plus a step) would take longer."""
+    max_requeues: int = setting(20, role=LAUNCH)
+    """Preemptions / time-outs after which a job stops requeuing itself (its checkpoint stays)."""
+    dry_run: bool = setting(False, role=LAUNCH)
     """launch/submit.py: validate, then print the planned stages, their run directories and the sbatch
     script(s) Submitit would submit; queue, run and write nothing."""
-    compare_baseline: bool = False
+    compare_baseline: bool = setting(False, role=LAUNCH)
     """stage=all with cluster=local: also run linear evaluation of a randomly initialised student
     (pretrained=random, same recipe and seed) in <run_dir>/baseline and print both top-1s. On SLURM,
     queue `stage=linear pretrained=random` yourself."""
+
+
+def schema_fields(cls: type = BurnConfig, prefix: str = "") -> Iterator[Tuple[str, Any]]:
+    """Every field of the schema as (dotted key, dataclasses.Field), sections before their fields."""
+    for f in fields(cls):
+        key = f"{prefix}{f.name}"
+        yield key, f
+        section = f.default_factory() if f.default_factory is not NO_DEFAULT else None  # type: ignore[misc]
+        if is_dataclass(section):
+            yield from schema_fields(type(section), key + ".")
+
+
+def keys_with_role(role: str, stage: Optional[str] = None) -> Tuple[str, ...]:
+    """The dotted keys (or whole sections) the schema gives ``role``, in schema order; with `stage`, only
+    those that stage reads."""
+    return tuple(key for key, f in schema_fields() if f.metadata.get("role") == role
+                 and (stage is None or stage in f.metadata.get("stages", (stage,))))
+
+
+def closed_choices() -> Dict[str, Tuple[str, ...]]:
+    """Dotted key -> its allowed values, for every key with a closed set of values."""
+    return {key: f.metadata["choices"] for key, f in schema_fields() if "choices" in f.metadata}
+
+
+def upgrade_saved_config(container: Dict[str, Any]) -> Dict[str, Any]:
+    """A saved config (config.yaml, a queued job's config) written before keys moved, as today's schema
+    names them (:data:`RENAMED_KEYS`): a value moves unless its new key is there already. In place."""
+    for old, new in RENAMED_KEYS.items():
+        *old_path, old_leaf = old.split(".")
+        parent = container
+        for part in old_path:
+            parent = parent.get(part) if isinstance(parent, dict) else None
+        if not isinstance(parent, dict) or old_leaf not in parent:
+            continue
+        value = parent.pop(old_leaf)
+        *new_path, new_leaf = new.split(".")
+        target = container
+        for part in new_path:
+            target = target.setdefault(part, {})
+        target.setdefault(new_leaf, value)
+    return container
+
+
+def load_saved_config(text: str) -> DictConfig:
+    """A saved config's YAML (untyped), with :func:`upgrade_saved_config` applied."""
+    container = OmegaConf.to_container(OmegaConf.create(text), resolve=False)
+    return OmegaConf.create(upgrade_saved_config(container))
 
 
 def absolute_path(path: Optional[str]) -> Optional[str]:
@@ -291,4 +449,36 @@ def absolute_path(path: Optional[str]) -> Optional[str]:
 
 def register_configs() -> None:
     ConfigStore.instance().store(name="burn_schema", node=BurnConfig)
+
+
+#: The entry config of launch/run.py and launch/submit.py.
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
+    """The config the entry points compose from these command-line overrides."""
+    from hydra import compose, initialize_config_dir
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+        return compose("config", overrides=list(overrides))
+
+
+def main(argv: Sequence[str]) -> int:
+    """``python -m burn.config KEY [overrides...]``: KEY's value as a stage composed from the overrides
+    sees it (slurm/chain.sh reads signal_delay_s so). Exit 2 with one line when it cannot be composed."""
+    if not argv or argv[0].startswith("-"):
+        print("usage: python -m burn.config KEY [key=value ...]", file=sys.stderr)
+        return 2
+    try:
+        value = OmegaConf.select(compose_config(argv[1:]), argv[0], throw_on_missing=True)
+    except Exception as err:  # Hydra's composition errors: the user's overrides
+        print(f"burn.config: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
+    print(value)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
 

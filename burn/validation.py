@@ -12,25 +12,32 @@ from typing import Collection, Iterable, List, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from burn.config import RANDOM_BACKBONE, TEACHER_CLASSIFIER_MODES
+from burn.config import RANDOM_BACKBONE, closed_choices
 from burn.errors import UsageError
 
 RUNNABLE_STAGES = ("1", "2", "linear")
-TRAIN_PRECISIONS = ("fp16", "bf16", "fp32")
-LINEAR_PRECISIONS = ("binary", "binact", "fp")
+
+
+def check_closed_choices(cfg: DictConfig, stages: Iterable[str] = RUNNABLE_STAGES) -> None:
+    """Every key the schema gives a closed set of values (burn/config.py ``choices``) holds one of them;
+    `stages` narrows ``stage`` (the stage runner runs one stage, launch/submit.py also ``all``). Run
+    right after the config is composed (launch/entry.py), so a typo fails before anything is queued."""
+    for key, allowed in closed_choices().items():
+        if key == "stage":
+            allowed = tuple(stages)
+        value = OmegaConf.select(cfg, key, throw_on_missing=False)
+        if value is not None and str(value) not in allowed:
+            hint = " (stage=all is for launch/submit.py)" if (key, str(value)) == ("stage", "all") else ""
+            raise UsageError(f"{key}={value!r}: choose one of {', '.join(allowed)}{hint}")
 
 
 def check_choices(cfg: DictConfig, stages: Iterable[str] = RUNNABLE_STAGES) -> None:
-    stages = tuple(stages)
-    if str(cfg.stage) not in stages:
-        raise UsageError(f"stage={cfg.stage!r}: choose one of {', '.join(stages)}")
-    if cfg.train.precision not in TRAIN_PRECISIONS:
-        raise UsageError(f"train.precision={cfg.train.precision!r}: choose one of {', '.join(TRAIN_PRECISIONS)}")
-    if cfg.linear.precision not in LINEAR_PRECISIONS:
-        raise UsageError(f"linear.precision={cfg.linear.precision!r}: choose one of {', '.join(LINEAR_PRECISIONS)}")
-    if cfg.model.teacher_classifier not in TEACHER_CLASSIFIER_MODES:
-        raise UsageError(f"model.teacher_classifier={cfg.model.teacher_classifier!r}: choose one of "
-                         f"{', '.join(TEACHER_CLASSIFIER_MODES)}")
+    """The closed choices and the values that must be set or positive."""
+    check_closed_choices(cfg, stages)
+    for key in ("steps", "epochs"):  # None: the stage's own length (train.epochs / linear.epochs)
+        if cfg[key] is not None and cfg[key] <= 0:
+            raise UsageError(f"{key}={cfg[key]}: a stage's length must be positive (leave {key} unset for the "
+                             "preset's length)")
     if cfg.linear.eval_every_epochs < 0:
         raise UsageError(f"linear.eval_every_epochs={cfg.linear.eval_every_epochs}: must be >= 0 (0: at the end only)")
     if OmegaConf.is_missing(cfg.data, "root") or not cfg.data.root:
@@ -40,18 +47,10 @@ def check_choices(cfg: DictConfig, stages: Iterable[str] = RUNNABLE_STAGES) -> N
 
 def check_batch(stage_cfg: DictConfig, world_size: int) -> None:
     """The global batch must split into per-GPU batches over all ranks (burn.batch: the per-GPU batch
-    may shrink, the global batch never changes)."""
-    from burn.batch import split_global_batch
+    may shrink, the global batch never changes). The check and its message are burn.batch's."""
+    from burn.batch import split_stage_batch
 
-    section = "linear" if str(stage_cfg.stage) == "linear" else "train"
-    global_batch, per_gpu = stage_cfg[section].global_batch, stage_cfg[section].per_gpu_batch
-    try:
-        split_global_batch(global_batch, per_gpu, world_size)
-    except ValueError:
-        raise UsageError(
-            f"stage {stage_cfg.stage}: {section}.global_batch={global_batch} cannot be split over {world_size} "
-            f"ranks (nodes x gpus_per_node): no per-GPU batch up to {section}.per_gpu_batch={per_gpu} gives "
-            f"per-GPU batch x {world_size} x accumulation = {global_batch}") from None
+    split_stage_batch(stage_cfg, world_size)
 
 
 def check_weights(path: str, key: str, stage: str) -> None:

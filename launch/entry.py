@@ -1,5 +1,6 @@
-"""What launch/run.py and launch/submit.py do alike: their short --help, and the composed config made
-ready to use (absolute paths, the synthetic-data rule) before any check or work.
+"""What launch/run.py and launch/submit.py do alike: their short --help, the refusal of renamed keys, and
+the composed config made ready to use (closed choices checked, absolute paths, the synthetic-data rule)
+before any other check or work.
 
 Kept light (no torch): `--help` answers at once.
 """
@@ -12,8 +13,9 @@ from typing import Iterable, Set
 
 from omegaconf import DictConfig, OmegaConf
 
-from burn.config import PATH_KEYS, absolute_path
-from burn.errors import UsageError
+from burn.config import PATH_KEYS, RENAMED_KEYS, absolute_path
+from burn.errors import UsageError, reported_as_one_line
+from burn.validation import RUNNABLE_STAGES, check_closed_choices
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -24,6 +26,17 @@ def print_help_if_asked(text: str, argv: Iterable[str] = ()) -> None:
     if any(arg in ("-h", "--help") for arg in (list(argv) or sys.argv[1:])):
         print(text.strip())
         sys.exit(0)
+
+
+def refuse_renamed_keys(prog: str, argv: Iterable[str] = ()) -> None:
+    """A command line that sets a key that moved (burn.config.RENAMED_KEYS): one line naming the key that
+    holds the setting now, exit 2. Before Hydra composes, whose error would only say the key is unknown."""
+    with reported_as_one_line(prog):
+        for arg in list(argv) or sys.argv[1:]:
+            key, _, value = arg.partition("=")
+            key = key.lstrip("+~")
+            if key in RENAMED_KEYS:
+                raise UsageError(f"{key} is now {RENAMED_KEYS[key]}: write {RENAMED_KEYS[key]}={value or '...'}")
 
 
 def command_line_keys() -> Set[str]:
@@ -58,8 +71,10 @@ def apply_synthetic_rule(cfg: DictConfig, given: Set[str]) -> None:
             f"own data.root ({default}); add data.synthetic.generate=true to generate one here")
 
 
-def prepare_config(cfg: DictConfig) -> None:
-    """The entry points' first step on a composed config (in place)."""
+def prepare_config(cfg: DictConfig, stages: Iterable[str] = RUNNABLE_STAGES) -> None:
+    """The entry points' first step on a composed config (in place). `stages`: the values ``stage`` may
+    take here (launch/submit.py also takes ``all``)."""
+    check_closed_choices(cfg, stages)  # a typo in a closed choice fails here, before anything is queued
     apply_synthetic_rule(cfg, command_line_keys())
     for key in PATH_KEYS:  # a job (or a later run) started in another directory reads the same files
         value = OmegaConf.select(cfg, key)  # None when unset or missing (???)

@@ -38,6 +38,8 @@ Keys people change:
   train.precision=fp16|bf16|fp32
   optim.lr=LR                  pretraining learning rate (linear evaluation: linear.lr, linear.epochs)
   checkpoint.every_steps=N     periodic checkpoints (also on preemption and at the end)
+  checkpoint.force=true        resume although the model, data, optim.* or the teacher file changed (logged);
+                               without it such a resume is refused with one line naming the key (old -> new)
 Every key with its meaning: burn/config.py. The composed config: --cfg job. Hydra's options: --hydra-help.
 
 Exit status: 0 complete; 75 preempted (SIGUSR2): checkpoint written, requeue me; 143 cancelled (SIGTERM)
@@ -51,9 +53,10 @@ Examples:
   python launch/run.py stage=linear pretrained=runs/burn/stage2/backbone.pth data.root=/datasets/imagenet
 """
 
-from launch.entry import CONF, prepare_config, print_help_if_asked  # noqa: E402
+from launch.entry import CONF, prepare_config, print_help_if_asked, refuse_renamed_keys  # noqa: E402
 
 print_help_if_asked(HELP)
+refuse_renamed_keys("run.py")
 
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402

@@ -13,7 +13,8 @@ TensorBoard command, and returns at once. Re-running the same command skips comp
 Sweeps (hydra-submitit-launcher): `-m hydra/launcher=submitit_slurm` queues one array task per
 combination; inside it this same script runs the requested stage(s) on every task, one after the
 other, in runs/<name>/<swept overrides>/. The job size comes from hydra.launcher.* (nodes,
-tasks_per_node, timeout_min, signal_delay_s, cpus_per_task), not from nodes/gpus_per_node/time. The
+tasks_per_node, timeout_min, signal_delay_s, cpus_per_task), not from nodes/gpus_per_node/time (give
+signal_delay_s= the launcher's value too: the stages' slow-checkpoint warning reads it). The
 launcher BLOCKS until every job has finished (run it under tmux/nohup). Its max_num_timeout
 (default 0) only concerns Submitit's own USR2 handler, which burn's replaces: a preempted or timed
 out sweep job still checkpoints and requeues itself up to max_requeues.
@@ -65,17 +66,20 @@ Examples:
   python launch/status.py runs/burn
 """
 
-from launch.entry import CONF, prepare_config, print_help_if_asked  # noqa: E402
+from launch.entry import CONF, prepare_config, print_help_if_asked, refuse_renamed_keys  # noqa: E402
 
 print_help_if_asked(HELP)
+refuse_renamed_keys("submit.py")
 
 import hydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from burn.config import PATH_KEYS, RANDOM_BACKBONE, STAGES, absolute_path, register_configs  # noqa: E402
 from burn import rundir, slurm_cli  # noqa: E402
+from burn.config import (LAUNCH, PATH_KEYS, RANDOM_BACKBONE, STAGES, absolute_path, keys_with_role,  # noqa: E402
+                         register_configs)
+from burn.engine.identity import check_resume_config  # noqa: E402
 from burn.environment import Environment  # noqa: E402
 from burn.errors import UsageError, reported_as_one_line  # noqa: E402
 from burn.validation import (check_batch, check_choices, check_pretrained, check_teacher,  # noqa: E402
@@ -87,10 +91,10 @@ from launch import jobs, task  # noqa: E402
 register_configs()
 
 STAGE_ORDER = tuple(rundir.STAGE_DIRS)  # 1 -> 2 -> linear
-#: Keys that choose where and how to queue, not what to compute (kept out of sweep run dir names).
-LAUNCH_KEYS = ("cluster", "nodes", "gpus_per_node", "partition", "time", "account", "qos", "constraint",
-               "mem", "cpus_per_task", "signal_delay_s", "max_requeues", "stage", "run_dir", "compare_baseline",
-               "dry_run")
+#: Keys that choose where and how to queue, not what to compute (burn/config.py role=LAUNCH).
+LAUNCH_KEYS = keys_with_role(LAUNCH)
+#: Keys a sweep's run directory names already (runs/<name>/<overrides>/stage<N>), besides the launch keys.
+IN_RUN_DIR_PATH = ("stage", "preset", "name")
 
 
 class LaunchConfigError(UsageError):
@@ -104,7 +108,7 @@ def _sweep_suffix() -> Optional[str]:
     leaving out launch keys, logging keys and the preset/name already in the path."""
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
         return None
-    skip = set(LAUNCH_KEYS) | {"preset", "name"}
+    skip = set(LAUNCH_KEYS) | set(IN_RUN_DIR_PATH)
     keep = sorted(o for o in HydraConfig.get().overrides.task
                   if not o.startswith(("hydra", "log.")) and o.split("=", 1)[0].lstrip("+~") not in skip)
     return ",".join(keep).replace("/", "_") or "default"
@@ -159,8 +163,7 @@ def plan_stages(cfg: DictConfig) -> List[DictConfig]:
 # ---- validation (before queueing) -----------------------------------------------------------------
 
 def check_launch_keys(cfg: DictConfig) -> None:
-    if cfg.cluster not in ("auto", "slurm", "local"):
-        raise LaunchConfigError(f"cluster={cfg.cluster!r}: choose auto, slurm or local")
+    """The job size and limits (cluster is a closed choice: checked when the config is composed)."""
     for key in ("nodes", "gpus_per_node", "cpus_per_task", "time"):
         if cfg[key] < 1:
             raise LaunchConfigError(f"{key}={cfg[key]}: must be at least 1")
@@ -207,6 +210,7 @@ def validate(cfg: DictConfig, planned: List[DictConfig], world_size: int, with_d
                              any(stage_cfg is c for c in todo))
         if auto and not Path(stage_cfg.model.teacher_weights).exists():
             to_train.add(id(stage_cfg))
+        check_identity(stage_cfg)
     produced = set()  # weight files an earlier stage of this submission will write
     for stage_cfg in todo:
         check_batch(stage_cfg, world_size)
@@ -215,6 +219,14 @@ def validate(cfg: DictConfig, planned: List[DictConfig], world_size: int, with_d
             check_teacher(stage_cfg)
         check_pretrained(stage_cfg, produced)
         produced |= {str(Path(stage_cfg.run_dir) / n) for n in (rundir.STAGE1_EXTRACTION, rundir.BACKBONE)}
+
+
+def check_identity(stage_cfg: DictConfig) -> None:
+    """A stage directory that holds a run already (complete or not) must hold this config's run: the
+    stage runner checks it too, but a complete stage is skipped here and would otherwise look valid."""
+    run_dir = Path(stage_cfg.run_dir)
+    if (run_dir / rundir.CONFIG).is_file():
+        check_resume_config((run_dir / rundir.CONFIG).read_text(), stage_cfg, run_dir, stage_cfg.checkpoint.force)
 
 
 # ---- where to run ---------------------------------------------------------------------------------
@@ -304,7 +316,7 @@ def compare_with_baseline(linear_cfg: DictConfig, burn_summary: dict, max_requeu
 
 def launch(cfg: DictConfig) -> None:
     """Validate, then queue on SLURM, run here, or (inside a sweep job) run on every task."""
-    prepare_config(cfg)  # absolute paths; a preset generates data at its own data.root only
+    prepare_config(cfg, STAGES)  # closed choices; absolute paths; a preset generates data at its own data.root only
     planned = plan_stages(cfg)
     if cfg.dry_run:
         validate(cfg, planned, cfg.nodes * cfg.gpus_per_node, dry=True)

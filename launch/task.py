@@ -35,7 +35,7 @@ from typing import Any, Dict, List
 from omegaconf import DictConfig, OmegaConf
 
 from burn import rundir, slurm_cli
-from burn.config import BurnConfig
+from burn.config import BurnConfig, load_saved_config
 from burn.engine.checkpoint import CheckpointManager
 from burn.engine.signals import CANCEL_EXIT_CODE, INTERRUPT_EXIT_CODE, REQUEUE_EXIT_CODE, STOP_SIGNALS
 from burn.engine.stage import run_stage
@@ -52,8 +52,9 @@ class RequeueRefused(RuntimeError):
 
 
 def stage_config(stage_yaml: str) -> DictConfig:
-    """The typed stage config from its resolved YAML (what the job pickle carries)."""
-    return OmegaConf.merge(OmegaConf.structured(BurnConfig), OmegaConf.create(stage_yaml))
+    """The typed stage config from its resolved YAML (what the job pickle carries; a job queued before a
+    key moved reads with the value where it is now)."""
+    return OmegaConf.merge(OmegaConf.structured(BurnConfig), load_saved_config(stage_yaml))
 
 
 def decide_requeue(stage_dir: Path, max_requeues: int, job_id: str, restarts: int) -> int:

@@ -10,6 +10,10 @@
 # linear.epochs), as with submit.py stage=all. A stage whose dir holds DONE is skipped. Logs: <stage dir>/slurm/<job id>.out.
 # Each job is recorded in <stage dir>/slurm/jobs.jsonl for launch/status.py. Prints the job ids.
 # The run directory's names are burn/rundir.py's (tests/test_layout.py keeps them equal).
+# The time-limit warning comes signal_delay_s seconds before the end (--signal=B:USR2@<s>): the value the
+# overrides give the stages (burn/config.py), so the stage's slow-checkpoint warning knows it too. Set it
+# with signal_delay_s=<s> after the --, not with an sbatch --signal option. BURN_PYTHON: the interpreter
+# (default python3).
 set -euo pipefail
 
 if (($# < 1)) || [[ $1 == -* ]]; then
@@ -29,6 +33,14 @@ OVERRIDES=("$@")
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 export BURN_REPO=$REPO
 
+for option in "${SBATCH_OPTS[@]}"; do
+    if [[ $option == --signal* ]]; then
+        echo "$0: $option: set signal_delay_s=<seconds> after the -- instead (it also tells the stages)" >&2
+        exit 2
+    fi
+done
+SIGNAL_DELAY_S=$(cd "$REPO" && "${BURN_PYTHON:-python3}" -m burn.config signal_delay_s "${OVERRIDES[@]}")
+
 submit_stage() {
     local stage=$1 dir=$2 dependency=$3 pretrained=$4 job_id extra=()
     mkdir -p "$dir/slurm"
@@ -41,7 +53,7 @@ submit_stage() {
     done
     [[ -n $pretrained ]] && args+=("pretrained=$pretrained")
     job_id=$(sbatch --parsable --job-name="burn-$stage" --output="$dir/slurm/%j.out" \
-        "${extra[@]}" "${SBATCH_OPTS[@]}" "$REPO/slurm/stage.sbatch" "${args[@]}")
+        --signal="B:USR2@$SIGNAL_DELAY_S" "${extra[@]}" "${SBATCH_OPTS[@]}" "$REPO/slurm/stage.sbatch" "${args[@]}")
     job_id=${job_id%%;*}
     printf '{"job_id": "%s", "stage": "%s", "via": "sbatch", "dependency": "%s", "submitted": %s, "log": "%s"}\n' \
         "$job_id" "$stage" "${dependency:+afterok:$dependency}" "$(date +%s)" "$dir/slurm/$job_id.out" \

@@ -98,3 +98,11 @@ def test_start_up_of_a_linear_stage_neither_trains_an_auto_teacher_nor_loads_ran
     lock.release()
     assert action == "run"
     assert cfg.model.teacher_weights == str(teacher_path(cfg.data, cfg.model.teacher_arch))
+
+
+@pytest.mark.parametrize("override", ["steps=0", "steps=-3", "epochs=0.0"])
+def test_a_stage_length_that_is_not_positive_is_refused(tmp_path, override):
+    key, value = override.split("=")
+    with pytest.raises(UsageError, match=rf"^{key}={value}: a stage's length must be positive"):
+        check_choices(compose_cfg(override, f"data.root={tmp_path}"))
+    check_choices(compose_cfg("steps=1", f"data.root={tmp_path}"))

@@ -72,7 +72,8 @@ class LinearEvalTrainer(StageLoop):
             backbone.load_state_dict(load_backbone(cfg.pretrained), strict=True)
         self.model = LinearEvalModel(backbone, lin.num_classes).to(info.device)
         self.ddp = wrap_ddp(self.model, info)
-        self.per_gpu_batch, self.accum = split_global_batch(lin.global_batch, lin.per_gpu_batch, info.world_size)
+        self.per_gpu_batch, self.accum = split_global_batch(lin.global_batch, lin.per_gpu_batch, info.world_size,
+                                                            "linear")
         self.loader = build_eval_loader(cfg.data, split="train", batch_size=self.per_gpu_batch, shard_id=info.rank,
                                         num_shards=info.world_size, seed=cfg.seed, dtype=self.amp.input_dtype,
                                         state=data_state)

@@ -59,6 +59,9 @@ class StageLoop:
         self.sample_record: Optional[SampleRecord] = None
         self.states: Dict[str, Stateful] = {}
         """What a checkpoint holds besides the loop's progress: build()'s mapping plus the process RNG."""
+        self.step_seconds = 0.0
+        """Mean wall time of an optimizer step in this process (its first step, which may compile, left
+        out): what a stop signal waits for before the checkpoint is written."""
 
     # ---- hooks -----------------------------------------------------------------------------------
     def build(self, data_state: Any) -> Dict[str, Stateful]:
@@ -185,12 +188,18 @@ class StageLoop:
         stop signal ended it early (every rank returns at the same step; the code is in _stop_code)."""
         cfg = self.cfg
         bad = BadStepStreak(cfg.train.max_bad_steps)
+        timed_steps, timed_seconds = -1, 0.0  # the first step (it may compile) is left out of the mean
         while self.step < last_step:
+            started = time.perf_counter()
             metrics, applied = self.train_step()
             self.step += 1
             bad.update(applied)  # on the device with fp16 on CUDA: no host sync here
             # One collective per step: every rank learns of a signal that reached any of them.
             stop = self._stop_code = stop_code(self.preemption.code, self.info.distributed)
+            timed_steps += 1
+            if timed_steps:  # a mean over many steps: on CUDA the host runs ahead of one step's work
+                timed_seconds += time.perf_counter() - started
+                self.step_seconds = timed_seconds / timed_steps
             logging_step = self.step % cfg.log.every_steps == 0 or self.step == self.total_steps
             checkpoint_step = self.step % cfg.checkpoint.every_steps == 0 and self.step < self.total_steps
             if logging_step or checkpoint_step or stop or self.step == last_step:
@@ -247,7 +256,8 @@ class StageLoop:
                 else:
                     self.ckpt.save(state, self.step)  # logs path and time
                 if self.ckpt.last_save_seconds is not None:  # after a background submit: the previous write's
-                    warn_if_slow_checkpoint(self.ckpt.last_save_seconds, self.cfg.checkpoint.signal_lead_s)
+                    warn_if_slow_checkpoint(self.ckpt.last_save_seconds, self.cfg.signal_delay_s,
+                                            step_seconds=self.step_seconds)
         self._saved_step = self.step
         barrier(self.info)
 

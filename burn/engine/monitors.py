@@ -19,7 +19,7 @@ COLLAPSE_SIDES = {"student": "student_out", "teacher": "teacher_out"}
 def collapse_stats(outputs: torch.Tensor, temperature: float) -> Dict[str, torch.Tensor]:
     """Collapse statistics of one classifier's outputs ``(B, K)`` for B images (0-dim float32 tensors).
 
-    The softmaxes use ``temperature``, the temperature of the loss's KL term (``optim.temperature``),
+    The softmaxes use ``temperature``, the temperature of the loss's KL term (``loss.temperature``),
     so the entropies describe the distributions the loss actually compares.
 
     - ``std``: per-dimension std across the batch of the L2-normalised outputs, averaged over the K

@@ -1,7 +1,7 @@
 """Stop signals: a flag-only handler, a cross-rank stop decision, and the exit codes.
 
 SLURM announces preemption or the time limit with SIGUSR2 some seconds before the kill
-(``--signal=USR2@120``); a user's ``scancel`` sends SIGTERM, Ctrl-C SIGINT (which signal means what:
+(``--signal=USR2@<signal_delay_s>``); a user's ``scancel`` sends SIGTERM, Ctrl-C SIGINT (which signal means what:
 burn/signal_flags.py). The handler here only records what came; the training loop polls
 :func:`stop_code` at step boundaries, writes a checkpoint and exits with :data:`REQUEUE_EXIT_CODE`
 (requeue me), :data:`CANCEL_EXIT_CODE` or :data:`INTERRUPT_EXIT_CODE` (stay stopped).
@@ -194,7 +194,8 @@ def warn_if_slow_checkpoint(
 
     Args:
         save_seconds: duration of a recent save (``CheckpointManager.last_save_seconds``).
-        lead_seconds: seconds between the signal and the kill (``checkpoint.signal_lead_s``).
+        lead_seconds: seconds between the signal and the kill (``signal_delay_s``).
+        step_seconds: how long finishing the current step takes (the loop's mean step time).
     """
     needed = step_seconds + safety_factor * save_seconds
     if needed <= lead_seconds:
@@ -202,8 +203,8 @@ def warn_if_slow_checkpoint(
     log.warning(
         "A checkpoint write took %.1f s; with a x%.1f safety factor plus %.1f s to finish the "
         "current step that is %.1f s, more than the %.1f s between the preemption signal and the "
-        "kill. Raise checkpoint.signal_lead_s together with SLURM --signal=USR2@<seconds>, or "
-        "write to faster storage.",
+        "kill. Raise signal_delay_s (it sets SLURM's --signal=USR2@<seconds> too), or write to "
+        "faster storage.",
         save_seconds,
         safety_factor,
         step_seconds,

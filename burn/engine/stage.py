@@ -11,16 +11,16 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Optional
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from burn.config import PATH_KEYS, absolute_path
 from burn.data.loaders import ensure_synthetic
 from burn.engine.distributed import DistInfo, all_gather_objects, init_distributed, seed_everything, \
     shutdown_distributed
 from burn.engine.gpu import configure_backends
+from burn.engine.identity import check_resume_config
 from burn.engine.logging import configure_console_logging, record_failure
 from burn.engine.rundir import ConfigMismatchError, RunDirBusyError, RunDirLock, \
     write_config_if_changed
@@ -35,38 +35,6 @@ from burn.validation import check_choices, check_data, check_stage
 log = logging.getLogger("burn")
 
 RUNNABLE_STAGES = ("1", "2", "linear")
-
-#: Config sections whose change makes a resumed run a different experiment.
-_IDENTITY_KEYS = ("stage", "seed", "model", "data.root", "data.train_list", "data.train_labeled_list",
-                  "data.val_list", "data.aug", "train.global_batch", "train.per_gpu_batch",
-                  "linear.global_batch", "linear.per_gpu_batch", "linear.num_classes", "pretrained")
-
-
-def _identity(cfg: DictConfig) -> Dict[str, Any]:
-    cfg = cfg.copy()
-    for key in PATH_KEYS:  # the same folder however it was written (relative, absolute, via a symlink)
-        path = absolute_path(OmegaConf.select(cfg, key))
-        OmegaConf.update(cfg, key, os.path.realpath(path) if path and os.path.isabs(path) else path)
-    values = {}
-    for key in _IDENTITY_KEYS:
-        value = OmegaConf.select(cfg, key)
-        values[key] = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
-    return values
-
-
-def check_resume_config(saved_yaml: str, cfg: DictConfig, run_dir: Path, force: bool) -> None:
-    """Refuse to continue a run directory whose model or data the new command would change."""
-    saved, now = _identity(OmegaConf.create(saved_yaml)), _identity(cfg)
-    changed = [k for k in _IDENTITY_KEYS if saved[k] != now[k]]
-    if not changed:
-        return
-    detail = "; ".join(f"{k}: {saved[k]!r} -> {now[k]!r}" for k in changed)
-    if force:
-        log.warning("continuing %s despite a changed config (checkpoint.force=true): %s", run_dir, detail)
-        return
-    raise ConfigMismatchError(
-        f"{run_dir} belongs to a run with a different config ({detail}). Use a new run_dir, or "
-        f"checkpoint.force=true to continue anyway.")
 
 
 def resolve_run_dir(cfg: DictConfig) -> Path:
@@ -111,7 +79,7 @@ def _claim_run_dir(cfg: DictConfig, run_dir: Path, world_size: int,
         raise
 
 
-#: Errors rank 0 relays to the other ranks by name, so every rank fails the same way.
+#: Errors rank 0 relays to the other ranks by name, so every rank fails the same way (subclasses first).
 _RELAYED = {cls.__name__: cls for cls in (ConfigMismatchError, RunDirBusyError, UsageError)}
 
 
@@ -126,7 +94,8 @@ def _start_up(cfg: DictConfig, info: DistInfo, run_dir: Path) -> tuple[Optional[
         except Exception as err:
             if not info.distributed:
                 raise
-            error, decision = err, ("error", type(err).__name__, str(err))
+            relayed = next((name for name, cls in _RELAYED.items() if isinstance(err, cls)), type(err).__name__)
+            error, decision = err, ("error", relayed, str(err))  # a UsageError subclass relays as its base
     kind, what, message = all_gather_objects(info, decision)[0]
     if kind == "ok":
         return lock, what

@@ -14,8 +14,9 @@ from burn.batch import split_global_batch
 from burn.config import RANDOM_BACKBONE, STAGE_PRECISION
 from burn.data.loaders import build_pretrain_loader
 from burn.engine.checkpoint import sha256_of_file
-from burn.engine.distributed import wrap_ddp
+from burn.engine.distributed import all_gather_objects, wrap_ddp
 from burn.engine.gpu import compile_enabled, compile_in_place, teacher_to_half, to_channels_last
+from burn.engine.identity import check_teacher_unchanged
 from burn.engine.knn import KnnMonitor
 from burn.engine.loop import StageLoop
 from burn.engine.monitors import CollapseAlarm, collapse_metrics
@@ -80,7 +81,7 @@ class PretrainTrainer(StageLoop):
         self.knn = (KnnMonitor(cfg.monitor, cfg.data, info, seed=cfg.seed, dtype=self.amp.input_dtype,
                                autocast=self.amp.autocast, channels_last=cfg.train.channels_last)
                     if cfg.monitor.knn else None)
-        self.collapse_alarm = (CollapseAlarm(cfg.monitor.collapse_threshold, cfg.optim.temperature)
+        self.collapse_alarm = (CollapseAlarm(cfg.monitor.collapse_threshold, cfg.loss.temperature)
                                if cfg.monitor.collapse else None)
         _, self.steps_per_epoch, self.total_steps = stage_length(
             steps=cfg.steps, epochs=cfg.epochs, default_epochs=cfg.train.epochs,
@@ -97,16 +98,15 @@ class PretrainTrainer(StageLoop):
                      "(%d per epoch)", self.stage, self.precision, info.world_size, self.per_gpu_batch,
                      self.accum, cfg.train.global_batch, self.total_steps, self.steps_per_epoch)
         # The frozen teacher is referenced, not copied: its path and checksum identify it.
-        teacher = cfg.model.teacher_weights
         return {"model": ModuleParts(self.model.trainable_modules()), "optimizer": self.optimizer,
                 "scheduler": self.scheduler, "scaler": self.scaler, "data": self.loader,
-                "teacher": Record(lambda: {"path": teacher, "sha256": sha256_of_file(teacher) if teacher else None})}
+                "teacher": Record(self._teacher_facts)}
 
     # ---- one optimizer step ------------------------------------------------------------------------
     def train_step(self) -> tuple[Dict[str, Any], Applied]:
         cfg = self.cfg
         started = time.perf_counter()
-        lam = lambda_at(self.step, self.total_steps, cfg.optim.lambda_start, cfg.optim.lambda_end)
+        lam = lambda_at(self.step, self.total_steps, cfg.loss.lambda_start, cfg.loss.lambda_end)
         self.optimizer.zero_grad(set_to_none=True)
         sums = torch.zeros(3, device=self.info.device)  # loss, kl, fs over the micro-batches
         data_wait = 0.0
@@ -122,7 +122,7 @@ class PretrainTrainer(StageLoop):
             sync = contextlib.nullcontext() if last or not self.info.distributed else self.ddp.no_sync()
             with sync:
                 with self.amp.autocast():
-                    out = self.ddp(view1, view2, lam, cfg.optim.temperature)
+                    out = self.ddp(view1, view2, lam, cfg.loss.temperature)
                 self.scaler.scale(out["loss"] / self.accum).backward()
             sums += torch.stack([out["loss"], out["kl"], out["fs"]]).detach().float() / self.accum
             if self.preemption.requested and self.noticed_at is None:
@@ -136,12 +136,12 @@ class PretrainTrainer(StageLoop):
             self._first_step_s = seconds
             if self.info.is_main:
                 log.info("first step (with compilation) took %.1f s", seconds)
-            warn_if_slow_checkpoint(0.0, cfg.checkpoint.signal_lead_s, step_seconds=seconds)
+            warn_if_slow_checkpoint(0.0, cfg.signal_delay_s, step_seconds=seconds)
         metrics = {"loss": sums[0], "kl": sums[1], "fs": sums[2], "grad_norm": grad_norm, "lambda": lam,
                    "lr": lr, "grad_scale": LazyScale(self.scaler),  # read on logging steps only
                    "images_per_s": images / seconds, "data_wait_s": data_wait}
         if cfg.monitor.collapse:  # last micro-batch on this rank; device tensors, synced on logging steps only
-            metrics.update(collapse_metrics(out, cfg.optim.temperature))
+            metrics.update(collapse_metrics(out, cfg.loss.temperature))
             self._collapse_shape = tuple(out["student_out"].shape)
         return metrics, applied
 
@@ -160,6 +160,18 @@ class PretrainTrainer(StageLoop):
             return
         result = self.knn(self.model.student)  # collective: every rank runs it at this step
         self.metrics.scalars(self.step, {"top1": result["top1"], "seconds": result["seconds"]}, group="knn")
+
+    def _teacher_facts(self) -> Dict[str, Any]:
+        path = self.cfg.model.teacher_weights
+        return {"path": path, "sha256": sha256_of_file(path) if path else None}
+
+    def _restore(self, state: Dict[str, Any], resized: bool) -> None:
+        # The checkpoint's weights were trained against its teacher: refuse another file's content. Rank 0
+        # hashes the file; every rank gets its digest, so every rank decides alike.
+        current = all_gather_objects(self.info, self._teacher_facts() if self.info.is_main else None)[0]
+        check_teacher_unchanged(state.get("teacher"), current, self.run_dir, state["step"], self.cfg.checkpoint.force)
+        self.states["teacher"] = Record(lambda: current)
+        super()._restore(state, resized)
 
     # ---- products --------------------------------------------------------------------------------
     def finish(self) -> None:

@@ -72,6 +72,37 @@ def test_signal_lead_must_fit_in_the_time_limit():
         submit.check_launch_keys(compose_cfg("time=2", "signal_delay_s=120"))
 
 
+@pytest.mark.parametrize("key, typo", [("stage", "3"), ("train.precision", "fp61"), ("data.backend", "dlai"),
+                                       ("data.device", "gpu0"), ("cluster", "slrum")])
+def test_a_closed_choice_typo_fails_when_the_config_is_composed(tmp_path, monkeypatch, key, typo):
+    monkeypatch.setattr(submit, "plan_stages", lambda cfg: pytest.fail("planned despite the typo"))
+    cfg = compose_cfg(f"{key}={typo}", f"run_dir={tmp_path}/run")
+    with pytest.raises(submit.UsageError, match=rf"^{key}='{typo}': choose one of "):
+        submit.launch(cfg)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_closed_choice_typo_on_the_command_line_is_one_line_exit_2(tmp_path):
+    out = subprocess.run([sys.executable, str(REPO / "launch" / "submit.py"), "preset=tiny", "stage=all",
+                          "cluster=slrum", f"run_dir={tmp_path}/run"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip().splitlines()[-1] == "submit.py: cluster='slrum': choose one of auto, slurm, local"
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_complete_stage_with_another_identity_is_refused_before_queueing(tmp_path):
+    """submit.py skips a complete stage: its saved config must still be this command's (data.aug here)."""
+    planned = submit.plan_stages(compose_cfg("stage=1", f"run_dir={tmp_path}"))
+    (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(planned[0]))
+    (tmp_path / "DONE").touch()
+    submit.check_identity(planned[0])
+    changed = submit.plan_stages(compose_cfg("stage=1", f"run_dir={tmp_path}", "data.aug.blur_prob=0.5"))[0]
+    with pytest.raises(submit.UsageError, match=r"data.aug.blur_prob: 0.0 -> 0.5"):
+        submit.check_identity(changed)
+    changed.checkpoint.force = True
+    submit.check_identity(changed)
+
+
 def test_weight_files_are_checked_before_queueing(tmp_path, tiny_data):
     data = [f"data.root={tiny_data}", "data.synthetic.generate=false", f"run_dir={tmp_path}/run"]
     cfg = compose_cfg("stage=2", f"pretrained={tmp_path}/missing.pth", *data)

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from burn.config import compose_config
+
 pytestmark = [pytest.mark.slurm]
 
 REPO = Path(__file__).resolve().parents[2]
@@ -33,6 +35,9 @@ def test_dry_run_prints_plan_and_sbatch_scripts_and_queues_nothing(slurm_cluster
     assert f"stage2  {run_dir / 'stage2'}  (steps=4, pretrained={run_dir / 'stage1' / 'stage1_extraction.pth'})" in text
     assert f"linear  {run_dir / 'linear'}  (epochs=20.0, pretrained={run_dir / 'stage2' / 'backbone.pth'})" in text
     assert text.count("#!/bin/bash") == 3 and text.count("#SBATCH --nodes=2") == 3
+    # The warning signal comes signal_delay_s before the limit: the tiny preset's, in every generated script.
+    lead = compose_config(["preset=tiny"]).signal_delay_s
+    assert re.findall(r"^#SBATCH --signal=(.*)$", text, re.M) == [f"USR2@{lead}"] * 3
     assert "#SBATCH --dependency='afterok:<job id of stage1>'" in text
     assert "#SBATCH --dependency='afterok:<job id of stage2>'" in text
     # The submitting interpreter (python or python3, as the suite was started) runs the job.
