@@ -24,7 +24,7 @@ TEACHER_CLASSIFIER_MODES = ("joint", "frozen")
 AUTO_TEACHER = "auto"
 #: Keys that name files or folders: made absolute at the entry points, compared resolved on resume.
 PATH_KEYS = ("data.root", "model.teacher_weights", "pretrained")
-#: Student precision per pretraining stage (burn_facts.md: stage 1 binarises activations only).
+#: Student precision per pretraining stage (docs/reference.md: stage 1 binarises activations only).
 STAGE_PRECISION = {"1": "binact", "2": "binary"}
 
 
@@ -53,7 +53,7 @@ class ModelConfig:
 
 @dataclass
 class AugmentConfig:
-    """Two-view pretraining recipe (burn_facts.md); both views use the same recipe."""
+    """Two-view pretraining recipe (docs/reference.md); both views use the same recipe."""
 
     image_size: int = 224
     """Side of the random resized crop."""
