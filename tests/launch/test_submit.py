@@ -72,6 +72,7 @@ def test_signal_lead_must_fit_in_the_time_limit():
         submit.check_launch_keys(compose_cfg("time=2", "signal_delay_s=120"))
 
 
+@pytest.mark.process
 def test_weight_files_are_checked_before_queueing(tmp_path, tiny_data):
     data = [f"data.root={tiny_data}", "data.synthetic.generate=false", f"run_dir={tmp_path}/run"]
     cfg = compose_cfg("stage=2", f"pretrained={tmp_path}/missing.pth", *data)
@@ -84,6 +85,7 @@ def test_weight_files_are_checked_before_queueing(tmp_path, tiny_data):
         submit.validate(cfg, submit.plan_stages(cfg), 1)
 
 
+@pytest.mark.process
 def test_a_missing_dataset_list_is_reported_with_its_key(tmp_path, tiny_data):
     cfg = compose_cfg("stage=all", f"data.root={tiny_data}", "data.synthetic.generate=false",
                       "data.val_list=meta/nope.txt", f"run_dir={tmp_path}/run")
@@ -91,6 +93,7 @@ def test_a_missing_dataset_list_is_reported_with_its_key(tmp_path, tiny_data):
         submit.validate(cfg, submit.plan_stages(cfg), 1)
 
 
+@pytest.mark.process
 def test_pretraining_with_the_knn_monitor_checks_the_labelled_lists(tmp_path, tiny_data):
     data = [f"data.root={tiny_data}", "data.synthetic.generate=false", "data.val_list=meta/nope.txt",
             f"run_dir={tmp_path}/run"]
@@ -101,6 +104,7 @@ def test_pretraining_with_the_knn_monitor_checks_the_labelled_lists(tmp_path, ti
     submit.validate(cfg, submit.plan_stages(cfg), 1)  # without it, stage 1 reads the train list only
 
 
+@pytest.mark.process
 def test_cli_rejects_a_bad_config_with_exit_2_and_queues_nothing(tmp_path, tiny_data):
     out = subprocess.run(
         [sys.executable, str(REPO / "launch" / "submit.py"), "preset=tiny", "stage=all", "nodes=3",
