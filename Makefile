@@ -24,7 +24,7 @@ test: install cluster-up
 	$(PY) -m pytest
 
 # The edit loop: in-process tests only (no cluster, no GPU, nothing that starts a process or trains a
-# stage), under 2 minutes on 2 cores. tests/conftest.py fails a test that starts a process unmarked.
+# stage): about 40 s of CPU. tests/conftest.py fails a test that starts a process unmarked.
 # One OpenMP thread unless set: on a busy machine torch's spinning threads made it 3x slower (3.5 min).
 test-fast:
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -q -m "not slow and not slurm and not gpu and not process"
