@@ -1,11 +1,12 @@
-# The two front-door commands (README): `make demo` and `make test`.
+# The two front-door commands (README): `make demo` and `make test`; `make test-fast` and `make lint` for the
+# edit loop (neither installs anything).
 PY ?= python3
 # DALI build matching the GPU driver: dali-cuda130 (driver R580+) or dali-cuda120 (CUDA 12 drivers).
 DALI ?= dali-cuda130
 # Where `make gpu-wheels` puts the wheels benchmarks/gpu_check.sh installs on an air-gapped GPU node.
 WHEELS ?= .whl
 
-.PHONY: install demo test cluster-up cluster-down gpu-wheels
+.PHONY: install demo test test-fast lint cluster-up cluster-down gpu-wheels
 
 install:
 	$(PY) -m pip install -q --root-user-action=ignore -e '.[test,$(DALI)]'
@@ -21,6 +22,17 @@ cluster-down:
 
 test: install cluster-up
 	$(PY) -m pytest
+
+# The edit loop: in-process tests only (no cluster, no GPU, nothing that starts a process or trains a
+# stage): about 40 s of CPU. tests/conftest.py fails a test that starts a process unmarked.
+# One OpenMP thread unless set: on a busy machine torch's spinning threads made it 3x slower (3.5 min).
+test-fast:
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -q -m "not slow and not slurm and not gpu and not process"
+
+# ruff's rules and format are in pyproject.toml; .ci/run runs this before the tests.
+lint:
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 
 # Hydra, OmegaConf, its ANTLR runtime and Submitit for a GPU node with PyTorch but no network (Python
 # 3.12, x86-64): `make gpu-wheels`, copy $(WHEELS)/ along, `benchmarks/gpu_check.sh $(WHEELS)`.

@@ -57,7 +57,7 @@ def cpu_seconds() -> float:
 
 class StockTwoViews(torch.utils.data.Dataset):
     """Reference only: the recipe written the usual way with torchvision.transforms.v2 (what DALI's
-    documentation and dali.md compare against), to put the fallback's speed in context."""
+    documentation and docs/reference.md compare against), to put the fallback's speed in context."""
 
     def __init__(self, root: Path):
         from torchvision.transforms import v2

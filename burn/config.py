@@ -36,7 +36,7 @@ TEACHER_CLASSIFIER_MODES = ("joint", "frozen")
 AUTO_TEACHER = "auto"
 #: Keys that name files or folders: made absolute at the entry points, compared resolved on resume.
 PATH_KEYS = ("data.root", "model.teacher_weights", "pretrained")
-#: Student precision per pretraining stage (burn_facts.md: stage 1 binarises activations only).
+#: Student precision per pretraining stage (docs/reference.md: stage 1 binarises activations only).
 STAGE_PRECISION = {"1": "binact", "2": "binary"}
 #: The stages a key is read by (``setting(stages=...)``): an IDENTITY key binds only the run directories of those.
 PRETRAINING = ("1", "2")
@@ -97,7 +97,7 @@ class ModelConfig:
 
 @dataclass
 class AugmentConfig:
-    """Two-view pretraining recipe (burn_facts.md); both views use the same recipe (IDENTITY)."""
+    """Two-view pretraining recipe (docs/reference.md); both views use the same recipe (IDENTITY)."""
 
     image_size: int = 224
     """Side of the random resized crop."""

@@ -84,3 +84,84 @@ class StageCLI:
 @pytest.fixture
 def cli(tiny_data: Path, tmp_path: Path) -> StageCLI:
     return StageCLI(tiny_data, tmp_path / "logs")
+
+
+
+# --- Every test that starts a process says so --------------------------------------------------------
+# `make test-fast` deselects the markers below to stay a quick in-process edit loop. Every process start
+# (subprocess, a stage via launch/*.py, spawned ranks, DataLoader or Pool workers) is noted; a test
+# without one of the markers fails when it, or a fixture it uses (even one set up earlier for another
+# test, such as the session's tiny_data), started one.
+PROCESS_MARKERS = ("process", "slow", "slurm")
+# subprocess keeps its own reference to fork_exec; multiprocessing calls the module's, or os.fork.
+_PROCESS_STARTERS = (("subprocess", "_fork_exec"), ("_posixsubprocess", "fork_exec"), ("os", "fork"),
+                     ("os", "posix_spawn"), ("os", "posix_spawnp"), ("os", "system"))
+_started: list[str] = []  # process starts since the current test (or fixture) began
+_process_fixtures: dict[str, str] = {}  # fixture name -> the first start it made
+_patched: list = []
+_SKIPPED = pytest.StashKey[bool]()
+
+
+def _note_process_start(name: str) -> None:
+    import traceback
+
+    _started.append(f"{name} called from\n{''.join(traceback.format_stack(limit=14)[:-2])}")
+
+
+def pytest_configure(config):
+    import importlib
+
+    for module_name, attr in _PROCESS_STARTERS:
+        module = importlib.import_module(module_name)
+        original = getattr(module, attr, None)
+        if original is None:
+            continue
+
+        def noting(*args, _original=original, _name=f"{module_name}.{attr}", **kwargs):
+            _note_process_start(_name)
+            return _original(*args, **kwargs)
+
+        _patched.append((module, attr, original))
+        setattr(module, attr, noting)
+
+
+def pytest_unconfigure(config):
+    while _patched:
+        module, attr, original = _patched.pop()
+        setattr(module, attr, original)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_fixture_setup(fixturedef, request):
+    before = len(_started)
+    yield
+    if len(_started) > before:
+        _process_fixtures.setdefault(fixturedef.argname, _started[before])
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    _started.clear()
+    yield
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped:  # a skipped test set up no fixture of its own, or stopped before the point
+        item.stash[_SKIPPED] = True
+    if call.when != "teardown" or not report.passed or item.stash.get(_SKIPPED, False):
+        return
+    if any(item.get_closest_marker(name) for name in PROCESS_MARKERS):
+        return
+    by_fixture = [name for name in item.fixturenames if name in _process_fixtures]
+    if by_fixture:
+        how = f"its fixture {by_fixture[0]!r} started one: {_process_fixtures[by_fixture[0]]}"
+    elif _started:
+        how = f"it started {len(_started)}; the first: {_started[0]}"
+    else:
+        return
+    report.outcome = "failed"
+    report.longrepr = (f"{item.nodeid} starts processes but has none of the markers {', '.join(PROCESS_MARKERS)}: "
+                       f"add @pytest.mark.process (make test-fast deselects it); {how}")

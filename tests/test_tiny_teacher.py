@@ -12,6 +12,9 @@ from burn.config import BurnConfig
 from burn.models.teacher import Teacher
 from burn.tiny_teacher import AUTO, ensure_teacher, resolve_auto_teacher, teacher_path, train_teacher
 
+# Every test here uses tiny_data, whose set-up runs the dataset generator in a subprocess.
+pytestmark = pytest.mark.process
+
 
 def _cfg(root):
     cfg = OmegaConf.structured(BurnConfig)

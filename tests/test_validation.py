@@ -65,6 +65,7 @@ def test_pretraining_reads_the_labelled_lists_only_with_the_knn_monitor():
     assert stage_splits(compose_cfg("stage=linear", "monitor.knn=true")) == ["train_labeled", "val"]
 
 
+@pytest.mark.process
 def test_start_up_trains_the_missing_auto_teacher_before_checking_it_and_saves_its_path(
         tmp_path, own_data, monkeypatch):
     trained = []
@@ -89,6 +90,7 @@ def test_start_up_trains_the_missing_auto_teacher_before_checking_it_and_saves_i
     assert (action, trained) == ("run", ["resnet18"])
 
 
+@pytest.mark.process
 def test_start_up_of_a_linear_stage_neither_trains_an_auto_teacher_nor_loads_random(tmp_path, own_data,
                                                                                      monkeypatch):
     monkeypatch.setattr(burn.tiny_teacher, "train_teacher", lambda *a, **k: pytest.fail("trained a teacher"))

@@ -167,6 +167,7 @@ def test_cli_inspect_names_layout_and_counts_parameters(tmp_path, parts, capsys)
     assert "MoCo v2 release" in weights.LAYOUT_DESCRIPTIONS[weights.MOCO]
 
 
+@pytest.mark.process
 def test_cli_extract_from_a_suite_checkpoint(tmp_path, parts, capsys):
     paths = _files(tmp_path, parts)
     for fmt in ("stage1", "backbone"):

@@ -1,6 +1,7 @@
 """Atomic, verifiable checkpoint files that survive ``kill -9`` at any moment.
 
-Layout of a checkpoint directory (see the "Checkpoint files" contract)::
+Layout of a checkpoint directory (the contract, what goes in and how a restart picks one:
+docs/checkpoint-contract.md)::
 
     ckpt-00001000.pt          torch.save(state) of the trainer's dict
     ckpt-00001000.pt.sha256   sidecar: "<sha256 hex>  ckpt-00001000.pt" (sha256sum format)

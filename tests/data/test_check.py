@@ -62,6 +62,7 @@ def test_garbled_jpeg_passes_pil_but_not_the_strict_scan(tree):
     assert problem.kind == "corrupt" and "Corrupt JPEG data" in problem.detail
 
 
+@pytest.mark.process
 def test_cli_reports_every_bad_file_and_writes_a_clean_list(tree, tmp_path):
     root, listing, kinds, good_paths = tree
     clean = tmp_path / "clean.txt"

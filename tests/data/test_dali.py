@@ -12,6 +12,9 @@ pytest.importorskip("nvidia.dali")  # a GPU node may lack DALI: gpu_check.sh the
 from burn.data.check import inspect_image
 from burn.data.loaders import build_eval_loader, build_pretrain_loader
 
+# Every test here uses tiny_data, whose set-up runs the dataset generator in a subprocess.
+pytestmark = pytest.mark.process
+
 
 def test_dali_decodes_a_garbled_jpeg_silently(tiny_data, make_cfg, tmp_path, garble):
     """The failure mode only the scan catches: no error, just a damaged image in the batch."""

@@ -19,6 +19,7 @@ def _copy(tiny_data: Path, tmp_path: Path) -> Path:
     return root
 
 
+@pytest.mark.process
 def test_imagenet_layout_lists_are_relative_to_split_folders(tiny_data, make_cfg):
     lists = validate_dataset(make_cfg(tiny_data), splits=("train", "train_labeled", "val"))
     assert len(lists["train"]) == 400 and lists["train"].labels is None
@@ -29,11 +30,13 @@ def test_imagenet_layout_lists_are_relative_to_split_folders(tiny_data, make_cfg
     assert lists["train"].lines[:2] == (1, 2)
 
 
+@pytest.mark.process
 def test_relative_root_is_relative_to_working_directory(tiny_data, make_cfg, monkeypatch):
     monkeypatch.chdir(tiny_data.parent)
     assert len(resolve_split(make_cfg(Path(tiny_data.name)), "val")) == 100
 
 
+@pytest.mark.process
 def test_bare_class_folder_tree_derives_sorted_classes(tiny_data, tmp_path, make_cfg):
     root = tmp_path / "bare"
     for name in ("zebra", "ant", "moth"):
@@ -47,6 +50,7 @@ def test_bare_class_folder_tree_derives_sorted_classes(tiny_data, tmp_path, make
         resolve_split(make_cfg(root), "val")
 
 
+@pytest.mark.process
 def test_tree_without_meta_uses_train_and_val_folders(tiny_data, tmp_path, make_cfg):
     root = _copy(tiny_data, tmp_path)
     shutil.rmtree(root / "meta")
@@ -61,6 +65,7 @@ def test_missing_root(tmp_path, make_cfg):
     assert validate_dataset(cfg) == {}  # generated on first use
 
 
+@pytest.mark.process
 def test_empty_list(tiny_data, tmp_path, make_cfg):
     root = _copy(tiny_data, tmp_path)
     (root / "meta" / "train.txt").write_text("\n\n")
@@ -68,6 +73,7 @@ def test_empty_list(tiny_data, tmp_path, make_cfg):
         validate_dataset(make_cfg(root))
 
 
+@pytest.mark.process
 def test_malformed_lines_are_reported_with_line_numbers(tiny_data, tmp_path, make_cfg):
     root = _copy(tiny_data, tmp_path)
     listing = root / "meta" / "val_labeled.txt"
@@ -82,6 +88,7 @@ def test_malformed_lines_are_reported_with_line_numbers(tiny_data, tmp_path, mak
     assert f"{listing} line 5:" in message and "and 2 more malformed lines, e.g. lines 7, 10" in message
 
 
+@pytest.mark.process
 def test_missing_files_are_counted(tiny_data, tmp_path, make_cfg):
     root = _copy(tiny_data, tmp_path)
     paths = resolve_split(make_cfg(root), "train").paths
@@ -94,6 +101,7 @@ def test_missing_files_are_counted(tiny_data, tmp_path, make_cfg):
     assert "and 2 more missing files" in message
 
 
+@pytest.mark.process
 def test_configured_list_must_exist(tiny_data, tmp_path, make_cfg):
     root = _copy(tiny_data, tmp_path)
     (root / "meta" / "train.txt").unlink()
@@ -101,6 +109,7 @@ def test_configured_list_must_exist(tiny_data, tmp_path, make_cfg):
         validate_dataset(make_cfg(root))
 
 
+@pytest.mark.process
 def test_val_labels_must_be_training_classes(tiny_data, tmp_path, make_cfg):
     root = _copy(tiny_data, tmp_path)
     listing = root / "meta" / "val_labeled.txt"
@@ -135,6 +144,7 @@ def test_eval_shards_cover_every_sample_once():
     assert sorted(len(p) for p in pieces) == [3, 4, 4]
 
 
+@pytest.mark.process
 def test_balanced_subset_spreads_the_cap_over_classes(tiny_data, make_cfg):
     val = resolve_split(make_cfg(tiny_data), "val")  # 10 classes x 10 images, grouped by class
     subset = balanced_subset(val, 25)

@@ -25,6 +25,7 @@ def _pretrain(cfg, **kwargs):
     return build_pretrain_loader(cfg, **{"batch_size": 16, "shard_id": 0, "num_shards": 2, "seed": 0, **kwargs})
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_pretrain_batches(tiny_data, make_cfg, backend, dtype):
@@ -40,6 +41,7 @@ def test_pretrain_batches(tiny_data, make_cfg, backend, dtype):
     assert len(loader.last_indices) == 16 and len(set(loader.last_indices.tolist())) == 16
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_two_ranks_cover_an_epoch_exactly_once(tiny_data, make_cfg, backend):
     cfg = make_cfg(tiny_data, backend)
@@ -56,6 +58,7 @@ def test_two_ranks_cover_an_epoch_exactly_once(tiny_data, make_cfg, backend):
     assert first != second  # reshuffled
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_another_rank_count_continues_the_global_position(tiny_data, make_cfg, backend):
     """2 ranks, then 1 rank with a larger batch, then 3 ranks: one stream, every sample of each epoch
@@ -83,6 +86,7 @@ def test_another_rank_count_continues_the_global_position(tiny_data, make_cfg, b
         assert sorted(read[p] for p in range(epoch * 400, (epoch + 1) * 400)) == list(range(400))
 
 
+@pytest.mark.process
 def test_both_backends_read_the_same_samples_in_the_same_order(tiny_data, make_cfg):
     orders = []
     for backend in BACKENDS:
@@ -111,6 +115,7 @@ torch.save(out, sys.argv[2])
 """
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_resume_in_a_new_process_is_bit_exact(tiny_data, make_cfg, backend, tmp_path):
     cfg = make_cfg(tiny_data, backend)
@@ -136,6 +141,7 @@ def test_resume_in_a_new_process_is_bit_exact(tiny_data, make_cfg, backend, tmp_
             assert torch.equal(a1, b1) and torch.equal(a2, b2)
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_state_of_another_run_is_refused(tiny_data, make_cfg, backend):
     cfg = make_cfg(tiny_data, backend)
@@ -148,6 +154,7 @@ def test_state_of_another_run_is_refused(tiny_data, make_cfg, backend):
         _pretrain(cfg, state=old)
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_eval_train_yields_labels_of_the_samples(tiny_data, make_cfg, backend):
     loader = build_eval_loader(make_cfg(tiny_data, backend), split="train", batch_size=16, shard_id=1,
@@ -160,6 +167,7 @@ def test_eval_train_yields_labels_of_the_samples(tiny_data, make_cfg, backend):
     assert all(loader.samples.paths[i].startswith(f"c{label:03d}/") for i, label in zip(loader.last_indices, expected))
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_validation_visits_every_sample_once(tiny_data, make_cfg, backend):
     cfg = make_cfg(tiny_data, backend)
@@ -180,6 +188,7 @@ def test_validation_visits_every_sample_once(tiny_data, make_cfg, backend):
     assert torch.equal(again, first_pass)  # another pass, same deterministic images
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_decode_failure_names_the_file(tiny_data, make_cfg, backend, tmp_path):
     root = tmp_path / "ds"
@@ -207,6 +216,7 @@ def _roughness(view: torch.Tensor) -> float:
     return (pixels[..., 1:] - pixels[..., :-1]).abs().mean().item()
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_recipe_switches(tiny_data, make_cfg, backend):
     plain = {"aug.jitter_prob": 0.0, "aug.grayscale_prob": 0.0, "aug.blur_prob": 0.0, "aug.solarize_prob": 0.0}

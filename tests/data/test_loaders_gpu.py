@@ -8,7 +8,9 @@ import torch
 
 from burn.data.loaders import build_eval_loader, build_pretrain_loader
 
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+# process: tiny_data runs the dataset generator in a subprocess, and the torchvision loader starts workers.
+pytestmark = [pytest.mark.gpu, pytest.mark.process,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 
 @pytest.mark.parametrize("backend", ["dali", "torchvision"])

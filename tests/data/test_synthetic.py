@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from burn.data.lists import validate_dataset
@@ -21,6 +22,7 @@ def _digest(root: Path) -> dict:
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.process
 def test_cli_output_is_byte_identical_for_a_seed(tiny_data, tmp_path):
     again = tmp_path / "again"
     subprocess.run([sys.executable, "-m", "burn.data.synthetic", "--out", str(again), "--classes", "10",
@@ -39,6 +41,7 @@ def test_other_seed_gives_other_images(tmp_path):
     assert all((a / p).read_bytes() != (b / p).read_bytes() for p in jpegs)
 
 
+@pytest.mark.process
 def test_tree_is_a_valid_imagenet_layout(tiny_data, make_cfg):
     lists = validate_dataset(make_cfg(tiny_data), splits=("train", "train_labeled", "val"))
     assert lists["train"].paths == lists["train_labeled"].paths
@@ -56,6 +59,7 @@ def _features(root: Path, listing: str, split: str):
     return np.stack(features), np.array(labels)
 
 
+@pytest.mark.process
 def test_classes_are_learnable_but_not_by_colour_alone(tiny_data):
     """Nearest class mean on 8x8 thumbnails is well above chance (the classes have structure), yet far
     from solved (pose, scale, background and shared colours have to be looked past)."""
@@ -77,6 +81,7 @@ print(ensure_synthetic(cfg))
 """
 
 
+@pytest.mark.process
 def test_concurrent_ensure_synthetic_yields_one_complete_tree(tmp_path):
     root = tmp_path / "nested" / "synthetic"
     racers = [subprocess.Popen([sys.executable, "-c", _RACE, str(root)], cwd=REPO, stdout=subprocess.PIPE,

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from burn.data.loaders import build_pretrain_loader
 from burn.data.torchvision import random_resized_crop_box
 
 
+@pytest.mark.process
 def test_batches_do_not_depend_on_the_worker_count(tiny_data, make_cfg):
     batches = []
     for workers in (0, 2):

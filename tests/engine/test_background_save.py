@@ -71,6 +71,7 @@ def test_a_failed_background_write_surfaces_at_the_next_wait(tmp_path):
     writer.wait()  # reported once
 
 
+@pytest.mark.process
 def test_a_failing_stage_finishes_its_background_write_first(tiny_data, tmp_path):
     """The stage gives up its run directory (lock released) once run() returns: a periodic checkpoint
     still being written in the background must be on disk by then, even when training failed."""

@@ -94,12 +94,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.process
 def test_two_rank_gloo_group_with_cuda_hidden():
     results = _two_ranks(_free_port(), hide_cuda=True)
     assert [r[0] for r in results] == [0, 0], results
     assert all(r[1] == {"backend": "gloo", "device": "cpu", "sum": 3.0} for r in results), results
 
 
+@pytest.mark.process
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_two_ranks_with_cuda_visible_get_two_gpus_or_a_clear_refusal():

@@ -53,6 +53,7 @@ def tmpfs(tmp_path):
         subprocess.run(["umount", str(point)], check=False)
 
 
+@pytest.mark.process
 def test_a_full_disk_names_directory_and_size_and_keeps_the_previous_checkpoint(tmpfs):
     disk = tmpfs(1 << 20)
     manager = CheckpointManager(disk / "checkpoints", keep_last=2)

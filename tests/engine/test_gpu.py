@@ -100,6 +100,7 @@ def test_compile_defaults_to_cuda_only():
     assert not torch.are_deterministic_algorithms_enabled()
 
 
+@pytest.mark.slow  # inductor compiles the student (10-20 s on 2 cores) and may start compile workers
 def test_student_compiles_in_place_with_its_state_dict_keys():
     """The binary student (custom sign/STE autograd) traces; aot_eager checks the traced graph and its
     backward without a C++ or Triton compiler. Inductor itself runs in the GPU check."""

@@ -37,6 +37,7 @@ def _draws() -> tuple:
     return random.random(), float(np.random.rand()), torch.rand(3)
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("backend", ["dali", "torchvision"])
 def test_monitor_leaves_rng_mode_and_statistics_untouched(tiny_data, backend):
     monitor = _monitor(tiny_data, backend, knn_bank_size=120, knn_query_size=50)
@@ -99,6 +100,7 @@ def test_missing_labelled_split_is_an_error_before_training(tmp_path):
         _monitor(tmp_path)
 
 
+@pytest.mark.process
 def test_due_on_the_cadence_and_at_the_last_step(tiny_data):
     monitor = _monitor(tiny_data)
     assert [s for s in range(1, 13) if monitor.due(s, total_steps=12)] == [5, 10, 12]

@@ -15,6 +15,8 @@ from burn.engine.signals import PreemptionHandler
 from burn.engine.trainer import PretrainTrainer
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
+# Every test here uses tiny_data, whose set-up runs the dataset generator in a subprocess.
+pytestmark = pytest.mark.process
 
 
 def test_nan_steps_are_skipped_then_stop_the_stage(tiny_data, tmp_path):

@@ -39,6 +39,7 @@ print(reads, bad)
 """
 
 
+@pytest.mark.process
 def test_atomic_write_never_shows_a_partial_file(tmp_path):
     a, b = "a: 1\n" * 20000, "bb: 2\n" * 5000  # different lengths: a torn write would show
     (tmp_path / "a").write_text(a)
@@ -84,6 +85,7 @@ time.sleep(600)
 """
 
 
+@pytest.mark.process
 def test_second_locker_is_refused_naming_the_holder_and_a_killed_holder_frees_the_lock(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "SLURM_JOB_ID": "4242"}
     holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(tmp_path)], stdout=subprocess.PIPE,
@@ -203,6 +205,7 @@ print("rounds ok", rounds, flush=True)
 """
 
 
+@pytest.mark.process
 def test_start_up_handshake_many_times_with_two_ranks_under_load(tmp_path, tiny_data):
     """The start-up of 2 gloo ranks, 25 times in a row while config.yaml changes each time and a CPU
     burner competes: rank 1 always gets rank 0's decision, never a mismatch."""

@@ -157,6 +157,7 @@ def _should_stop_rank(rank: int, world_size: int, store_file: str, out_dir: str)
         dist.destroy_process_group()
 
 
+@pytest.mark.process
 @pytest.mark.timeout(120)
 def test_should_stop_spreads_a_rank0_signal_to_every_rank(tmp_path, monkeypatch):
     # Spawned children import this module by name; make the repo root importable for them.

@@ -89,12 +89,14 @@ def test_truncated_newest_checkpoint_is_skipped_on_resume(cli, tmp_path):
     assert "ckpt-00000004.pt" in text and "resuming from" in text and "ckpt-00000002.pt" in text
 
 
+@pytest.mark.process
 def test_impossible_batch_is_refused_before_training(cli, tmp_path):
     code = cli.run(cli.overrides(tmp_path / "run", "train.global_batch=33"), "bad", world_size=2)
     assert code == [2, 2]
     assert "train.global_batch=33 cannot be split over 2 ranks" in cli.log("bad")
 
 
+@pytest.mark.process
 def test_config_typo_is_an_error(cli, tmp_path):
     assert cli.run(cli.overrides(tmp_path / "run", "trian.epochs=3"), "typo") == [1]
     assert "trian" in cli.log("typo")

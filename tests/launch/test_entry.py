@@ -24,6 +24,7 @@ def compose_cfg(*overrides: str):
         return compose("config", overrides=["preset=tiny", *overrides])
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("script", ["run.py", "submit.py"])
 def test_help_is_short_and_says_what_the_command_does(script):
     out = subprocess.run([sys.executable, str(REPO / "launch" / script), "--help"], capture_output=True,
@@ -36,6 +37,7 @@ def test_help_is_short_and_says_what_the_command_does(script):
     assert ("stage=all" in out.stdout) == ("dry_run=true" in out.stdout) == (script == "submit.py")
 
 
+@pytest.mark.process
 def test_the_config_dump_stays_behind_cfg_job():
     out = subprocess.run([sys.executable, str(REPO / "launch" / "submit.py"), "--cfg", "job", "preset=tiny"],
                          capture_output=True, text=True, timeout=120)
@@ -63,6 +65,7 @@ def test_a_preset_generates_its_data_at_its_own_root_only(tmp_path, monkeypatch)
     assert not existing.data.synthetic.generate
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("script", ["run.py", "submit.py"])
 def test_a_mistyped_data_root_is_refused_not_generated(tmp_path, script):
     typo = tmp_path / "data" / "synthetic-tinny"

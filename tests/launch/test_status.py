@@ -3,6 +3,8 @@
 import json
 from pathlib import Path
 
+import pytest
+
 from launch import status
 
 
@@ -37,6 +39,7 @@ def test_reports_every_stage_of_an_all_run(tmp_path, capsys):
     assert "top-1 41.50% top-5 88.25%" in linear
 
 
+@pytest.mark.process
 def test_names_the_failed_job_and_its_log(tmp_path, capsys):
     stage = write_stage(tmp_path / "stage1", progress("1", "failed", 3))
     log_dir = stage / "slurm" / "999999999"

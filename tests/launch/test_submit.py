@@ -82,6 +82,7 @@ def test_a_closed_choice_typo_fails_when_the_config_is_composed(tmp_path, monkey
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.process
 def test_a_closed_choice_typo_on_the_command_line_is_one_line_exit_2(tmp_path):
     out = subprocess.run([sys.executable, str(REPO / "launch" / "submit.py"), "preset=tiny", "stage=all",
                           "cluster=slrum", f"run_dir={tmp_path}/run"], capture_output=True, text=True, timeout=120)
@@ -103,6 +104,7 @@ def test_a_complete_stage_with_another_identity_is_refused_before_queueing(tmp_p
     submit.check_identity(changed)
 
 
+@pytest.mark.process
 def test_weight_files_are_checked_before_queueing(tmp_path, tiny_data):
     data = [f"data.root={tiny_data}", "data.synthetic.generate=false", f"run_dir={tmp_path}/run"]
     cfg = compose_cfg("stage=2", f"pretrained={tmp_path}/missing.pth", *data)
@@ -115,6 +117,7 @@ def test_weight_files_are_checked_before_queueing(tmp_path, tiny_data):
         submit.validate(cfg, submit.plan_stages(cfg), 1)
 
 
+@pytest.mark.process
 def test_a_missing_dataset_list_is_reported_with_its_key(tmp_path, tiny_data):
     cfg = compose_cfg("stage=all", f"data.root={tiny_data}", "data.synthetic.generate=false",
                       "data.val_list=meta/nope.txt", f"run_dir={tmp_path}/run")
@@ -122,6 +125,7 @@ def test_a_missing_dataset_list_is_reported_with_its_key(tmp_path, tiny_data):
         submit.validate(cfg, submit.plan_stages(cfg), 1)
 
 
+@pytest.mark.process
 def test_pretraining_with_the_knn_monitor_checks_the_labelled_lists(tmp_path, tiny_data):
     data = [f"data.root={tiny_data}", "data.synthetic.generate=false", "data.val_list=meta/nope.txt",
             f"run_dir={tmp_path}/run"]
@@ -132,6 +136,7 @@ def test_pretraining_with_the_knn_monitor_checks_the_labelled_lists(tmp_path, ti
     submit.validate(cfg, submit.plan_stages(cfg), 1)  # without it, stage 1 reads the train list only
 
 
+@pytest.mark.process
 def test_cli_rejects_a_bad_config_with_exit_2_and_queues_nothing(tmp_path, tiny_data):
     out = subprocess.run(
         [sys.executable, str(REPO / "launch" / "submit.py"), "preset=tiny", "stage=all", "nodes=3",
