@@ -33,6 +33,7 @@ def test_chain_sh_uses_the_layout_of_burn_rundir():
     assert not missing, f"slurm/chain.sh no longer matches burn/rundir.py: {missing}"
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("module", ["launch.status", "launch.job_entry", "burn.rundir", "burn.environment",
                                     "burn.slurm_cli"])
 def test_light_modules_do_not_import_torch(module):

@@ -48,6 +48,7 @@ def chain(env, run_dir: Path, *args: str) -> subprocess.CompletedProcess:
                           text=True, timeout=120)
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("overrides", [["preset=tiny"], ["preset=tiny", "signal_delay_s=90"], []])
 def test_chain_sh_sbatch_line_is_the_key(tmp_path, fake_sbatch, overrides):
     env, calls = fake_sbatch
@@ -59,6 +60,7 @@ def test_chain_sh_sbatch_line_is_the_key(tmp_path, fake_sbatch, overrides):
     assert all(re.findall(r"--signal=(\S+)", line) == [f"B:USR2@{expected}"] for line in lines), lines
 
 
+@pytest.mark.process
 def test_chain_sh_refuses_an_sbatch_signal_option(tmp_path, fake_sbatch):
     env, calls = fake_sbatch
     out = chain(env, tmp_path / "run", "--signal=B:USR2@30", "--", "preset=tiny")
@@ -66,6 +68,7 @@ def test_chain_sh_refuses_an_sbatch_signal_option(tmp_path, fake_sbatch):
     assert not calls.exists()
 
 
+@pytest.mark.process
 def test_the_checkpoint_warning_gets_the_key_and_the_measured_step_time(tiny_data, tmp_path, monkeypatch):
     """After a save the loop's warning receives signal_delay_s and the mean step time it measured."""
     import time
