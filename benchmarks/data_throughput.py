@@ -37,8 +37,15 @@ IMAGE_SIDE, JPEG_QUALITY = 240, 96  # about 27 KB per image, like ImageNet's sma
 def make_images(root: Path, count: int) -> Path:
     classes = 8
     if not (root / "meta" / "train.txt").is_file():
-        generate_dataset(root, classes=classes, per_class=-(-count // classes), val_per_class=0, size=IMAGE_SIDE,
-                         seed=0, quality=JPEG_QUALITY)
+        generate_dataset(
+            root,
+            classes=classes,
+            per_class=-(-count // classes),
+            val_per_class=0,
+            size=IMAGE_SIDE,
+            seed=0,
+            quality=JPEG_QUALITY,
+        )
     return root
 
 
@@ -61,27 +68,43 @@ class StockTwoViews(torch.utils.data.Dataset):
 
     def __init__(self, root: Path):
         from torchvision.transforms import v2
+
         self.files = sorted((root / "train").rglob("*.JPEG"))
-        self.transform = v2.Compose([
-            v2.PILToTensor(), v2.RandomResizedCrop(224, interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
-            v2.RandomHorizontalFlip(), v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.6),
-            v2.RandomGrayscale(p=0.2), v2.RandomApply([v2.GaussianBlur(23, sigma=(0.1, 2.0))], p=0.2),
-            v2.ToDtype(torch.float32, scale=True), v2.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+        self.transform = v2.Compose(
+            [
+                v2.PILToTensor(),
+                v2.RandomResizedCrop(224, interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
+                v2.RandomHorizontalFlip(),
+                v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.6),
+                v2.RandomGrayscale(p=0.2),
+                v2.RandomApply([v2.GaussianBlur(23, sigma=(0.1, 2.0))], p=0.2),
+                v2.ToDtype(torch.float32, scale=True),
+                v2.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+            ]
+        )
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, index: int):
         from PIL import Image
+
         with Image.open(self.files[index]) as image:
             image = image.convert("RGB")
         return self.transform(image), self.transform(image)
 
 
 def stock_loader(root: Path, cores: int, batch: int):
-    loader = torch.utils.data.DataLoader(StockTwoViews(root), batch_size=batch, shuffle=True, num_workers=cores,
-                                         drop_last=True, prefetch_factor=4, persistent_workers=True,
-                                         generator=torch.Generator().manual_seed(0))
+    loader = torch.utils.data.DataLoader(
+        StockTwoViews(root),
+        batch_size=batch,
+        shuffle=True,
+        num_workers=cores,
+        drop_last=True,
+        prefetch_factor=4,
+        persistent_workers=True,
+        generator=torch.Generator().manual_seed(0),
+    )
     while True:
         yield from loader
 
@@ -92,8 +115,11 @@ def measure(root: Path, setup: str, cores: int, batch: int, warmup: int, batches
     if setup == "stock-v2":
         loader = stock_loader(root, cores, batch)
     else:
-        backend, device = {"dali-cpu": ("dali", "cpu"), "torchvision": ("torchvision", "cpu"),
-                           "dali-gpu": ("dali", "gpu")}[setup]
+        backend, device = {
+            "dali-cpu": ("dali", "cpu"),
+            "torchvision": ("torchvision", "cpu"),
+            "dali-gpu": ("dali", "gpu"),
+        }[setup]
         cfg = OmegaConf.structured(DataConfig(root=str(root), backend=backend, device=device, num_threads=cores))
         loader = build_pretrain_loader(cfg, batch_size=batch, shard_id=0, num_shards=1, seed=0)
     for _ in range(warmup):
@@ -119,22 +145,30 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=4, help="batches before timing starts")
     parser.add_argument("--batches", type=int, default=24, help="timed batches per measurement")
-    parser.add_argument("--stock", action="store_true", help="also time a plain torchvision.transforms.v2 "
-                                                                "pipeline (reference, not a backend)")
+    parser.add_argument(
+        "--stock",
+        action="store_true",
+        help="also time a plain torchvision.transforms.v2 pipeline (reference, not a backend)",
+    )
     parser.add_argument("--data", type=Path, help="dataset folder to create or reuse (default: a temporary one)")
     args = parser.parse_args()
 
     available = sorted(os.sched_getaffinity(0))
-    os.sched_setaffinity(0, available[:args.cores])  # inherited by DALI threads and DataLoader workers
+    os.sched_setaffinity(0, available[: args.cores])  # inherited by DALI threads and DataLoader workers
     torch.set_num_threads(args.cores)
-    setups = ["dali-cpu", "torchvision"] + (["stock-v2"] if args.stock else []) + \
-        (["dali-gpu"] if torch.cuda.is_available() else [])
+    setups = (
+        ["dali-cpu", "torchvision"]
+        + (["stock-v2"] if args.stock else [])
+        + (["dali-gpu"] if torch.cuda.is_available() else [])
+    )
     with tempfile.TemporaryDirectory() as scratch:
         root = make_images(args.data or Path(scratch) / "jpegs", args.images)
         files = sorted((root / "train").rglob("*.JPEG"))
         size_kb = sum(f.stat().st_size for f in files) / len(files) / 1024
-        print(f"{len(files)} JPEGs of {IMAGE_SIDE} px, {size_kb:.1f} KB on average; {args.cores} cores "
-              f"({available[:args.cores]}); batch {args.batch}, two 224-px views per image")
+        print(
+            f"{len(files)} JPEGs of {IMAGE_SIDE} px, {size_kb:.1f} KB on average; {args.cores} cores "
+            f"({available[: args.cores]}); batch {args.batch}, two 224-px views per image"
+        )
         results = {setup: [] for setup in setups}
         per_cpu_second = {setup: [] for setup in setups}
         for rep in range(args.reps):
@@ -143,8 +177,7 @@ def main() -> None:
                 rate, per_cpu = measure(root, setup, args.cores, args.batch, args.warmup, args.batches)
                 results[setup].append(rate)
                 per_cpu_second[setup].append(per_cpu)
-                print(f"  rep {rep + 1}  {setup:<12} {rate:8.1f} img/s   {per_cpu:7.1f} img per CPU-second",
-                      flush=True)
+                print(f"  rep {rep + 1}  {setup:<12} {rate:8.1f} img/s   {per_cpu:7.1f} img per CPU-second", flush=True)
     median = {setup: statistics.median(rates) for setup, rates in results.items()}
     print("median img/s: " + ", ".join(f"{setup} {rate:.1f}" for setup, rate in median.items()))
     cpu_ratio = statistics.median(per_cpu_second["dali-cpu"]) / statistics.median(per_cpu_second["torchvision"])

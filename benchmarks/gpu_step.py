@@ -47,8 +47,10 @@ class SyntheticViews:
     def __init__(self, batch: int, size: int, device: torch.device, dtype: torch.dtype, channels_last: bool):
         gen = torch.Generator(device=device).manual_seed(0)
         fmt = torch.channels_last if channels_last else torch.contiguous_format
-        self.views = tuple(torch.randn(batch, 3, size, size, device=device, generator=gen).to(dtype)
-                           .contiguous(memory_format=fmt) for _ in range(2))
+        self.views = tuple(
+            torch.randn(batch, 3, size, size, device=device, generator=gen).to(dtype).contiguous(memory_format=fmt)
+            for _ in range(2)
+        )
 
     def __next__(self):
         return self.views
@@ -72,16 +74,39 @@ def _peak_gib(device: torch.device) -> float:
 def compose_cfg(args, root: str, run_dir: Path):
     register_configs()
     # Throughput does not depend on what the teacher knows: a random trunk, no auto teacher to train.
-    preset = ["preset=tiny", "model.teacher_weights=null", f"train.per_gpu_batch={args.batch}",
-              f"train.global_batch={args.batch}"] if args.cpu \
-        else ["preset=paper", f"train.per_gpu_batch={args.batch}", f"train.global_batch={args.batch}",
-              "train.precision=fp16", f"data.num_threads={args.workers}"]
+    preset = (
+        [
+            "preset=tiny",
+            "model.teacher_weights=null",
+            f"train.per_gpu_batch={args.batch}",
+            f"train.global_batch={args.batch}",
+        ]
+        if args.cpu
+        else [
+            "preset=paper",
+            f"train.per_gpu_batch={args.batch}",
+            f"train.global_batch={args.batch}",
+            "train.precision=fp16",
+            f"data.num_threads={args.workers}",
+        ]
+    )
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
-        return compose("config", overrides=[*preset, f"stage={args.stage}", f"data.root={root}",
-                                            f"data.backend={args.backend}", "data.synthetic.generate=false",
-                                            f"run_dir={run_dir}", "log.progress_bar=off", "log.every_steps=10",
-                                            "checkpoint.every_steps=100000", "steps=100000",
-                                            f"train.compile={'false' if args.no_compile else 'null'}"])
+        return compose(
+            "config",
+            overrides=[
+                *preset,
+                f"stage={args.stage}",
+                f"data.root={root}",
+                f"data.backend={args.backend}",
+                "data.synthetic.generate=false",
+                f"run_dir={run_dir}",
+                "log.progress_bar=off",
+                "log.every_steps=10",
+                "checkpoint.every_steps=100000",
+                "steps=100000",
+                f"train.compile={'false' if args.no_compile else 'null'}",
+            ],
+        )
 
 
 def time_trainer(cfg, info, run_dir: Path, synthetic: bool, steps: int, warmup: int) -> tuple[float, float]:
@@ -91,8 +116,13 @@ def time_trainer(cfg, info, run_dir: Path, synthetic: bool, steps: int, warmup: 
         trainer = PretrainTrainer(cfg, info, run_dir, preemption)
         trainer.prepare()
         if synthetic:
-            trainer.loader = SyntheticViews(cfg.train.per_gpu_batch, cfg.data.aug.image_size, info.device,
-                                            trainer.amp.input_dtype, info.device.type == "cuda")
+            trainer.loader = SyntheticViews(
+                cfg.train.per_gpu_batch,
+                cfg.data.aug.image_size,
+                info.device,
+                trainer.amp.input_dtype,
+                info.device.type == "cuda",
+            )
         try:
             trainer.train_until(warmup)  # compiles, autotunes cuDNN, fills the loader's queues
             _sync(info.device)
@@ -138,8 +168,9 @@ def single_rank_group(device: torch.device) -> DistInfo:
     """A 1-rank process group, so that the trainer wraps its model in DDP as on a cluster."""
     backend = "nccl" if device.type == "cuda" else "gloo"
     if not dist.is_initialized():
-        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1,
-                                device_id=device if device.type == "cuda" else None)
+        dist.init_process_group(
+            backend, store=dist.HashStore(), rank=0, world_size=1, device_id=device if device.type == "cuda" else None
+        )
     return DistInfo(rank=0, world_size=1, local_rank=0, device=device, backend=backend)
 
 
@@ -151,16 +182,25 @@ def main() -> None:
     parser.add_argument("--stage", choices=("1", "2"), default="1")
     parser.add_argument("--images", type=int, default=3000, help="generated JPEGs for the loader rows")
     parser.add_argument("--data", default=None, help="existing dataset root (default: generate one)")
-    parser.add_argument("--backend", choices=("dali", "torchvision"), default=None,
-                        help="trainer's loader (default: dali when importable)")
-    parser.add_argument("--workers", type=int, default=max(1, len(os.sched_getaffinity(0)) - 2),
-                        help="loader threads / DataLoader workers (default: this process's CPUs - 2)")
+    parser.add_argument(
+        "--backend",
+        choices=("dali", "torchvision"),
+        default=None,
+        help="trainer's loader (default: dali when importable)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=max(1, len(os.sched_getaffinity(0)) - 2),
+        help="loader threads / DataLoader workers (default: this process's CPUs - 2)",
+    )
     parser.add_argument("--no-compile", action="store_true", help="train.compile=false for the trainer rows")
     parser.add_argument("--cpu", action="store_true", help="tiny preset on the CPU: checks the script, no numbers")
     args = parser.parse_args()
     if args.backend is None:
         try:
             import nvidia.dali  # noqa: F401
+
             args.backend = "dali"
         except ImportError:
             args.backend = "torchvision"
@@ -195,24 +235,34 @@ def main() -> None:
             rows.append(("naive", source, float("nan"), float("nan")))
         _reset_peak(device)
     from burn.engine.gpu import configure_backends
+
     configure_backends(device, deterministic=False)
     for synthetic in (True, False):
         run_dir = work / f"run-{'synthetic' if synthetic else 'loader'}"
-        rows.append(("trainer", "synthetic" if synthetic else f"{args.backend} loader",
-                     *time_trainer(cfg, info, run_dir, synthetic, args.steps, args.warmup)))
+        rows.append(
+            (
+                "trainer",
+                "synthetic" if synthetic else f"{args.backend} loader",
+                *time_trainer(cfg, info, run_dir, synthetic, args.steps, args.warmup),
+            )
+        )
     dist.destroy_process_group()
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU (script check only)"
-    print(f"device: {name}  stage {args.stage}  batch {args.batch}  {cfg.data.aug.image_size} px  "
-          f"{cfg.train.precision}  compile={'off' if args.no_compile else 'auto'}  steps {args.steps}  "
-          f"loader threads {cfg.data.num_threads}")
+    print(
+        f"device: {name}  stage {args.stage}  batch {args.batch}  {cfg.data.aug.image_size} px  "
+        f"{cfg.train.precision}  compile={'off' if args.no_compile else 'auto'}  steps {args.steps}  "
+        f"loader threads {cfg.data.num_threads}"
+    )
     print(f"{'step':<9}{'input':<26}{'images/s':>10}{'peak GiB':>10}")
     for kind, source, rate, peak in rows:
         print(f"{kind:<9}{source:<26}{rate:>10.0f}{peak:>10.2f}")
     naive = {r[1] != "synthetic": r[2] for r in rows if r[0] == "naive"}
     trainer = {r[1] != "synthetic": r[2] for r in rows if r[0] == "trainer"}
-    print(f"trainer/naive: synthetic {trainer[False] / naive[False]:.2f}x, with loaders "
-          f"{trainer[True] / naive[True]:.2f}x (goal >= 2x)")
+    print(
+        f"trainer/naive: synthetic {trainer[False] / naive[False]:.2f}x, with loaders "
+        f"{trainer[True] / naive[True]:.2f}x (goal >= 2x)"
+    )
     print(f"stage {args.stage} with its loader: {trainer[True]:.0f} images/s per GPU (goal >= 2500 on an H100)")
 
 

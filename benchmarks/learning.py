@@ -42,16 +42,27 @@ from burn import rundir  # noqa: E402  (torch-free: the run directory's names)
 
 DATA = {"classes": 16, "per_class": 80, "val_per_class": 25, "size": 48}
 #: The pretraining and linear recipe of every run (tiny preset underneath).
-COMMON = ["preset=tiny", f"data.synthetic.classes={DATA['classes']}", f"data.synthetic.per_class={DATA['per_class']}",
-          f"data.synthetic.val_per_class={DATA['val_per_class']}", f"data.synthetic.size={DATA['size']}",
-          "data.synthetic.generate=true", f"linear.num_classes={DATA['classes']}", "log.progress_bar=off",
-          "checkpoint.every_steps=100000", "log.every_steps=10", "compare_baseline=false",
-          "monitor.knn_every=60",
-          # One micro-batch per step (the tiny preset accumulates two of 16): fewer, larger kernels.
-          "train.per_gpu_batch=32", "linear.per_gpu_batch=64",
-          # A probe that fits: after the tiny preset's 20 epochs its training loss is still ~2.0
-          # (chance: ln 16 = 2.77), and the ranking of the runs is then partly the probe's noise.
-          "linear.epochs=40", "linear.milestones=[24,32]"]
+COMMON = [
+    "preset=tiny",
+    f"data.synthetic.classes={DATA['classes']}",
+    f"data.synthetic.per_class={DATA['per_class']}",
+    f"data.synthetic.val_per_class={DATA['val_per_class']}",
+    f"data.synthetic.size={DATA['size']}",
+    "data.synthetic.generate=true",
+    f"linear.num_classes={DATA['classes']}",
+    "log.progress_bar=off",
+    "checkpoint.every_steps=100000",
+    "log.every_steps=10",
+    "compare_baseline=false",
+    "monitor.knn_every=60",
+    # One micro-batch per step (the tiny preset accumulates two of 16): fewer, larger kernels.
+    "train.per_gpu_batch=32",
+    "linear.per_gpu_batch=64",
+    # A probe that fits: after the tiny preset's 20 epochs its training loss is still ~2.0
+    # (chance: ln 16 = 2.77), and the ranking of the runs is then partly the probe's noise.
+    "linear.epochs=40",
+    "linear.milestones=[24,32]",
+]
 PRETRAIN = ["train.epochs=6"]
 VARIANTS = {
     "burn": [],
@@ -79,6 +90,7 @@ def final_kl(stage_dir: Path) -> float | None:
     """The KL term logged last in stage 1 (TensorBoard), or None."""
     try:
         from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
         acc = EventAccumulator(str(stage_dir / rundir.TENSORBOARD))
         acc.Reload()
         tags = acc.Tags()["scalars"]
@@ -87,8 +99,9 @@ def final_kl(stage_dir: Path) -> float | None:
         return None
 
 
-def one(workdir: Path, data_root: Path, name: str, overrides: list | None, seed: int, extra: list,
-        threads: int) -> dict:
+def one(
+    workdir: Path, data_root: Path, name: str, overrides: list | None, seed: int, extra: list, threads: int
+) -> dict:
     base = [sys.executable, "launch/submit.py", *COMMON, f"data.root={data_root}", f"seed={seed}", "cluster=local"]
     if overrides is None:
         settings = ["stage=linear", "pretrained=random", *extra]
@@ -127,12 +140,18 @@ def train_teacher_once(data_root: Path, extra: list) -> Path:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="one seed; burn, baseline and any --variant only (the edit loop)")
+    parser.add_argument(
+        "--quick", action="store_true", help="one seed; burn, baseline and any --variant only (the edit loop)"
+    )
     parser.add_argument("--seeds", type=int, nargs="*", help="default 0 1 2 (0 with --quick)")
     parser.add_argument("--workdir", type=Path, default=REPO / "runs" / "learning-benchmark")
-    parser.add_argument("--variant", action="append", default=[], metavar="NAME=OVERRIDES",
-                        help="an extra variant: NAME=override [override ...] (one argument)")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=OVERRIDES",
+        help="an extra variant: NAME=override [override ...] (one argument)",
+    )
     parser.add_argument("--only", nargs="*", help="run only these variants (baseline always runs)")
     parser.add_argument("--extra", nargs="*", default=[], help="overrides for every run")
     parser.add_argument("--jobs", type=int, default=2, help="runs side by side (each gets cores / jobs threads)")
@@ -151,17 +170,24 @@ def main() -> int:
     data_root = workdir / "data"
     started = time.time()
     from burn.data.synthetic import generate_atomically
+
     if not data_root.is_dir():
         generate_atomically(data_root, **DATA, seed=0)
-    print(f"learning benchmark: {DATA['classes']} classes x {DATA['per_class']} train / {DATA['val_per_class']} "
-          f"val images ({DATA['size']} px) in {data_root}; seeds {seeds}", flush=True)
+    print(
+        f"learning benchmark: {DATA['classes']} classes x {DATA['per_class']} train / {DATA['val_per_class']} "
+        f"val images ({DATA['size']} px) in {data_root}; seeds {seeds}",
+        flush=True,
+    )
 
     teacher = train_teacher_once(data_root, args.extra)
     print(f"teacher: {teacher}", flush=True)
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
     with ThreadPoolExecutor(args.jobs) as pool:
-        futures = {(name, s): pool.submit(one, workdir, data_root, name, ov, s, args.extra, threads)
-                   for s in seeds for name, ov in variants.items()}
+        futures = {
+            (name, s): pool.submit(one, workdir, data_root, name, ov, s, args.extra, threads)
+            for s in seeds
+            for name, ov in variants.items()
+        }
         results = {name: [futures[name, s].result() for s in seeds] for name in variants}
     teacher_report = sorted(data_root.parent.glob(f"{data_root.name}-teacher-*.json"))
     if teacher_report:

@@ -54,8 +54,14 @@ def main() -> None:
 
     register_configs()
     with tempfile.TemporaryDirectory() as run_dir:
-        overrides = ["preset=tiny", "model.teacher_weights=null", f"data.root={args.data}", f"run_dir={run_dir}", "log.progress_bar=off",
-                     "checkpoint.every_steps=1000000"]
+        overrides = [
+            "preset=tiny",
+            "model.teacher_weights=null",
+            f"data.root={args.data}",
+            f"run_dir={run_dir}",
+            "log.progress_bar=off",
+            "checkpoint.every_steps=1000000",
+        ]
         overrides += [f"steps={args.steps}"] if args.steps else []
         overrides += [f"monitor.knn_every={args.every}"] if args.every else []
         with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
@@ -77,12 +83,16 @@ def main() -> None:
     per_step = (stage - knn) / trainer.total_steps
     per_eval = knn / evals
     default_every = MonitorConfig().knn_every
-    print(f"{trainer.total_steps} steps, k-NN every {cfg.monitor.knn_every} steps and at the last "
-          f"({evals} evaluations, bank {trainer.knn.last['bank']} / queries {trainer.knn.last['queries']} images)")
+    print(
+        f"{trainer.total_steps} steps, k-NN every {cfg.monitor.knn_every} steps and at the last "
+        f"({evals} evaluations, bank {trainer.knn.last['bank']} / queries {trainer.knn.last['queries']} images)"
+    )
     print(f"stage loop {stage:.1f} s, of which k-NN {knn:.1f} s: {100 * knn / stage:.1f}% at this cadence")
     print(f"{per_step:.3f} s per step, {per_eval:.2f} s per k-NN evaluation ({per_eval / per_step:.1f} steps)")
-    print(f"projected at the default cadence (every {default_every} steps): "
-          f"{100 * per_eval / (per_eval + default_every * per_step):.2f}% of stage time")
+    print(
+        f"projected at the default cadence (every {default_every} steps): "
+        f"{100 * per_eval / (per_eval + default_every * per_step):.2f}% of stage time"
+    )
 
 
 if __name__ == "__main__":

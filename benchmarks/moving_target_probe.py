@@ -37,13 +37,15 @@ def spread(out: torch.Tensor) -> float:
 def top_share(out: torch.Tensor) -> float:
     """Share of the variance across images on the first principal direction (1/K: isotropic, 1: a line)."""
     s = torch.linalg.svdvals(out.float() - out.float().mean(0))
-    return float(s[0] ** 2 / (s ** 2).sum())
+    return float(s[0] ** 2 / (s**2).sum())
 
 
 def head_stats(head) -> str:
     s = torch.linalg.svdvals(head.fc1.weight.detach())
-    return (f"|W1|={head.fc1.weight.norm():.2f} sv1(W1)^2 share={float(s[0] ** 2 / (s ** 2).sum()):.3f} "
-            f"|b1|={head.fc1.bias.norm():.2f} gamma={head.bn0.weight.abs().mean():.3f}")
+    return (
+        f"|W1|={head.fc1.weight.norm():.2f} sv1(W1)^2 share={float(s[0] ** 2 / (s**2).sum()):.3f} "
+        f"|b1|={head.fc1.bias.norm():.2f} gamma={head.bn0.weight.abs().mean():.3f}"
+    )
 
 
 def main() -> int:
@@ -59,7 +61,7 @@ def main() -> int:
     torch.manual_seed(0)
     model = build_burn_model(cfg.model, "binact" if str(cfg.stage) == "1" else "binary")
     loader = build_eval_loader(cfg.data, split="val", batch_size=args.images, shard_id=0, num_shards=1, seed=0)
-    images = next(iter(loader))[0][:args.images].cpu().float()
+    images = next(iter(loader))[0][: args.images].cpu().float()
     with torch.no_grad():
         teacher_features = model.teacher(images)
     print(f"{len(images)} validation images; K={cfg.model.classifier_out}")
@@ -74,10 +76,12 @@ def main() -> int:
         if cfg.model.get("center_target", False):  # the target the loss saw
             t = t - t.mean(dim=0, keepdim=True)
         agree = float(F.cosine_similarity(p, t, dim=1).mean())
-        print(f"step {state['step']:5d}  student spread={spread(p):.3f} pc1={top_share(p):.2f} "
-              f"argmax={p.argmax(1).unique().numel():3d}  teacher spread={spread(t):.3f} pc1={top_share(t):.2f} "
-              f"argmax={t.argmax(1).unique().numel():3d} "
-              f"{head_stats(model.teacher_classifier)}  cos(p,t)={agree:.3f}")
+        print(
+            f"step {state['step']:5d}  student spread={spread(p):.3f} pc1={top_share(p):.2f} "
+            f"argmax={p.argmax(1).unique().numel():3d}  teacher spread={spread(t):.3f} pc1={top_share(t):.2f} "
+            f"argmax={t.argmax(1).unique().numel():3d} "
+            f"{head_stats(model.teacher_classifier)}  cos(p,t)={agree:.3f}"
+        )
     return 0
 
 

@@ -57,10 +57,19 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="burn-overhead-"))
     register_configs()
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
-        cfg = compose("config", overrides=[
-            "preset=tiny", "model.teacher_weights=null", f"data.root={work / 'data'}", f"run_dir={work / 'run'}", "log.progress_bar=off",
-            f"steps={args.steps * args.rounds * 4}", f"log.every_steps={args.log_every}",
-            f"checkpoint.every_steps={args.ckpt_every}"])
+        cfg = compose(
+            "config",
+            overrides=[
+                "preset=tiny",
+                "model.teacher_weights=null",
+                f"data.root={work / 'data'}",
+                f"run_dir={work / 'run'}",
+                "log.progress_bar=off",
+                f"steps={args.steps * args.rounds * 4}",
+                f"log.every_steps={args.log_every}",
+                f"checkpoint.every_steps={args.ckpt_every}",
+            ],
+        )
     ensure_synthetic(cfg.data)
     info = init_distributed()
     seed_everything(cfg.seed, info.rank)

@@ -34,7 +34,8 @@ def split_global_batch(global_batch: int, per_gpu_batch: int, world_size: int, s
         raise BatchSplitError(
             f"{section}.global_batch={global_batch} cannot be split over {world_size} ranks (nodes x gpus_per_node): "
             f"no per-GPU batch up to {section}.per_gpu_batch={per_gpu_batch} gives per-GPU batch x {world_size} x "
-            f"accumulation = {global_batch}")
+            f"accumulation = {global_batch}"
+        )
     per_rank = global_batch // world_size
     per_gpu = next(b for b in range(min(per_gpu_batch, per_rank), 0, -1) if per_rank % b == 0)
     return BatchSplit(per_gpu, per_rank // per_gpu)

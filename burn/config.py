@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator, Sequence
 from dataclasses import MISSING as NO_DEFAULT
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -52,12 +53,18 @@ RENAMED_KEYS = {
 }
 
 
-def setting(default: Any = NO_DEFAULT, *, factory: Any = NO_DEFAULT, choices: Sequence[str] = (),
-            role: Optional[str] = None, stages: Sequence[str] = ()) -> Any:
+def setting(
+    default: Any = NO_DEFAULT,
+    *,
+    factory: Any = NO_DEFAULT,
+    choices: Sequence[str] = (),
+    role: str | None = None,
+    stages: Sequence[str] = (),
+) -> Any:
     """A schema field with its meaning attached: ``choices`` (a closed set, checked right after the
     config is composed: burn/validation.py), ``role`` (:data:`LAUNCH` or :data:`IDENTITY`) and the
     ``stages`` that read it (default: every stage), so that an IDENTITY key binds only those stages."""
-    metadata: Dict[str, Any] = {}
+    metadata: dict[str, Any] = {}
     if choices:
         metadata["choices"] = tuple(choices)
     if role:
@@ -77,7 +84,7 @@ class ModelConfig:
     """Channel multiplier of the ReActNet-A student; 1.0 is the paper's network."""
     teacher_arch: str = "resnet50"
     """torchvision ResNet used as the frozen teacher trunk (resnet18/34 only for tiny presets)."""
-    teacher_weights: Optional[str] = None
+    teacher_weights: str | None = None
     """Teacher weights file (MoCo v2 release, original BURN teacher or torchvision state dict).
     ``auto``: a small supervised teacher trained once on data.root's labelled train split and cached
     beside the data (burn/tiny_teacher.py; the tiny preset's choice). None keeps a random teacher
@@ -101,11 +108,11 @@ class AugmentConfig:
 
     image_size: int = 224
     """Side of the random resized crop."""
-    crop_scale: List[float] = field(default_factory=lambda: [0.08, 1.0])
+    crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
     """Area range of RandomResizedCrop."""
     flip_prob: float = 0.5
     """Probability of a horizontal flip."""
-    jitter: List[float] = field(default_factory=lambda: [0.4, 0.4, 0.4, 0.1])
+    jitter: list[float] = field(default_factory=lambda: [0.4, 0.4, 0.4, 0.1])
     """Colour jitter strengths: brightness, contrast, saturation, hue."""
     jitter_prob: float = 0.6
     """Probability that colour jitter is applied."""
@@ -113,13 +120,13 @@ class AugmentConfig:
     """Probability of converting the view to grayscale (after the jitter)."""
     blur_prob: float = 0.2
     """Probability of a Gaussian blur."""
-    blur_sigma: List[float] = field(default_factory=lambda: [0.1, 2.0])
+    blur_sigma: list[float] = field(default_factory=lambda: [0.1, 2.0])
     """Range the blur's sigma is drawn from, in pixels."""
     solarize_prob: float = 0.0
     """Probability of solarising the view (threshold 128)."""
-    mean: List[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
     """Normalisation mean (fractions of 255)."""
-    std: List[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
     """Normalisation standard deviation (fractions of 255)."""
 
 
@@ -147,11 +154,11 @@ class DataConfig:
 
     root: str = setting(MISSING, role=IDENTITY)
     """ImageNet-style root (train/, val/, meta/) or a bare class-folder tree."""
-    train_list: Optional[str] = setting("meta/train.txt", role=IDENTITY)
+    train_list: str | None = setting("meta/train.txt", role=IDENTITY)
     """Unlabelled pretraining list, relative to root (None: derive from the class folders)."""
-    train_labeled_list: Optional[str] = setting("meta/train_labeled.txt", role=IDENTITY)
+    train_labeled_list: str | None = setting("meta/train_labeled.txt", role=IDENTITY)
     """Labelled training list (linear evaluation, the k-NN monitor's memory bank), relative to root."""
-    val_list: Optional[str] = setting("meta/val_labeled.txt", role=IDENTITY)
+    val_list: str | None = setting("meta/val_labeled.txt", role=IDENTITY)
     """Labelled validation list (linear evaluation's score, the k-NN monitor's queries), relative to root."""
     backend: str = setting("dali", choices=("dali", "torchvision"))
     """dali | torchvision (fallback with the same contract)."""
@@ -222,9 +229,9 @@ class TrainConfig:
     deterministic: bool = False
     """CUDA: deterministic cuDNN/cuBLAS algorithms instead of autotuned ones, so a resumed run
     repeats the float math too (data order and augmentation repeat either way). Slower."""
-    compile: Optional[bool] = None
+    compile: bool | None = None
     """torch.compile the student in place; None: on CUDA only."""
-    compile_cache_dir: Optional[str] = None
+    compile_cache_dir: str | None = None
     """Inductor cache (shared storage, reused after a requeue); None: $TORCHINDUCTOR_CACHE_DIR if
     set, else <run_dir>/compile-cache."""
 
@@ -245,7 +252,7 @@ class LinearConfig:
     """SGD momentum."""
     weight_decay: float = setting(0.0, role=IDENTITY, stages=LINEAR)
     """SGD weight decay."""
-    milestones: List[int] = setting(factory=lambda: [60, 80], role=IDENTITY, stages=LINEAR)
+    milestones: list[int] = setting(factory=lambda: [60, 80], role=IDENTITY, stages=LINEAR)
     """Epochs at which the learning rate is multiplied by 0.1."""
     num_classes: int = setting(1000, role=IDENTITY, stages=LINEAR)
     """Classes of the labelled lists (the classifier's outputs)."""
@@ -324,17 +331,17 @@ class BurnConfig:
     """Name of the preset group the values came from (paper | tiny)."""
     name: str = "burn"
     """Run name; the default run directory is runs/<name>/stage<stage>."""
-    run_dir: Optional[str] = setting(None, role=LAUNCH)
+    run_dir: str | None = setting(None, role=LAUNCH)
     """Run directory of this stage (with stage=all: the parent of the three stage directories)."""
     seed: int = setting(0, role=IDENTITY)
     """Seed of the initialisation, the data order and the augmentations (each rank derives its own)."""
-    epochs: Optional[float] = None
+    epochs: float | None = None
     """Length of this stage in epochs (overrides the stage's preset). With launch/submit.py stage=all:
     the pretraining stages' length; linear evaluation keeps linear.epochs."""
-    steps: Optional[int] = None
+    steps: int | None = None
     """Length of this stage in optimizer steps (at least 1); wins over epochs when given (stage=all: as
     epochs)."""
-    pretrained: Optional[str] = setting(None, role=IDENTITY)
+    pretrained: str | None = setting(None, role=IDENTITY)
     """Stage 2: a stage-1 extraction (or checkpoint); linear: a backbone extraction (or checkpoint), or
     ``random`` for the no-pretraining baseline (a seeded random student)."""
     model: ModelConfig = setting(factory=ModelConfig, role=IDENTITY)
@@ -362,17 +369,17 @@ class BurnConfig:
     """Nodes per job."""
     gpus_per_node: int = setting(1, role=LAUNCH)
     """GPUs (and tasks) per node; on CPU-only clusters the number of processes per node."""
-    partition: Optional[str] = setting(None, role=LAUNCH)
+    partition: str | None = setting(None, role=LAUNCH)
     """SLURM partition (None: the cluster's default)."""
     time: int = setting(4320, role=LAUNCH)
     """Time limit per job, minutes."""
-    account: Optional[str] = setting(None, role=LAUNCH)
+    account: str | None = setting(None, role=LAUNCH)
     """SLURM account to charge."""
-    qos: Optional[str] = setting(None, role=LAUNCH)
+    qos: str | None = setting(None, role=LAUNCH)
     """SLURM quality of service."""
-    constraint: Optional[str] = setting(None, role=LAUNCH)
+    constraint: str | None = setting(None, role=LAUNCH)
     """SLURM node feature constraint, e.g. a GPU model."""
-    mem: Optional[str] = setting(None, role=LAUNCH)
+    mem: str | None = setting(None, role=LAUNCH)
     """Memory per node, e.g. 64G."""
     cpus_per_task: int = setting(8, role=LAUNCH)
     """CPUs per task (one task per GPU): DALI's threads and the loader's workers run on them."""
@@ -392,7 +399,7 @@ class BurnConfig:
     queue `stage=linear pretrained=random` yourself."""
 
 
-def schema_fields(cls: type = BurnConfig, prefix: str = "") -> Iterator[Tuple[str, Any]]:
+def schema_fields(cls: type = BurnConfig, prefix: str = "") -> Iterator[tuple[str, Any]]:
     """Every field of the schema as (dotted key, dataclasses.Field), sections before their fields."""
     for f in fields(cls):
         key = f"{prefix}{f.name}"
@@ -402,19 +409,22 @@ def schema_fields(cls: type = BurnConfig, prefix: str = "") -> Iterator[Tuple[st
             yield from schema_fields(type(section), key + ".")
 
 
-def keys_with_role(role: str, stage: Optional[str] = None) -> Tuple[str, ...]:
+def keys_with_role(role: str, stage: str | None = None) -> tuple[str, ...]:
     """The dotted keys (or whole sections) the schema gives ``role``, in schema order; with `stage`, only
     those that stage reads."""
-    return tuple(key for key, f in schema_fields() if f.metadata.get("role") == role
-                 and (stage is None or stage in f.metadata.get("stages", (stage,))))
+    return tuple(
+        key
+        for key, f in schema_fields()
+        if f.metadata.get("role") == role and (stage is None or stage in f.metadata.get("stages", (stage,)))
+    )
 
 
-def closed_choices() -> Dict[str, Tuple[str, ...]]:
+def closed_choices() -> dict[str, tuple[str, ...]]:
     """Dotted key -> its allowed values, for every key with a closed set of values."""
     return {key: f.metadata["choices"] for key, f in schema_fields() if "choices" in f.metadata}
 
 
-def upgrade_saved_config(container: Dict[str, Any]) -> Dict[str, Any]:
+def upgrade_saved_config(container: dict[str, Any]) -> dict[str, Any]:
     """A saved config (config.yaml, a queued job's config) written before keys moved, as today's schema
     names them (:data:`RENAMED_KEYS`): a value moves unless its new key is there already. In place."""
     for old, new in RENAMED_KEYS.items():
@@ -439,7 +449,7 @@ def load_saved_config(text: str) -> DictConfig:
     return OmegaConf.create(upgrade_saved_config(container))
 
 
-def absolute_path(path: Optional[str]) -> Optional[str]:
+def absolute_path(path: str | None) -> str | None:
     """``path`` absolute (``~`` expanded; symlinks kept); None and the symbolic values (``auto``,
     ``random``) stay as they are. A job started in another directory then reads the same files."""
     if not path or path in (AUTO_TEACHER, RANDOM_BACKBONE):
@@ -481,4 +491,3 @@ def main(argv: Sequence[str]) -> int:
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
-

@@ -12,11 +12,11 @@ else a lone process (rank 0 of 1).
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping, Optional
 
 
-def _int(value: Optional[str]) -> Optional[int]:
+def _int(value: str | None) -> int | None:
     return int(value) if value not in (None, "") else None
 
 
@@ -29,19 +29,19 @@ class Environment:
     local_rank: int = 0
     launcher: str = "none"
     """"torchrun" (RANK/WORLD_SIZE set), "slurm" (a SLURM task) or "none" (a lone process)."""
-    slurm_job_id: Optional[str] = None
+    slurm_job_id: str | None = None
     """SLURM_JOB_ID: set inside any SLURM job (also a torchrun inside one)."""
-    array_job_id: Optional[str] = None
-    array_task_id: Optional[str] = None
+    array_job_id: str | None = None
+    array_task_id: str | None = None
     restarts: int = 0
     """SLURM_RESTART_COUNT: how often SLURM requeued this job (time-outs and preemptions)."""
-    node: Optional[str] = None
+    node: str | None = None
     """SLURMD_NODENAME: the SLURM node this task runs on."""
-    nodelist: Optional[str] = None
+    nodelist: str | None = None
     """SLURM_JOB_NODELIST, e.g. ``node[1-2]``: where the rendezvous host is found."""
-    ntasks: Optional[int] = None
+    ntasks: int | None = None
     """SLURM_NTASKS: the tasks of the job (the world size of a SLURM-started stage)."""
-    cpus: Optional[int] = None
+    cpus: int | None = None
     """CPU threads this rank may use: SLURM_CPUS_PER_TASK, else OMP_NUM_THREADS; None: not limited."""
     submitit_executor: bool = False
     """SUBMITIT_EXECUTOR is set: a Submitit job (or a hydra-submitit-launcher sweep job)."""
@@ -49,27 +49,44 @@ class Environment:
     """SUBMITIT_FOLDER is set: this process is a Submitit job unpickling its callable."""
 
     @classmethod
-    def read(cls, env: Optional[Mapping[str, str]] = None) -> "Environment":
+    def read(cls, env: Mapping[str, str] | None = None) -> Environment:
         """The facts from ``env`` (default: this process's environment)."""
         env = os.environ if env is None else env
         if "RANK" in env and "WORLD_SIZE" in env:
-            launcher, rank, world, local = "torchrun", int(env["RANK"]), int(env["WORLD_SIZE"]), \
-                int(env.get("LOCAL_RANK", 0))
+            launcher, rank, world, local = (
+                "torchrun",
+                int(env["RANK"]),
+                int(env["WORLD_SIZE"]),
+                int(env.get("LOCAL_RANK", 0)),
+            )
         elif "SLURM_PROCID" in env and "SLURM_NTASKS" in env and "SLURM_JOB_ID" in env:
-            launcher, rank, world, local = "slurm", int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), \
-                int(env.get("SLURM_LOCALID", 0))
+            launcher, rank, world, local = (
+                "slurm",
+                int(env["SLURM_PROCID"]),
+                int(env["SLURM_NTASKS"]),
+                int(env.get("SLURM_LOCALID", 0)),
+            )
         else:
             launcher, rank, world, local = "none", 0, 1, 0
-        return cls(rank=rank, world_size=world, local_rank=local, launcher=launcher,
-                   slurm_job_id=env.get("SLURM_JOB_ID"), array_job_id=env.get("SLURM_ARRAY_JOB_ID"),
-                   array_task_id=env.get("SLURM_ARRAY_TASK_ID"),
-                   restarts=int(env.get("SLURM_RESTART_COUNT", 0)), node=env.get("SLURMD_NODENAME"),
-                   nodelist=env.get("SLURM_JOB_NODELIST"), ntasks=_int(env.get("SLURM_NTASKS")),
-                   cpus=_int(env.get("SLURM_CPUS_PER_TASK") or env.get("OMP_NUM_THREADS")),
-                   submitit_executor="SUBMITIT_EXECUTOR" in env, submitit_folder="SUBMITIT_FOLDER" in env)
+        return cls(
+            rank=rank,
+            world_size=world,
+            local_rank=local,
+            launcher=launcher,
+            slurm_job_id=env.get("SLURM_JOB_ID"),
+            array_job_id=env.get("SLURM_ARRAY_JOB_ID"),
+            array_task_id=env.get("SLURM_ARRAY_TASK_ID"),
+            restarts=int(env.get("SLURM_RESTART_COUNT", 0)),
+            node=env.get("SLURMD_NODENAME"),
+            nodelist=env.get("SLURM_JOB_NODELIST"),
+            ntasks=_int(env.get("SLURM_NTASKS")),
+            cpus=_int(env.get("SLURM_CPUS_PER_TASK") or env.get("OMP_NUM_THREADS")),
+            submitit_executor="SUBMITIT_EXECUTOR" in env,
+            submitit_folder="SUBMITIT_FOLDER" in env,
+        )
 
     @property
-    def job_id(self) -> Optional[str]:
+    def job_id(self) -> str | None:
         """The id ``scontrol requeue`` takes: ``<array>_<task>`` inside an array job, else SLURM_JOB_ID."""
         if self.array_job_id and self.array_task_id:
             return f"{self.array_job_id}_{self.array_task_id}"

@@ -12,8 +12,8 @@ can use it before torch loads.
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 USAGE_EXIT_CODE = 2
 FAULT_EXIT_CODE = 1

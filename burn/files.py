@@ -6,7 +6,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
-from typing import Any, Union
+from typing import Any
 
 from burn.errors import FaultError
 
@@ -38,8 +38,9 @@ def _megabytes(size: int) -> str:
     return f"{size / 2**20:.1f} MB"
 
 
-def raise_if_disk_full(err: BaseException, what: str, directory: Union[str, os.PathLike], size: int,
-                       intact: str = "") -> None:
+def raise_if_disk_full(
+    err: BaseException, what: str, directory: str | os.PathLike, size: int, intact: str = ""
+) -> None:
     """Raise a one-line DiskFullError from ``err`` when it is a full disk; return otherwise."""
     if not out_of_space(err):
         return
@@ -49,7 +50,8 @@ def raise_if_disk_full(err: BaseException, what: str, directory: Union[str, os.P
         free = "free space unknown"
     raise DiskFullError(
         f"no space left on device in {directory}: {what} ({_megabytes(size)}) did not fit ({free})"
-        f"{'; ' + intact if intact else ''}. Free some space, then run the same command again") from err
+        f"{'; ' + intact if intact else ''}. Free some space, then run the same command again"
+    ) from err
 
 
 def state_nbytes(obj: Any) -> int:

@@ -7,12 +7,11 @@ Pure functions: no process group, no state. Cross-rank averaging of logged value
 from __future__ import annotations
 
 import math
-from typing import Tuple, Union
 
 import torch
 import torch.nn.functional as F
 
-Number = Union[float, torch.Tensor]
+Number = float | torch.Tensor
 
 
 def _kl_sum(p: torch.Tensor, t: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -34,7 +33,7 @@ def burn_loss(
     t2: torch.Tensor,
     lam: Number,
     temperature: float = 0.2,
-) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Symmetric BURN loss of two views.
 
     Args:
@@ -57,7 +56,8 @@ def burn_loss(
     if not (p1.shape == p2.shape == t1.shape == t2.shape) or p1.dim() != 2:
         raise ValueError(
             f"burn_loss expects four (N, K) tensors of one shape, got {tuple(p1.shape)}, "
-            f"{tuple(p2.shape)}, {tuple(t1.shape)}, {tuple(t2.shape)}")
+            f"{tuple(p2.shape)}, {tuple(t1.shape)}, {tuple(t2.shape)}"
+        )
     n = p1.shape[0]
     with torch.autocast(device_type=p1.device.type, enabled=False):
         p1, p2, t1, t2 = (x.float() for x in (p1, p2, t1, t2))

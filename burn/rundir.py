@@ -31,8 +31,9 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any, Callable, Dict, List, Optional, Union
+from typing import IO, Any
 
 from burn.files import raise_if_disk_full, umask_mode
 
@@ -82,12 +83,12 @@ def stage_dir_name(stage: str) -> str:
     return STAGE_DIRS.get(stage, f"stage{stage}")
 
 
-def jobs_file(stage_dir: Union[str, os.PathLike]) -> Path:
+def jobs_file(stage_dir: str | os.PathLike) -> Path:
     """``<stage_dir>/slurm/jobs.jsonl``."""
     return Path(stage_dir) / SLURM_DIR / JOBS_FILE
 
 
-def requeues_file(stage_dir: Union[str, os.PathLike]) -> Path:
+def requeues_file(stage_dir: str | os.PathLike) -> Path:
     """``<stage_dir>/slurm/requeues.jsonl``."""
     return Path(stage_dir) / SLURM_DIR / REQUEUES_FILE
 
@@ -97,8 +98,7 @@ def requeues_file(stage_dir: Union[str, os.PathLike]) -> Path:
 Writer = Callable[[IO[bytes]], None]
 
 
-def write_temp_beside(path: Union[str, os.PathLike], write: Writer, prefix: Optional[str] = None,
-                      suffix: str = ".tmp") -> Path:
+def write_temp_beside(path: str | os.PathLike, write: Writer, prefix: str | None = None, suffix: str = ".tmp") -> Path:
     """A hidden, fsynced temp file in ``path``'s folder holding what ``write`` wrote; the caller
     renames it (``os.replace`` is atomic only within one filesystem, hence the same folder).
 
@@ -121,7 +121,7 @@ def write_temp_beside(path: Union[str, os.PathLike], write: Writer, prefix: Opti
     return temp
 
 
-def fsync_directory(directory: Union[str, os.PathLike]) -> None:
+def fsync_directory(directory: str | os.PathLike) -> None:
     """Make the renames in ``directory`` durable; without it a node crash can undo a replace."""
     fd = os.open(directory, os.O_RDONLY)
     try:
@@ -130,8 +130,14 @@ def fsync_directory(directory: Union[str, os.PathLike]) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Union[str, os.PathLike], data: Union[bytes, str, Writer], *, size: int = 0,
-                 intact: Optional[str] = None, sync_dir: bool = False) -> None:
+def atomic_write(
+    path: str | os.PathLike,
+    data: bytes | str | Writer,
+    *,
+    size: int = 0,
+    intact: str | None = None,
+    sync_dir: bool = False,
+) -> None:
     """Replace ``path`` with ``data`` so that a reader sees the old file or the new one, never a part.
 
     ``data`` is bytes, text, or a function that writes into a binary stream (``torch.save``). The
@@ -159,12 +165,12 @@ def atomic_write(path: Union[str, os.PathLike], data: Union[bytes, str, Writer],
         fsync_directory(path.parent)
 
 
-def write_json(path: Union[str, os.PathLike], data: Dict[str, Any]) -> None:
+def write_json(path: str | os.PathLike, data: dict[str, Any]) -> None:
     """``data`` as indented, key-sorted JSON, replaced atomically (progress.json, linear_eval.json)."""
     atomic_write(path, json.dumps(data, indent=1, sort_keys=True))
 
 
-def read_json(path: Union[str, os.PathLike]) -> Dict[str, Any]:
+def read_json(path: str | os.PathLike) -> dict[str, Any]:
     """A JSON file's object; {} when it is missing or unreadable (a stage that has not written it yet)."""
     try:
         return json.loads(Path(path).read_text())
@@ -172,7 +178,7 @@ def read_json(path: Union[str, os.PathLike]) -> Dict[str, Any]:
         return {}
 
 
-def append_jsonl(path: Union[str, os.PathLike], record: Dict[str, Any]) -> None:
+def append_jsonl(path: str | os.PathLike, record: dict[str, Any]) -> None:
     """Add one JSON line to a ledger (jobs.jsonl, requeues.jsonl), creating its folder."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -180,7 +186,7 @@ def append_jsonl(path: Union[str, os.PathLike], record: Dict[str, Any]) -> None:
         f.write(json.dumps(record, sort_keys=True) + "\n")
 
 
-def read_jsonl(path: Union[str, os.PathLike]) -> List[Dict[str, Any]]:
+def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
     """Every record of a ledger, oldest first; [] when it does not exist."""
     path = Path(path)
     if not path.exists():

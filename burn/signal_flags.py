@@ -19,7 +19,6 @@ import os
 import signal
 import threading
 import time
-from typing import Optional, Tuple
 
 REQUEUE_EXIT_CODE = 75
 """EX_TEMPFAIL: a preemption signal arrived and a checkpoint was written; requeue me."""
@@ -54,7 +53,7 @@ class _EarlyFlags:
     """Process-wide record of stop signals that came before the stage's own handler existed."""
 
     def __init__(self) -> None:
-        self.first: Optional[Tuple[int, float]] = None
+        self.first: tuple[int, float] | None = None
         self.code = 0
         self.interrupts = 0
 
@@ -92,7 +91,7 @@ def ignore_once_complete() -> None:
             signal.signal(signum, signal.SIG_IGN)
 
 
-def take_early() -> Tuple[Optional[Tuple[int, float]], int, int]:
+def take_early() -> tuple[tuple[int, float] | None, int, int]:
     """(first signal and its time, stop code, SIGINT count) recorded so far; clears the record."""
     global _early
     record = (_early.first, _early.code, _early.interrupts)

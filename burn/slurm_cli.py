@@ -7,10 +7,9 @@ slurm/chain.sh call the tools themselves (they are shell).
 from __future__ import annotations
 
 import subprocess
-from typing import List, Optional, Tuple
 
 
-def _stdout(cmd: List[str]) -> Optional[str]:
+def _stdout(cmd: list[str]) -> str | None:
     """stdout of a SLURM command, or None when SLURM is not reachable or the command failed."""
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
@@ -29,22 +28,21 @@ def answers() -> bool:
     return True
 
 
-def partition_has_gpus(partition: Optional[str]) -> bool:
+def partition_has_gpus(partition: str | None) -> bool:
     """Whether the (given) partition's nodes advertise GPUs as generic resources."""
     cmd = ["sinfo", "-h", "-o", "%G"] + (["-p", partition] if partition else [])
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
     return "gpu" in out.stdout
 
 
-def queue_state(job_id: str) -> Optional[str]:
+def queue_state(job_id: str) -> str | None:
     """The job's state while SLURM still lists it (squeue), else None."""
-    out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True,
-                         timeout=30)
+    out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True, timeout=30)
     state = out.stdout.strip().split("\n")[0] if out.returncode == 0 else ""
     return state or None
 
 
-def queued_state_and_reason(job_id: str) -> Optional[Tuple[str, str]]:
+def queued_state_and_reason(job_id: str) -> tuple[str, str] | None:
     """(state, pending reason) while squeue lists the job; None otherwise or when SLURM does not answer."""
     queued = _stdout(["squeue", "-h", "-j", job_id, "-o", "%T|%r"])
     if not queued or not queued.strip():
@@ -53,7 +51,7 @@ def queued_state_and_reason(job_id: str) -> Optional[Tuple[str, str]]:
     return state, reason
 
 
-def accounted_state(job_id: str) -> Optional[Tuple[str, str, str]]:
+def accounted_state(job_id: str) -> tuple[str, str, str] | None:
     """(state, exit code, reason) of the job's allocation as sacct records it; None when unknown."""
     acct = _stdout(["sacct", "-n", "-P", "-X", "-j", job_id, "-o", "State,ExitCode,Reason"])
     lines = [line for line in (acct or "").splitlines() if line.strip()]
@@ -63,7 +61,7 @@ def accounted_state(job_id: str) -> Optional[Tuple[str, str, str]]:
     return state, exit_code, reason
 
 
-def restart_count(job_id: str) -> Optional[int]:
+def restart_count(job_id: str) -> int | None:
     """How often SLURM requeued the job (scontrol, while the controller still knows it), else None."""
     for word in (_stdout(["scontrol", "-o", "show", "job", job_id]) or "").split():
         if word.startswith("Restarts="):
@@ -76,11 +74,12 @@ def requeue(job_id: str) -> None:
     subprocess.run(["scontrol", "requeue", job_id], check=True, timeout=60, capture_output=True, text=True)
 
 
-def first_host(nodelist: str) -> Optional[str]:
+def first_host(nodelist: str) -> str | None:
     """The first hostname of a node list such as ``node[1-2],gpu7`` (scontrol), None without scontrol."""
     try:
-        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True,
-                             text=True, timeout=30, check=True).stdout.split()
+        out = subprocess.run(
+            ["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, timeout=30, check=True
+        ).stdout.split()
     except (OSError, subprocess.SubprocessError):
         return None
     return out[0] if out else None

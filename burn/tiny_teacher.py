@@ -17,8 +17,8 @@ import json
 import logging
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Dict, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -44,7 +44,7 @@ def teacher_path(data_cfg, arch: str) -> Path:
     return root.parent / f"{root.name}-teacher-{arch}-{int(data_cfg.aug.image_size)}px.pth"
 
 
-def _load_split(data_cfg, split: str) -> Tuple[torch.Tensor, torch.Tensor]:
+def _load_split(data_cfg, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     """All images of a labelled split as uint8 (N, 3, H, W) (same size) and int64 labels."""
     from burn.data.check import check_command
 
@@ -55,8 +55,10 @@ def _load_split(data_cfg, split: str) -> Tuple[torch.Tensor, torch.Tensor]:
             with Image.open(path) as img:
                 images.append(torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1))
         except OSError as err:  # a truncated or garbled image: one line, as the training loaders say it
-            raise DataError(f"cannot decode image {path} (line {line} of {listing.source}) while training the "
-                            f"auto teacher: {err}. Find every bad file at once: {check_command(listing)}") from None
+            raise DataError(
+                f"cannot decode image {path} (line {line} of {listing.source}) while training the "
+                f"auto teacher: {err}. Find every bad file at once: {check_command(listing)}"
+            ) from None
         labels.append(int(label))
     sizes = {tuple(i.shape) for i in images}
     if len(sizes) != 1:
@@ -92,8 +94,9 @@ def _eval_view(batch: torch.Tensor, resize: int, crop: int) -> torch.Tensor:
     return TF.center_crop(TF.resize(batch, [resize], antialias=True), [crop, crop])
 
 
-def train_teacher(data_cfg, arch: str, out: Path, *, epochs: int = 20, batch: int = 64, lr: float = 0.1,
-                  seed: int = 0) -> Dict[str, float]:
+def train_teacher(
+    data_cfg, arch: str, out: Path, *, epochs: int = 20, batch: int = 64, lr: float = 0.1, seed: int = 0
+) -> dict[str, float]:
     """Train ``arch`` supervised on the labelled train split, write its state dict to ``out`` atomically
     and return ``{"val_top1", "seconds", ...}`` (also written to ``out`` with suffix .json)."""
     started = time.perf_counter()
@@ -111,7 +114,7 @@ def train_teacher(data_cfg, arch: str, out: Path, *, epochs: int = 20, batch: in
     for _ in range(epochs):
         order = torch.randperm(len(train_x), generator=gen)
         for i in range(steps_per_epoch):
-            idx = order[i * batch:(i + 1) * batch]
+            idx = order[i * batch : (i + 1) * batch]
             x = _normalise(_augment(train_x[idx], size, gen), mean, std)
             loss = F.cross_entropy(model(x), train_y[idx], label_smoothing=0.1)
             optimizer.zero_grad(set_to_none=True)
@@ -122,9 +125,15 @@ def train_teacher(data_cfg, arch: str, out: Path, *, epochs: int = 20, batch: in
     with torch.no_grad():
         view = _normalise(_eval_view(val_x, int(data_cfg.eval_resize), int(data_cfg.eval_crop)), mean, std)
         correct = sum(int((model(v).argmax(1) == y).sum()) for v, y in zip(view.split(256), val_y.split(256)))
-    report = {"arch": arch, "val_top1": 100.0 * correct / len(val_y), "num_classes": num_classes,
-              "train_images": len(train_x), "epochs": epochs, "seed": seed,
-              "seconds": round(time.perf_counter() - started, 1)}
+    report = {
+        "arch": arch,
+        "val_top1": 100.0 * correct / len(val_y),
+        "num_classes": num_classes,
+        "train_images": len(train_x),
+        "epochs": epochs,
+        "seed": seed,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
     _atomic_save(model.state_dict(), report, Path(out))
     return report
 
@@ -143,12 +152,22 @@ def ensure_teacher(data_cfg, arch: str) -> Path:
     if path.is_file():
         return path
     from burn.data.synthetic import ensure_synthetic  # the tiny preset's data may not exist yet
+
     ensure_synthetic(data_cfg)
-    log.info("model.teacher_weights=auto: training a supervised %s teacher on %s (once; cached as %s)",
-             arch, dataset_root(data_cfg), path)
+    log.info(
+        "model.teacher_weights=auto: training a supervised %s teacher on %s (once; cached as %s)",
+        arch,
+        dataset_root(data_cfg),
+        path,
+    )
     report = train_teacher(data_cfg, arch, path)
-    log.info("teacher %s: val top-1 %.1f%% after %d epochs (%.0f s)", arch, report["val_top1"],
-             report["epochs"], report["seconds"])
+    log.info(
+        "teacher %s: val top-1 %.1f%% after %d epochs (%.0f s)",
+        arch,
+        report["val_top1"],
+        report["epochs"],
+        report["seconds"],
+    )
     return path
 
 

@@ -7,8 +7,8 @@ Each failure is a :class:`burn.errors.UsageError` naming the key and the value: 
 from __future__ import annotations
 
 import os
+from collections.abc import Collection, Iterable
 from pathlib import Path
-from typing import Collection, Iterable, List, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -36,13 +36,15 @@ def check_choices(cfg: DictConfig, stages: Iterable[str] = RUNNABLE_STAGES) -> N
     check_closed_choices(cfg, stages)
     for key in ("steps", "epochs"):  # None: the stage's own length (train.epochs / linear.epochs)
         if cfg[key] is not None and cfg[key] <= 0:
-            raise UsageError(f"{key}={cfg[key]}: a stage's length must be positive (leave {key} unset for the "
-                             "preset's length)")
+            raise UsageError(
+                f"{key}={cfg[key]}: a stage's length must be positive (leave {key} unset for the preset's length)"
+            )
     if cfg.linear.eval_every_epochs < 0:
         raise UsageError(f"linear.eval_every_epochs={cfg.linear.eval_every_epochs}: must be >= 0 (0: at the end only)")
     if OmegaConf.is_missing(cfg.data, "root") or not cfg.data.root:
-        raise UsageError("data.root is not set: point it at an ImageNet-style tree "
-                         "(or use preset=tiny for the generated one)")
+        raise UsageError(
+            "data.root is not set: point it at an ImageNet-style tree (or use preset=tiny for the generated one)"
+        )
 
 
 def check_batch(stage_cfg: DictConfig, world_size: int) -> None:
@@ -73,7 +75,8 @@ def check_weights(path: str, key: str, stage: str) -> None:
     except OSError as err:
         raise UsageError(f"{key}={path}: cannot be opened for reading ({err.strerror})") from None
     loader = {"teacher": read_teacher_trunk, "2": load_stage1_init, "linear": load_backbone}[
-        "teacher" if key == "model.teacher_weights" else stage]
+        "teacher" if key == "model.teacher_weights" else stage
+    ]
     try:
         loader(path)
     except WeightsError as err:
@@ -85,7 +88,7 @@ def check_weights(path: str, key: str, stage: str) -> None:
 
 def check_writable(run_dir: Path) -> None:
     """The run directory, or its nearest existing parent, can be written by us."""
-    probe: Optional[Path] = Path(run_dir).absolute()
+    probe: Path | None = Path(run_dir).absolute()
     while probe is not None and not probe.exists():
         probe = probe.parent if probe.parent != probe else None
     if probe is None or not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
@@ -116,22 +119,31 @@ def check_pretrained(cfg: DictConfig, produced: Collection[str] = ()) -> None:
     stage = str(cfg.stage)
     if stage == "1":
         if cfg.pretrained:
-            raise UsageError(f"pretrained={cfg.pretrained}: stage 1 starts from scratch; pretrained= is for "
-                             "stage=2 (a stage-1 extraction) and stage=linear (a backbone)")
+            raise UsageError(
+                f"pretrained={cfg.pretrained}: stage 1 starts from scratch; pretrained= is for "
+                "stage=2 (a stage-1 extraction) and stage=linear (a backbone)"
+            )
         return
     if not cfg.pretrained:
-        what = ("a stage-1 extraction (e.g. runs/burn/stage1/stage1_extraction.pth), or pretrained="
+        what = (
+            (
+                "a stage-1 extraction (e.g. runs/burn/stage1/stage1_extraction.pth), or pretrained="
                 f"{RANDOM_BACKBONE} for single-stage pretraining from scratch (binary weights and "
-                "activations from a random init)") if stage == "2" else \
-            (f"a backbone (e.g. runs/burn/stage2/backbone.pth), or pretrained={RANDOM_BACKBONE} for the "
-             "no-pretraining baseline")
+                "activations from a random init)"
+            )
+            if stage == "2"
+            else (
+                f"a backbone (e.g. runs/burn/stage2/backbone.pth), or pretrained={RANDOM_BACKBONE} for the "
+                "no-pretraining baseline"
+            )
+        )
         raise UsageError(f"stage={stage} needs pretrained=: {what}")
     if cfg.pretrained == RANDOM_BACKBONE or cfg.pretrained in produced:
         return
     check_weights(cfg.pretrained, "pretrained", stage)
 
 
-def stage_splits(cfg: DictConfig) -> List[str]:
+def stage_splits(cfg: DictConfig) -> list[str]:
     """The dataset splits a stage reads: pretraining the unlabelled train list (and, with the k-NN
     monitor on, the labelled ones), linear the labelled train and val lists."""
     if str(cfg.stage) == "linear":

@@ -35,15 +35,16 @@ import argparse
 import os
 import pickle
 import sys
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Dict, Iterable, Mapping, Tuple
+from typing import Any
 
 import torch
 
 from burn.files import state_nbytes
 from burn.rundir import CHECKPOINT_FORMAT, atomic_write
 
-StateDict = Dict[str, torch.Tensor]
+StateDict = dict[str, torch.Tensor]
 
 MOCO = "moco-v2-release"
 TEACHER = "original-teacher"
@@ -94,7 +95,8 @@ def load_weights_file(path: str | os.PathLike) -> Any:
         raise WeightsError(
             f"{path}: refused to load: the file holds pickled Python objects, not only tensors and "
             f"plain containers (torch.load weights_only=True); nothing in it was executed. "
-            f"Reason: {reason}") from None
+            f"Reason: {reason}"
+        ) from None
     except Exception as err:  # zip/format errors surface as RuntimeError and friends
         raise WeightsError(f"{path}: not a readable torch weights file: {err}") from err
 
@@ -148,7 +150,7 @@ def _tensors(d: Mapping) -> StateDict:
 
 
 def _with_prefix(sd: Mapping, prefix: str, drop_fc: bool = False) -> StateDict:
-    out = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+    out = {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
     return _tensors({k: v for k, v in out.items() if not (drop_fc and k.startswith("fc."))})
 
 
@@ -159,7 +161,7 @@ def _nested_state_dict(obj: Mapping, key: str) -> StateDict:
     return _tensors(entry["state_dict"])
 
 
-def split_parts(obj: Any, layout: str) -> Dict[str, StateDict]:
+def split_parts(obj: Any, layout: str) -> dict[str, StateDict]:
     """The parts a loaded object of ``layout`` holds, as plain state dicts with model-local names."""
     if layout == MOCO:
         sd = obj["state_dict"]
@@ -169,14 +171,12 @@ def split_parts(obj: Any, layout: str) -> Dict[str, StateDict]:
     if layout == TORCHVISION:
         return {"teacher_trunk": _with_prefix(obj, "", drop_fc=True)}
     if layout == STAGE1:
-        keys = {"student": "backbone", "student_classifier": "classifier",
-                "teacher_classifier": "teacher_classifier"}
+        keys = {"student": "backbone", "student_classifier": "classifier", "teacher_classifier": "teacher_classifier"}
         return {part: _nested_state_dict(obj, key) for part, key in keys.items()}
     if layout == BACKBONE:
         return {"student": _tensors(obj["state_dict"])}
     if layout == PRETRAINING:
-        parts = {part: _with_prefix(obj["state_dict"], prefix)
-                 for prefix, part in PRETRAINING_PREFIXES.items()}
+        parts = {part: _with_prefix(obj["state_dict"], prefix) for prefix, part in PRETRAINING_PREFIXES.items()}
         return {part: sd for part, sd in parts.items() if sd}
     if layout == SUITE:
         model = obj.get("model")
@@ -187,7 +187,7 @@ def split_parts(obj: Any, layout: str) -> Dict[str, StateDict]:
     raise WeightsError(f"no parts known for layout {layout!r}")
 
 
-def read_parts(path: str | os.PathLike) -> Tuple[str, Dict[str, StateDict]]:
+def read_parts(path: str | os.PathLike) -> tuple[str, dict[str, StateDict]]:
     """Load ``path`` safely, detect its layout and return ``(layout, parts)``."""
     obj = load_weights_file(path)
     try:
@@ -202,15 +202,18 @@ def _require(path, layout: str, parts: Mapping, needed: Iterable[str]) -> None:
     if missing:
         raise WeightsError(
             f"{path} (layout {layout}) holds no {', '.join(missing)}; it holds "
-            f"{', '.join(sorted(parts)) or 'nothing usable'}")
+            f"{', '.join(sorted(parts)) or 'nothing usable'}"
+        )
 
 
-def read_teacher_trunk(path: str | os.PathLike) -> Tuple[str, StateDict]:
+def read_teacher_trunk(path: str | os.PathLike) -> tuple[str, StateDict]:
     """``(layout, trunk state dict)``; see :func:`load_teacher_trunk`."""
     layout, parts = read_parts(path)
     if layout == SUITE:
-        raise WeightsError(f"{path} (layout {layout}) does not store the teacher trunk; use the "
-                           f"teacher file it records under 'teacher'")
+        raise WeightsError(
+            f"{path} (layout {layout}) does not store the teacher trunk; use the "
+            f"teacher file it records under 'teacher'"
+        )
     _require(path, layout, parts, ["teacher_trunk"])
     return layout, parts["teacher_trunk"]
 
@@ -221,7 +224,7 @@ def load_teacher_trunk(path: str | os.PathLike) -> StateDict:
     return read_teacher_trunk(path)[1]
 
 
-def load_stage1_init(path: str | os.PathLike) -> Dict[str, StateDict]:
+def load_stage1_init(path: str | os.PathLike) -> dict[str, StateDict]:
     """``{"student", "student_classifier", "teacher_classifier"}`` to initialise stage 2, from a
     stage-1 extraction, an original pretraining checkpoint or a burn-suite stage checkpoint."""
     layout, parts = read_parts(path)
@@ -232,8 +235,9 @@ def load_stage1_init(path: str | os.PathLike) -> Dict[str, StateDict]:
 def _check_backbone_keys(sd: Mapping, where: str) -> None:
     stray = [k for k in sd if not (k.startswith("feature.") or k.startswith("fc.0."))]
     if stray or not sd:
-        raise WeightsError(f"{where}: a student backbone has only feature.* and fc.0.* keys; "
-                           f"found {stray[:5] or 'no keys'}")
+        raise WeightsError(
+            f"{where}: a student backbone has only feature.* and fc.0.* keys; found {stray[:5] or 'no keys'}"
+        )
 
 
 def load_backbone(path: str | os.PathLike) -> StateDict:
@@ -267,12 +271,15 @@ def write_stage1_extraction(path, parts: Mapping[str, Mapping], author: str = DE
     if missing:
         raise WeightsError(f"{path}: stage-1 extraction needs parts {missing}")
     _check_backbone_keys(parts["student"], f"{path}: student")
-    return atomic_torch_save({
-        "backbone": {"state_dict": _cpu_copy(parts["student"])},
-        "classifier": {"state_dict": _cpu_copy(parts["student_classifier"])},
-        "teacher_classifier": {"state_dict": _cpu_copy(parts["teacher_classifier"])},
-        "author": str(author),
-    }, path)
+    return atomic_torch_save(
+        {
+            "backbone": {"state_dict": _cpu_copy(parts["student"])},
+            "classifier": {"state_dict": _cpu_copy(parts["student_classifier"])},
+            "teacher_classifier": {"state_dict": _cpu_copy(parts["teacher_classifier"])},
+            "author": str(author),
+        },
+        path,
+    )
 
 
 def write_backbone_extraction(path, student_sd: Mapping, author: str = DEFAULT_AUTHOR) -> Path:

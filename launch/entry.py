@@ -8,8 +8,8 @@ Kept light (no torch): `--help` answers at once.
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable, Set
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -39,7 +39,7 @@ def refuse_renamed_keys(prog: str, argv: Iterable[str] = ()) -> None:
                 raise UsageError(f"{key} is now {RENAMED_KEYS[key]}: write {RENAMED_KEYS[key]}={value or '...'}")
 
 
-def command_line_keys() -> Set[str]:
+def command_line_keys() -> set[str]:
     """The keys the user set on the command line (``+``/``++``/``~`` prefixes dropped)."""
     from hydra.core.hydra_config import HydraConfig
 
@@ -54,7 +54,7 @@ def preset_data_root(preset: str):
     return OmegaConf.select(OmegaConf.load(path), "data.root") if path.is_file() else None
 
 
-def apply_synthetic_rule(cfg: DictConfig, given: Set[str]) -> None:
+def apply_synthetic_rule(cfg: DictConfig, given: set[str]) -> None:
     """A preset's ``data.synthetic.generate`` applies at the preset's own data.root only: a mistyped
     data.root must not silently become a freshly generated dataset. Elsewhere generation needs
     ``data.synthetic.generate=true`` on the command line; without it a missing root is an error."""
@@ -68,7 +68,8 @@ def apply_synthetic_rule(cfg: DictConfig, given: Set[str]) -> None:
     if not Path(absolute_path(cfg.data.root)).exists():
         raise UsageError(
             f"data.root={cfg.data.root} does not exist. preset={cfg.preset} generates its dataset only at its "
-            f"own data.root ({default}); add data.synthetic.generate=true to generate one here")
+            f"own data.root ({default}); add data.synthetic.generate=true to generate one here"
+        )
 
 
 def prepare_config(cfg: DictConfig, stages: Iterable[str] = RUNNABLE_STAGES) -> None:

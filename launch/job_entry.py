@@ -10,7 +10,7 @@ boundary 0 and a requeue, not in a FAILED job (see burn/signal_flags.py for whic
 
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any
 
 import submitit
 
@@ -28,7 +28,7 @@ class StageJob(submitit.helpers.Checkpointable):
         self.stage_yaml = stage_yaml
         self.max_requeues = max_requeues
 
-    def __call__(self) -> Dict[str, Any]:
+    def __call__(self) -> dict[str, Any]:
         install_early()  # Submitit replaced the handlers after unpickling; the heavy imports follow
         from burn.errors import reported_as_one_line
         from launch.task import run_task

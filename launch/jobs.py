@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 import submitit
 from omegaconf import DictConfig, OmegaConf
@@ -20,22 +20,33 @@ from burn import rundir, slurm_cli
 from launch.job_entry import StageJob
 
 #: Queue states in which a job will still run (or is running): do not submit it twice.
-ACTIVE_STATES = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING",
-                 "COMPLETING", "SUSPENDED", "RESIZING", "SIGNALING", "STAGE_OUT"}
+ACTIVE_STATES = {
+    "PENDING",
+    "RUNNING",
+    "REQUEUED",
+    "REQUEUE_HOLD",
+    "REQUEUE_FED",
+    "CONFIGURING",
+    "COMPLETING",
+    "SUSPENDED",
+    "RESIZING",
+    "SIGNALING",
+    "STAGE_OUT",
+}
 
 
 @dataclass
 class SubmittedStage:
     stage: str
     stage_dir: Path
-    job_id: Optional[str]
+    job_id: str | None
     """None when the stage was already complete (DONE) and nothing was queued."""
     action: str
     """submitted | queued (an earlier job of this dir is still active) | done."""
-    log_dir: Optional[Path] = None
+    log_dir: Path | None = None
 
 
-def active_job(stage_dir: Path) -> Optional[str]:
+def active_job(stage_dir: Path) -> str | None:
     """The newest recorded job of this stage dir that is still pending or running, if any."""
     for record in reversed(rundir.read_jsonl(rundir.jobs_file(stage_dir))):
         if slurm_cli.queue_state(record["job_id"]) in ACTIVE_STATES:
@@ -43,32 +54,40 @@ def active_job(stage_dir: Path) -> Optional[str]:
     return None
 
 
-def build_executor(cfg: DictConfig, stage_dir: Path, dependency: Optional[str],
-                   use_gpus: bool) -> submitit.AutoExecutor:
+def build_executor(cfg: DictConfig, stage_dir: Path, dependency: str | None, use_gpus: bool) -> submitit.AutoExecutor:
     """A SLURM executor for one stage job from the launch keys of `BurnConfig`."""
     executor = submitit.AutoExecutor(folder=stage_dir / rundir.SLURM_DIR / "%j", cluster="slurm")
-    additional: Dict[str, Any] = {"requeue": True}
+    additional: dict[str, Any] = {"requeue": True}
     if dependency:
         additional["dependency"] = dependency
-    params: Dict[str, Any] = dict(
-        name=f"burn-{cfg.name}-{cfg.stage}", nodes=cfg.nodes, tasks_per_node=cfg.gpus_per_node,
-        cpus_per_task=cfg.cpus_per_task, timeout_min=cfg.time, slurm_signal_delay_s=cfg.signal_delay_s,
+    params: dict[str, Any] = dict(
+        name=f"burn-{cfg.name}-{cfg.stage}",
+        nodes=cfg.nodes,
+        tasks_per_node=cfg.gpus_per_node,
+        cpus_per_task=cfg.cpus_per_task,
+        timeout_min=cfg.time,
+        slurm_signal_delay_s=cfg.signal_delay_s,
         slurm_additional_parameters=additional,
     )
     if use_gpus:
         params["gpus_per_node"] = cfg.gpus_per_node
-    optional = {"slurm_partition": cfg.partition, "slurm_account": cfg.account, "slurm_qos": cfg.qos,
-                "slurm_constraint": cfg.constraint, "slurm_mem": cfg.mem}
+    optional = {
+        "slurm_partition": cfg.partition,
+        "slurm_account": cfg.account,
+        "slurm_qos": cfg.qos,
+        "slurm_constraint": cfg.constraint,
+        "slurm_mem": cfg.mem,
+    }
     params.update({k: v for k, v in optional.items() if v is not None})
     executor.update_parameters(**params)
     return executor
 
 
-def submit_stages(stage_cfgs: List[DictConfig], max_requeues: int) -> List[SubmittedStage]:
+def submit_stages(stage_cfgs: list[DictConfig], max_requeues: int) -> list[SubmittedStage]:
     """Queue the stages in order, each after the previous one (afterok); skip complete stages and
     reuse a still-active job of the same run dir instead of starting a second writer."""
-    results: List[SubmittedStage] = []
-    previous_job: Optional[str] = None
+    results: list[SubmittedStage] = []
+    previous_job: str | None = None
     use_gpus = slurm_cli.partition_has_gpus(stage_cfgs[0].partition)
     for cfg in stage_cfgs:
         stage_dir = Path(cfg.run_dir)
@@ -78,17 +97,26 @@ def submit_stages(stage_cfgs: List[DictConfig], max_requeues: int) -> List[Submi
             continue
         running = active_job(stage_dir)
         if running:
-            results.append(SubmittedStage(str(cfg.stage), stage_dir, running, "queued",
-                                          stage_dir / rundir.SLURM_DIR / running))
+            results.append(
+                SubmittedStage(str(cfg.stage), stage_dir, running, "queued", stage_dir / rundir.SLURM_DIR / running)
+            )
             previous_job = running
             continue
         dependency = f"afterok:{previous_job}" if previous_job else None
         executor = build_executor(cfg, stage_dir, dependency, use_gpus)
         job = executor.submit(StageJob(OmegaConf.to_yaml(cfg, resolve=True), max_requeues))
         log_dir = stage_dir / rundir.SLURM_DIR / job.job_id
-        rundir.append_jsonl(rundir.jobs_file(stage_dir), {
-            "job_id": job.job_id, "stage": str(cfg.stage), "via": "submitit", "dependency": dependency,
-            "submitted": time.time(), "log_dir": str(log_dir)})
+        rundir.append_jsonl(
+            rundir.jobs_file(stage_dir),
+            {
+                "job_id": job.job_id,
+                "stage": str(cfg.stage),
+                "via": "submitit",
+                "dependency": dependency,
+                "submitted": time.time(),
+                "log_dir": str(log_dir),
+            },
+        )
         results.append(SubmittedStage(str(cfg.stage), stage_dir, job.job_id, "submitted", log_dir))
         previous_job = job.job_id
     return results

@@ -19,12 +19,11 @@ import argparse
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 from burn import rundir, slurm_cli
 
-FAILED_STATES = {"FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE",
-                 "PREEMPTED"}
+FAILED_STATES = {"FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE", "PREEMPTED"}
 LOG_TAIL_LINES = 8
 #: How deep below a folder of runs to look for run directories (runs/<name>/<sweep point>/stage1).
 SEARCH_DEPTH = 3
@@ -37,7 +36,7 @@ class JobState:
     """SLURM state; UNKNOWN when neither squeue nor sacct know the job."""
     reason: str = ""
     exit_code: str = ""
-    restarts: Optional[int] = None
+    restarts: int | None = None
 
     @property
     def failed(self) -> bool:
@@ -65,10 +64,10 @@ class StageStatus:
     name: str
     path: Path
     done: bool
-    progress: Dict[str, Any]
-    results: Dict[str, Any]
-    jobs: List[Dict[str, Any]] = field(default_factory=list)
-    latest: Optional[JobState] = None
+    progress: dict[str, Any]
+    results: dict[str, Any]
+    jobs: list[dict[str, Any]] = field(default_factory=list)
+    latest: JobState | None = None
 
     @property
     def cancelled(self) -> bool:
@@ -77,8 +76,12 @@ class StageStatus:
             return False
         if self.progress.get("state") in ("cancelled", "interrupted"):
             return True
-        return self.latest is not None and self.latest.state.startswith("CANCELLED") \
-            and not self.cancelled_waiting and self.progress.get("state") != "failed"
+        return (
+            self.latest is not None
+            and self.latest.state.startswith("CANCELLED")
+            and not self.cancelled_waiting
+            and self.progress.get("state") != "failed"
+        )
 
     @property
     def cancelled_waiting(self) -> bool:
@@ -99,14 +102,20 @@ class StageStatus:
 
 def read_stage(path: Path) -> StageStatus:
     records = rundir.read_jsonl(rundir.jobs_file(path))
-    status = StageStatus(path.name, path, (path / rundir.DONE).exists(), rundir.read_json(path / rundir.PROGRESS),
-                         rundir.read_json(path / rundir.LINEAR_RESULTS), records)
+    status = StageStatus(
+        path.name,
+        path,
+        (path / rundir.DONE).exists(),
+        rundir.read_json(path / rundir.PROGRESS),
+        rundir.read_json(path / rundir.LINEAR_RESULTS),
+        records,
+    )
     if records:
         status.latest = job_state(str(records[-1]["job_id"]))
     return status
 
 
-def find_stages(run_dir: Path) -> List[Path]:
+def find_stages(run_dir: Path) -> list[Path]:
     children = [run_dir / name for name in rundir.STAGE_DIRS.values() if (run_dir / name).is_dir()]
     if children:
         return children
@@ -114,7 +123,7 @@ def find_stages(run_dir: Path) -> List[Path]:
     return [run_dir] if any(m.exists() for m in markers) else []
 
 
-def find_runs(folder: Path, depth: int = SEARCH_DEPTH) -> List[Path]:
+def find_runs(folder: Path, depth: int = SEARCH_DEPTH) -> list[Path]:
     """Run directories below a folder that is none itself, outermost first, sorted by path."""
     if depth == 0 or not folder.is_dir():
         return []
@@ -124,7 +133,7 @@ def find_runs(folder: Path, depth: int = SEARCH_DEPTH) -> List[Path]:
     return found
 
 
-def log_files(stage: StageStatus) -> List[Path]:
+def log_files(stage: StageStatus) -> list[Path]:
     """The latest job's log files, the one with a traceback (or the error log) first."""
     if not stage.jobs:
         return []
@@ -142,8 +151,8 @@ def _fmt(value: Any, spec: str) -> str:
     return format(value, spec) if isinstance(value, (int, float)) else "-"
 
 
-def ranks_note(progress: Dict[str, Any]) -> str:
-    """"ranks 2", or with an elastic resume "ranks 2->1->2 (resized at steps 8, 30)": one run throughout."""
+def ranks_note(progress: dict[str, Any]) -> str:
+    """ "ranks 2", or with an elastic resume "ranks 2->1->2 (resized at steps 8, 30)": one run throughout."""
     changes = progress.get("world_size_changes") or []
     if not changes:
         return f"ranks {progress['world_size']}"
@@ -175,12 +184,14 @@ def stage_line(stage: StageStatus) -> str:
     return "  ".join(parts)
 
 
-def failure_report(stage: StageStatus) -> List[str]:
+def failure_report(stage: StageStatus) -> list[str]:
     job = stage.latest
     record = stage.jobs[-1] if stage.jobs else {}
     if stage.cancelled_waiting:
-        return [f"CANCELLED {stage.name}: job {job.job_id} never ran: it waited for "
-                f"{record.get('dependency') or 'an earlier job'}, which did not succeed"]
+        return [
+            f"CANCELLED {stage.name}: job {job.job_id} never ran: it waited for "
+            f"{record.get('dependency') or 'an earlier job'}, which did not succeed"
+        ]
     what = f"job {job.job_id} {job.state}" if job else "the stage"
     if job and job.exit_code:
         what += f" (exit code {job.exit_code})"
@@ -193,7 +204,8 @@ def failure_report(stage: StageStatus) -> List[str]:
     tail = logs[0].read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:] if logs else []
     # The job's last line ends it; srun appends its own "srun: error: ... Exited with exit code" after.
     error = stage.progress.get("error") or next(
-        (line for line in reversed(tail) if line.strip() and not line.startswith("srun: ")), None)
+        (line for line in reversed(tail) if line.strip() and not line.startswith("srun: ")), None
+    )
     if error:
         lines.append(f"  error: {error}")
     if logs:
@@ -204,15 +216,17 @@ def failure_report(stage: StageStatus) -> List[str]:
     return lines
 
 
-def cancel_report(stage: StageStatus) -> List[str]:
+def cancel_report(stage: StageStatus) -> list[str]:
     job = f"job {stage.latest.job_id} " if stage.latest else ""
     step = stage.progress.get("step")
     saved = f"checkpoint at step {step} in {stage.path / rundir.CHECKPOINTS}" if step is not None else "no checkpoint"
-    return [f"CANCELLED {stage.name}: {job}was stopped by its user ({stage.progress.get('state', 'scancel')}); "
-            f"{saved}; submit the same command again to resume"]
+    return [
+        f"CANCELLED {stage.name}: {job}was stopped by its user ({stage.progress.get('state', 'scancel')}); "
+        f"{saved}; submit the same command again to resume"
+    ]
 
 
-def report(run_dir: Path) -> tuple[List[str], bool]:
+def report(run_dir: Path) -> tuple[list[str], bool]:
     """The status lines of a run dir and whether anything failed."""
     stages = [read_stage(path) for path in find_stages(run_dir)]
     lines = [f"run dir {run_dir}"] + [stage_line(s) for s in stages]
@@ -220,11 +234,13 @@ def report(run_dir: Path) -> tuple[List[str], bool]:
         if stage.cancelled:
             lines += cancel_report(stage)
             # Dependants SLURM cancelled because of this cancel did not fail either.
-            for later in stages[i + 1:]:
+            for later in stages[i + 1 :]:
                 if later.latest is not None and later.latest.state.startswith("CANCELLED") and not later.done:
-                    lines.append(f"CANCELLED {later.name}: job {later.latest.job_id} never ran (its "
-                                 f"dependency {stage.name} was cancelled)")
-            stages = stages[:i + 1]
+                    lines.append(
+                        f"CANCELLED {later.name}: job {later.latest.job_id} never ran (its "
+                        f"dependency {stage.name} was cancelled)"
+                    )
+            stages = stages[: i + 1]
             break
     failed = [s for s in stages if s.failed]
     for stage in failed:
@@ -232,14 +248,17 @@ def report(run_dir: Path) -> tuple[List[str], bool]:
     return lines, bool(failed)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", type=Path, help="a stage=all run dir, one stage's run dir, or a folder of runs")
     run_dir = parser.parse_args(argv).run_dir.absolute()
     runs = [run_dir] if find_stages(run_dir) else find_runs(run_dir)
     if not runs:
-        print(f"status.py: {run_dir} holds no stage run (no stage1/, stage2/, linear/, progress.json "
-              f"or config.yaml, here or {SEARCH_DEPTH} levels below)", file=sys.stderr)
+        print(
+            f"status.py: {run_dir} holds no stage run (no stage1/, stage2/, linear/, progress.json "
+            f"or config.yaml, here or {SEARCH_DEPTH} levels below)",
+            file=sys.stderr,
+        )
         return 2
     failed = False
     for i, run in enumerate(runs):

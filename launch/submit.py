@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import List, Optional
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -77,15 +76,20 @@ from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from burn import rundir, slurm_cli  # noqa: E402
-from burn.config import (LAUNCH, PATH_KEYS, RANDOM_BACKBONE, STAGES, absolute_path, keys_with_role,  # noqa: E402
-                         register_configs)
+from burn.config import LAUNCH, PATH_KEYS, RANDOM_BACKBONE, STAGES, absolute_path, keys_with_role, register_configs  # noqa: E402
 from burn.engine.identity import check_resume_config  # noqa: E402
 from burn.environment import Environment  # noqa: E402
 from burn.errors import UsageError, reported_as_one_line  # noqa: E402
-from burn.validation import (check_batch, check_choices, check_pretrained, check_teacher,  # noqa: E402
-                             check_writable, stage_splits)  # shared with the stage runner
 from burn.tiny_teacher import AUTO as AUTO_TEACHER  # noqa: E402
 from burn.tiny_teacher import resolve_auto_teacher  # noqa: E402
+from burn.validation import (  # noqa: E402
+    check_batch,
+    check_choices,
+    check_pretrained,
+    check_teacher,
+    check_writable,  # shared with the stage runner
+    stage_splits,
+)
 from launch import jobs, task  # noqa: E402
 
 register_configs()
@@ -103,14 +107,18 @@ class LaunchConfigError(UsageError):
 
 # ---- run directories and the per-stage configs ----------------------------------------------------
 
-def _sweep_suffix() -> Optional[str]:
+
+def _sweep_suffix() -> str | None:
     """In a multirun, a deterministic sub-directory per job from its overrides (``optim.lr=0.0001``),
     leaving out launch keys, logging keys and the preset/name already in the path."""
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
         return None
     skip = set(LAUNCH_KEYS) | set(IN_RUN_DIR_PATH)
-    keep = sorted(o for o in HydraConfig.get().overrides.task
-                  if not o.startswith(("hydra", "log.")) and o.split("=", 1)[0].lstrip("+~") not in skip)
+    keep = sorted(
+        o
+        for o in HydraConfig.get().overrides.task
+        if not o.startswith(("hydra", "log.")) and o.split("=", 1)[0].lstrip("+~") not in skip
+    )
     return ",".join(keep).replace("/", "_") or "default"
 
 
@@ -124,7 +132,7 @@ def base_run_dir(cfg: DictConfig) -> Path:
     return (path / suffix if suffix else path).absolute()
 
 
-def plan_stages(cfg: DictConfig) -> List[DictConfig]:
+def plan_stages(cfg: DictConfig) -> list[DictConfig]:
     """One resolved config per stage to run, in order, with run_dir and pretrained filled in.
 
     stage=all: run_dir is the parent of stage1/, stage2/, linear/; stage 2 starts from
@@ -134,8 +142,9 @@ def plan_stages(cfg: DictConfig) -> List[DictConfig]:
     if stage not in STAGES:
         raise LaunchConfigError(f"stage={stage!r}: choose one of {', '.join(STAGES)}")
     if OmegaConf.is_missing(cfg.data, "root"):
-        raise LaunchConfigError("data.root is not set: point it at an ImageNet-style tree "
-                                "(or use preset=tiny for the generated one)")
+        raise LaunchConfigError(
+            "data.root is not set: point it at an ImageNet-style tree (or use preset=tiny for the generated one)"
+        )
     base = task.stage_config(OmegaConf.to_yaml(cfg, resolve=True))  # typed, detached from Hydra
     for key in PATH_KEYS:  # jobs may start in another directory
         OmegaConf.update(base, key, absolute_path(OmegaConf.select(base, key)))
@@ -145,8 +154,10 @@ def plan_stages(cfg: DictConfig) -> List[DictConfig]:
         stage_cfg.run_dir = str(root if cfg.run_dir else root / rundir.stage_dir_name(stage))
         return [stage_cfg]
     if cfg.pretrained:
-        raise LaunchConfigError("pretrained= cannot be combined with stage=all: stage 2 starts from "
-                                "stage 1's extraction and linear evaluates stage 2's backbone")
+        raise LaunchConfigError(
+            "pretrained= cannot be combined with stage=all: stage 2 starts from "
+            "stage 1's extraction and linear evaluates stage 2's backbone"
+        )
     planned = []
     for previous, name in zip((None,) + STAGE_ORDER, STAGE_ORDER):  # each stage starts from the one before
         stage_cfg = copy.deepcopy(base)
@@ -162,25 +173,28 @@ def plan_stages(cfg: DictConfig) -> List[DictConfig]:
 
 # ---- validation (before queueing) -----------------------------------------------------------------
 
+
 def check_launch_keys(cfg: DictConfig) -> None:
     """The job size and limits (cluster is a closed choice: checked when the config is composed)."""
     for key in ("nodes", "gpus_per_node", "cpus_per_task", "time"):
         if cfg[key] < 1:
             raise LaunchConfigError(f"{key}={cfg[key]}: must be at least 1")
     if not 0 < cfg.signal_delay_s < cfg.time * 60:
-        raise LaunchConfigError(f"signal_delay_s={cfg.signal_delay_s} must lie between 0 and the time "
-                                f"limit ({cfg.time} min = {cfg.time * 60} s)")
+        raise LaunchConfigError(
+            f"signal_delay_s={cfg.signal_delay_s} must lie between 0 and the time "
+            f"limit ({cfg.time} min = {cfg.time * 60} s)"
+        )
     if cfg.max_requeues < 0:
         raise LaunchConfigError(f"max_requeues={cfg.max_requeues}: must be >= 0")
 
 
-def dataset_splits(planned: List[DictConfig]) -> List[str]:
+def dataset_splits(planned: list[DictConfig]) -> list[str]:
     """The splits the planned stages read: pretraining the unlabelled train list (and, with the k-NN
     monitor on, the labelled ones), linear the labelled train and val lists."""
     return list(dict.fromkeys(split for stage_cfg in planned for split in stage_splits(stage_cfg)))
 
 
-def check_dataset(data_cfg: DictConfig, splits: List[str], generate: bool = True) -> None:
+def check_dataset(data_cfg: DictConfig, splits: list[str], generate: bool = True) -> None:
     """Generate the synthetic set if asked to (and `generate`), then check the root, its lists and
     their files (a root still to be generated is not checked)."""
     from burn.data.loaders import ensure_synthetic, validate_dataset
@@ -193,8 +207,9 @@ def check_dataset(data_cfg: DictConfig, splits: List[str], generate: bool = True
         raise LaunchConfigError(f"data.root={data_cfg.root}: {err}") from None
 
 
-def validate(cfg: DictConfig, planned: List[DictConfig], world_size: int, with_data: bool = True,
-             dry: bool = False) -> None:
+def validate(
+    cfg: DictConfig, planned: list[DictConfig], world_size: int, with_data: bool = True, dry: bool = False
+) -> None:
     """Everything that can be known before queueing; raises LaunchConfigError naming the key. `dry`:
     write nothing (no generated data, no auto teacher trained; what would be is not checked)."""
     check_launch_keys(cfg)
@@ -206,8 +221,9 @@ def validate(cfg: DictConfig, planned: List[DictConfig], world_size: int, with_d
     to_train = set()  # stages whose auto teacher a dry run leaves untrained (nothing to check yet)
     for stage_cfg in planned:  # model.teacher_weights=auto: a deterministic path beside the data
         auto = stage_cfg.model.teacher_weights == AUTO_TEACHER
-        resolve_auto_teacher(stage_cfg, train=not dry and stage_cfg.stage != "linear" and
-                             any(stage_cfg is c for c in todo))
+        resolve_auto_teacher(
+            stage_cfg, train=not dry and stage_cfg.stage != "linear" and any(stage_cfg is c for c in todo)
+        )
         if auto and not Path(stage_cfg.model.teacher_weights).exists():
             to_train.add(id(stage_cfg))
         check_identity(stage_cfg)
@@ -231,19 +247,24 @@ def check_identity(stage_cfg: DictConfig) -> None:
 
 # ---- where to run ---------------------------------------------------------------------------------
 
+
 def pick_cluster(choice: str, world_size: int) -> str:
     if choice == "auto":
         choice = "slurm" if slurm_cli.answers() else "local"
     elif choice == "slurm" and not slurm_cli.answers():
-        raise LaunchConfigError("cluster=slurm but `sbatch --version` / `sinfo` do not answer; start "
-                                "the controller (or bash slurm/local-cluster/start.sh), or use cluster=local")
+        raise LaunchConfigError(
+            "cluster=slurm but `sbatch --version` / `sinfo` do not answer; start "
+            "the controller (or bash slurm/local-cluster/start.sh), or use cluster=local"
+        )
     if choice == "local" and world_size != 1:
-        raise LaunchConfigError(f"cluster=local runs one process, but nodes x gpus_per_node = {world_size}; "
-                                "use nodes=1 gpus_per_node=1, or torchrun launch/run.py for several ranks")
+        raise LaunchConfigError(
+            f"cluster=local runs one process, but nodes x gpus_per_node = {world_size}; "
+            "use nodes=1 gpus_per_node=1, or torchrun launch/run.py for several ranks"
+        )
     return choice
 
 
-def print_submission(cfg: DictConfig, submitted: List[jobs.SubmittedStage]) -> None:
+def print_submission(cfg: DictConfig, submitted: list[jobs.SubmittedStage]) -> None:
     root = base_run_dir(cfg) if str(cfg.stage) == "all" else Path(submitted[0].stage_dir)
     print(f"burn-suite: stage={cfg.stage} on SLURM, {cfg.nodes} node(s) x {cfg.gpus_per_node} task(s)")
     for item in submitted:
@@ -261,11 +282,13 @@ def print_submission(cfg: DictConfig, submitted: List[jobs.SubmittedStage]) -> N
         print(f"cancel:      scancel {ids}")
 
 
-def print_local_results(summaries: List[dict]) -> None:
+def print_local_results(summaries: list[dict]) -> None:
     for summary in summaries:
         if "top1" in summary:
-            print(f"linear evaluation top-1: {summary['top1']:.2f}% (top-5 {summary.get('top5', 0):.2f}%) "
-                  f"in {summary['run_dir']}")
+            print(
+                f"linear evaluation top-1: {summary['top1']:.2f}% (top-5 {summary.get('top5', 0):.2f}%) "
+                f"in {summary['run_dir']}"
+            )
     if summaries:
         print(f"TensorBoard: tensorboard --logdir {Path(summaries[0]['run_dir']).parent}")
 
@@ -277,7 +300,7 @@ def _length(stage_cfg: DictConfig) -> str:
     return f"epochs={stage_cfg.epochs if stage_cfg.epochs is not None else section.epochs}"
 
 
-def print_dry_run(cfg: DictConfig, planned: List[DictConfig], cluster: str) -> None:
+def print_dry_run(cfg: DictConfig, planned: list[DictConfig], cluster: str) -> None:
     """The plan and, on SLURM, the sbatch script of every stage to queue; nothing is queued or written."""
     where = f"on SLURM, {cfg.nodes} node(s) x {cfg.gpus_per_node} task(s)" if cluster == "slurm" else "here"
     print(f"burn-suite dry run: stage={cfg.stage} {where}; nothing queued, run or written")
@@ -286,7 +309,10 @@ def print_dry_run(cfg: DictConfig, planned: List[DictConfig], cluster: str) -> N
         name = rundir.stage_dir_name(str(stage_cfg.stage))
         done = (Path(stage_cfg.run_dir) / rundir.DONE).exists()
         start = f", pretrained={stage_cfg.pretrained}" if stage_cfg.pretrained else ""
-        print(f"  {name:7s} {stage_cfg.run_dir}" + (" complete (DONE): skipped" if done else f"  ({_length(stage_cfg)}{start})"))
+        print(
+            f"  {name:7s} {stage_cfg.run_dir}"
+            + (" complete (DONE): skipped" if done else f"  ({_length(stage_cfg)}{start})")
+        )
         if not done:
             todo.append(stage_cfg)
     if cluster != "slurm" or not todo:
@@ -310,8 +336,10 @@ def compare_with_baseline(linear_cfg: DictConfig, burn_summary: dict, max_requeu
     baseline_cfg.run_dir = str(Path(linear_cfg.run_dir).parent / rundir.BASELINE_DIR)
     baseline = task.run_stages_here([baseline_cfg], max_requeues)[-1]
     if "top1" in burn_summary and "top1" in baseline:
-        print(f"linear top-1: BURN {burn_summary['top1']:.2f}% | no pretraining (random student) "
-              f"{baseline['top1']:.2f}% | BURN - baseline: {burn_summary['top1'] - baseline['top1']:+.2f} points")
+        print(
+            f"linear top-1: BURN {burn_summary['top1']:.2f}% | no pretraining (random student) "
+            f"{baseline['top1']:.2f}% | BURN - baseline: {burn_summary['top1'] - baseline['top1']:+.2f} points"
+        )
 
 
 def launch(cfg: DictConfig) -> None:

@@ -30,7 +30,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -64,20 +64,23 @@ def decide_requeue(stage_dir: Path, max_requeues: int, job_id: str, restarts: in
     step = CheckpointManager(stage_dir / rundir.CHECKPOINTS).latest_step()
     ledger = rundir.requeues_file(stage_dir)
     if step is None:
-        raise RequeueRefused(f"job {job_id} was preempted but {stage_dir / rundir.CHECKPOINTS} holds no valid "
-                             "checkpoint; not requeuing")
+        raise RequeueRefused(
+            f"job {job_id} was preempted but {stage_dir / rundir.CHECKPOINTS} holds no valid checkpoint; not requeuing"
+        )
     if restarts >= max_requeues:
         raise RequeueRefused(
             f"job {job_id} was preempted or timed out after {restarts} requeues (max_requeues="
             f"{max_requeues}); not requeuing. Its checkpoint at step {step} is intact: submit the same "
-            "command again (or raise max_requeues) to continue.")
-    previous = [r["step"] for r in rundir.read_jsonl(ledger)][-(CRASH_LOOP_LIMIT - 1):]
+            "command again (or raise max_requeues) to continue."
+        )
+    previous = [r["step"] for r in rundir.read_jsonl(ledger)][-(CRASH_LOOP_LIMIT - 1) :]
     rundir.append_jsonl(ledger, {"job_id": job_id, "restarts": restarts, "step": step, "time": time.time()})
     if len(previous) == CRASH_LOOP_LIMIT - 1 and all(s == step for s in previous):
         raise RequeueRefused(
             f"crash loop: job {job_id} was preempted {CRASH_LOOP_LIMIT} times in a row at checkpoint "
             f"step {step} without progress (ledger: {ledger}); not requeuing. Check the log for why "
-            "the stage cannot advance (e.g. a signal lead shorter than start-up + one step).")
+            "the stage cannot advance (e.g. a signal lead shorter than start-up + one step)."
+        )
     return step
 
 
@@ -88,9 +91,9 @@ def _ignore_preemption_signals() -> None:
         signal.signal(signum, signal.SIG_IGN)
 
 
-def stage_summary(stage_dir: Path) -> Dict[str, Any]:
+def stage_summary(stage_dir: Path) -> dict[str, Any]:
     """What a finished stage reports back: its dir, step, and top-1/top-5 for linear evaluation."""
-    summary: Dict[str, Any] = {"run_dir": str(stage_dir)}
+    summary: dict[str, Any] = {"run_dir": str(stage_dir)}
     for name in (rundir.PROGRESS, rundir.LINEAR_RESULTS):
         path = stage_dir / name
         if path.exists():
@@ -99,7 +102,7 @@ def stage_summary(stage_dir: Path) -> Dict[str, Any]:
     return summary
 
 
-def conclude_task(cfg: DictConfig, code: int, max_requeues: int, environment: Environment) -> Dict[str, Any]:
+def conclude_task(cfg: DictConfig, code: int, max_requeues: int, environment: Environment) -> dict[str, Any]:
     """Turn run_stage's exit code into the task's outcome: a summary, a requeue, or an error."""
     stage_dir = Path(cfg.run_dir)
     if code == 0:
@@ -109,38 +112,47 @@ def conclude_task(cfg: DictConfig, code: int, max_requeues: int, environment: En
         # CANCELLED and, with afterok, cancels its dependants; under PreemptMode=REQUEUE it requeues
         # a preempted job itself. SystemExit: Submitit records no result.
         _ignore_preemption_signals()
-        log.warning("stage in %s stopped by %s; not requeuing. Submit the same command again to resume",
-                    stage_dir, "a cancel (SIGTERM)" if code == CANCEL_EXIT_CODE else "Ctrl-C")
+        log.warning(
+            "stage in %s stopped by %s; not requeuing. Submit the same command again to resume",
+            stage_dir,
+            "a cancel (SIGTERM)" if code == CANCEL_EXIT_CODE else "Ctrl-C",
+        )
         sys.exit(code)
     if code != REQUEUE_EXIT_CODE:
         raise RuntimeError(f"run_stage returned unexpected exit code {code} for {stage_dir}")
     _ignore_preemption_signals()
     job_id = environment.job_id
     if job_id is None:
-        raise RequeueRefused(f"stage in {stage_dir} was interrupted outside SLURM; run the same "
-                             "command again to resume from its checkpoint")
+        raise RequeueRefused(
+            f"stage in {stage_dir} was interrupted outside SLURM; run the same "
+            "command again to resume from its checkpoint"
+        )
     if environment.rank == 0:
         restarts = environment.restarts
         step = decide_requeue(stage_dir, max_requeues, job_id, restarts)
         slurm_cli.requeue(job_id)
-        log.warning("job %s requeued (restart %d of at most %d), resumes from step %d", job_id,
-                    restarts + 1, max_requeues, step)
+        log.warning(
+            "job %s requeued (restart %d of at most %d), resumes from step %d", job_id, restarts + 1, max_requeues, step
+        )
     # SystemExit is not an Exception: Submitit writes no result and the waiters keep waiting.
     sys.exit(REQUEUE_EXIT_CODE)
 
 
-def run_task(stage_yaml: str, max_requeues: int) -> Dict[str, Any]:
+def run_task(stage_yaml: str, max_requeues: int) -> dict[str, Any]:
     """The body of a Submitit stage job on one task (launch/job_entry.py's StageJob calls it)."""
     cfg = stage_config(stage_yaml)
     environment = Environment.read()
-    print(f"burn: stage {cfg.stage} job {environment.job_id} global rank {environment.rank}/"
-          f"{environment.ntasks or 1} on {environment.node or '?'}, restart {environment.restarts}, "
-          f"run dir {cfg.run_dir}", flush=True)
+    print(
+        f"burn: stage {cfg.stage} job {environment.job_id} global rank {environment.rank}/"
+        f"{environment.ntasks or 1} on {environment.node or '?'}, restart {environment.restarts}, "
+        f"run dir {cfg.run_dir}",
+        flush=True,
+    )
     code = run_stage(cfg, environment)  # installs burn's stop-signal handlers over Submitit's
     return conclude_task(cfg, code, max_requeues, environment)
 
 
-def run_stages_here(stage_cfgs: List[DictConfig], max_requeues: int) -> List[Dict[str, Any]]:
+def run_stages_here(stage_cfgs: list[DictConfig], max_requeues: int) -> list[dict[str, Any]]:
     """Run the stages one after another in this process (cluster=local, or every task of a
     hydra-submitit-launcher sweep job). Complete stages are skipped; a preemption requeues the
     SLURM job (when there is one) or stops with exit code 75 for a later resume."""
@@ -155,8 +167,11 @@ def run_stages_here(stage_cfgs: List[DictConfig], max_requeues: int) -> List[Dic
         code = run_stage(cfg, environment)
         outside_slurm = code == REQUEUE_EXIT_CODE and environment.job_id is None
         if code in (CANCEL_EXIT_CODE, INTERRUPT_EXIT_CODE) or outside_slurm:
-            print(f"stage {cfg.stage} interrupted; its checkpoint is in {stage_dir / rundir.CHECKPOINTS}. "
-                  "Run the same command again to resume.", file=sys.stderr)
+            print(
+                f"stage {cfg.stage} interrupted; its checkpoint is in {stage_dir / rundir.CHECKPOINTS}. "
+                "Run the same command again to resume.",
+                file=sys.stderr,
+            )
             sys.exit(code)
         summaries.append(conclude_task(cfg, code, max_requeues, environment))
     return summaries

@@ -18,9 +18,27 @@ RUN_PY = REPO / "launch" / "run.py"
 def tiny_data(tmp_path_factory) -> Path:
     """The tiny preset's generated dataset (10 classes, 48-px JPEGs), made once per session."""
     root = tmp_path_factory.mktemp("data") / "synthetic-tiny"
-    subprocess.run([sys.executable, "-m", "burn.data.synthetic", "--out", str(root), "--classes", "10",
-                    "--per-class", "40", "--val-per-class", "10", "--size", "48", "--seed", "0"],
-                   check=True, cwd=REPO)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "burn.data.synthetic",
+            "--out",
+            str(root),
+            "--classes",
+            "10",
+            "--per-class",
+            "40",
+            "--val-per-class",
+            "10",
+            "--size",
+            "48",
+            "--seed",
+            "0",
+        ],
+        check=True,
+        cwd=REPO,
+    )
     # The tiny preset's model.teacher_weights=auto: train it once here rather than in the first stage
     # that needs it (which may be one rank of several, or a SLURM job with a time limit).
     from hydra import compose, initialize_config_dir
@@ -50,24 +68,47 @@ class StageCLI:
         log_dir.mkdir(parents=True, exist_ok=True)
 
     def overrides(self, run_dir: Path, *extra: str) -> list[str]:
-        return ["preset=tiny", f"data.root={self.data_root}", "data.synthetic.generate=false",
-                f"run_dir={run_dir}", "log.progress_bar=off", *extra]
+        return [
+            "preset=tiny",
+            f"data.root={self.data_root}",
+            "data.synthetic.generate=false",
+            f"run_dir={run_dir}",
+            "log.progress_bar=off",
+            *extra,
+        ]
 
     def start(self, overrides: list[str], tag: str, world_size: int = 1) -> list[subprocess.Popen]:
         port = free_port()
         procs = []
         for rank in range(world_size):
             env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-            for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "SLURM_PROCID",
-                        "SLURM_NTASKS", "SLURM_JOB_ID"):
+            for key in (
+                "RANK",
+                "WORLD_SIZE",
+                "LOCAL_RANK",
+                "MASTER_ADDR",
+                "MASTER_PORT",
+                "SLURM_PROCID",
+                "SLURM_NTASKS",
+                "SLURM_JOB_ID",
+            ):
                 env.pop(key, None)
             if world_size > 1:
                 # A gloo group on CPU: with CUDA visible, ranks would need one GPU each (NCCL).
-                env.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
-                           MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), CUDA_VISIBLE_DEVICES="")
+                env.update(
+                    RANK=str(rank),
+                    WORLD_SIZE=str(world_size),
+                    LOCAL_RANK=str(rank),
+                    MASTER_ADDR="127.0.0.1",
+                    MASTER_PORT=str(port),
+                    CUDA_VISIBLE_DEVICES="",
+                )
             log = open(self.log_dir / f"{tag}-rank{rank}.log", "w")
-            procs.append(subprocess.Popen([sys.executable, str(RUN_PY), *overrides], env=env, cwd=REPO,
-                                          stdout=log, stderr=subprocess.STDOUT))
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, str(RUN_PY), *overrides], env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT
+                )
+            )
         return procs
 
     @staticmethod
@@ -86,7 +127,6 @@ def cli(tiny_data: Path, tmp_path: Path) -> StageCLI:
     return StageCLI(tiny_data, tmp_path / "logs")
 
 
-
 # --- Every test that starts a process says so --------------------------------------------------------
 # `make test-fast` deselects the markers below to stay a quick in-process edit loop. Every process start
 # (subprocess, a stage via launch/*.py, spawned ranks, DataLoader or Pool workers) is noted; a test
@@ -94,8 +134,14 @@ def cli(tiny_data: Path, tmp_path: Path) -> StageCLI:
 # test, such as the session's tiny_data), started one.
 PROCESS_MARKERS = ("process", "slow", "slurm")
 # subprocess keeps its own reference to fork_exec; multiprocessing calls the module's, or os.fork.
-_PROCESS_STARTERS = (("subprocess", "_fork_exec"), ("_posixsubprocess", "fork_exec"), ("os", "fork"),
-                     ("os", "posix_spawn"), ("os", "posix_spawnp"), ("os", "system"))
+_PROCESS_STARTERS = (
+    ("subprocess", "_fork_exec"),
+    ("_posixsubprocess", "fork_exec"),
+    ("os", "fork"),
+    ("os", "posix_spawn"),
+    ("os", "posix_spawnp"),
+    ("os", "system"),
+)
 _started: list[str] = []  # process starts since the current test (or fixture) began
 _process_fixtures: dict[str, str] = {}  # fixture name -> the first start it made
 _patched: list = []
@@ -163,5 +209,7 @@ def pytest_runtest_makereport(item, call):
     else:
         return
     report.outcome = "failed"
-    report.longrepr = (f"{item.nodeid} starts processes but has none of the markers {', '.join(PROCESS_MARKERS)}: "
-                       f"add @pytest.mark.process (make test-fast deselects it); {how}")
+    report.longrepr = (
+        f"{item.nodeid} starts processes but has none of the markers {', '.join(PROCESS_MARKERS)}: "
+        f"add @pytest.mark.process (make test-fast deselects it); {how}"
+    )

@@ -23,8 +23,23 @@ def test_gpu_check_script_is_valid_shell():
 
 @pytest.mark.slow
 def test_gpu_step_cpu_mode_prints_every_row():
-    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_step.py"), "--cpu", "--images", "200",
-                          "--steps", "1", "--warmup", "0"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "gpu_step.py"),
+            "--cpu",
+            "--images",
+            "200",
+            "--steps",
+            "1",
+            "--warmup",
+            "0",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
     for row in ("naive    synthetic", "naive    torchvision DataLoader", "trainer  synthetic", "trainer  "):
         assert row in out.stdout, out.stdout

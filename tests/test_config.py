@@ -26,8 +26,11 @@ def test_every_schema_field_has_a_docstring():
         for i, node in enumerate(cls.body):
             if isinstance(node, ast.AnnAssign):
                 after = cls.body[i + 1] if i + 1 < len(cls.body) else None
-                if not (isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
-                        and isinstance(after.value.value, str)):
+                if not (
+                    isinstance(after, ast.Expr)
+                    and isinstance(after.value, ast.Constant)
+                    and isinstance(after.value.value, str)
+                ):
                     missing.append(f"{cls.name}.{node.target.id}")
     assert not missing, f"fields without a docstring: {missing}"
 
@@ -43,8 +46,16 @@ def test_closed_choices_and_roles_come_from_the_schema():
     assert "loss" not in identity and "checkpoint" not in identity and not identity & set(keys_with_role(LAUNCH))
 
 
-@pytest.mark.parametrize("key, typo", [("stage", "3"), ("train.precision", "fp61"), ("data.backend", "dlai"),
-                                       ("data.device", "gpu0"), ("cluster", "slrum")])
+@pytest.mark.parametrize(
+    "key, typo",
+    [
+        ("stage", "3"),
+        ("train.precision", "fp61"),
+        ("data.backend", "dlai"),
+        ("data.device", "gpu0"),
+        ("cluster", "slrum"),
+    ],
+)
 def test_a_closed_choice_typo_names_the_key_and_the_choices(key, typo):
     cfg = compose_config(["preset=tiny", f"{key}={typo}"])
     with pytest.raises(UsageError, match=rf"^{key}='{typo}': choose one of {', '.join(closed_choices()[key][:2])}"):

@@ -34,13 +34,19 @@ def test_chain_sh_uses_the_layout_of_burn_rundir():
 
 
 @pytest.mark.process
-@pytest.mark.parametrize("module", ["launch.status", "launch.job_entry", "burn.rundir", "burn.environment",
-                                    "burn.slurm_cli"])
+@pytest.mark.parametrize(
+    "module", ["launch.status", "launch.job_entry", "burn.rundir", "burn.environment", "burn.slurm_cli"]
+)
 def test_light_modules_do_not_import_torch(module):
     """launch/status.py answers fast and a Submitit job records signals before the heavy imports."""
     code = f"import sys, {module}; assert 'torch' not in sys.modules, 'torch imported'"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert out.returncode == 0, out.stderr
 
 
@@ -78,8 +84,15 @@ def test_a_failed_writer_leaves_the_old_file_and_no_temp(tmp_path):
 
 
 def test_environment_precedence_torchrun_then_slurm_then_alone():
-    slurm = {"SLURM_PROCID": "3", "SLURM_NTASKS": "4", "SLURM_LOCALID": "1", "SLURM_JOB_ID": "77",
-             "SLURM_RESTART_COUNT": "2", "SLURMD_NODENAME": "n1", "SLURM_CPUS_PER_TASK": "6"}
+    slurm = {
+        "SLURM_PROCID": "3",
+        "SLURM_NTASKS": "4",
+        "SLURM_LOCALID": "1",
+        "SLURM_JOB_ID": "77",
+        "SLURM_RESTART_COUNT": "2",
+        "SLURMD_NODENAME": "n1",
+        "SLURM_CPUS_PER_TASK": "6",
+    }
     env = Environment.read(slurm)
     assert (env.launcher, env.rank, env.world_size, env.local_rank) == ("slurm", 3, 4, 1)
     assert (env.job_id, env.restarts, env.node, env.cpus, env.ntasks) == ("77", 2, "n1", 6, 4)
@@ -87,7 +100,13 @@ def test_environment_precedence_torchrun_then_slurm_then_alone():
     assert (torchrun.launcher, torchrun.rank, torchrun.world_size) == ("torchrun", 0, 2)
     assert torchrun.job_id == "77"  # a torchrun inside a SLURM job still requeues that job
     alone = Environment.read({"OMP_NUM_THREADS": "2"})
-    assert (alone.launcher, alone.rank, alone.world_size, alone.job_id, alone.restarts, alone.cpus) == \
-        ("none", 0, 1, None, 0, 2)
+    assert (alone.launcher, alone.rank, alone.world_size, alone.job_id, alone.restarts, alone.cpus) == (
+        "none",
+        0,
+        1,
+        None,
+        0,
+        2,
+    )
     array = Environment.read({**slurm, "SLURM_ARRAY_JOB_ID": "70", "SLURM_ARRAY_TASK_ID": "5"})
     assert array.job_id == "70_5"

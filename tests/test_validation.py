@@ -41,8 +41,11 @@ def test_pretrained_random_is_a_named_choice_not_a_file(tmp_path):
     linear = compose_cfg("stage=linear", "pretrained=random", f"data.root={tmp_path}")
     check_stage(linear, 1, tmp_path / "run")  # no file named "random" is looked for
     check_pretrained(compose_cfg("stage=2", "pretrained=random"))  # single-stage pretraining from scratch
-    with pytest.raises(UsageError, match="stage=2 needs pretrained=: a stage-1 extraction .* pretrained=random "
-                                         "for single-stage pretraining from scratch"):
+    with pytest.raises(
+        UsageError,
+        match="stage=2 needs pretrained=: a stage-1 extraction .* pretrained=random "
+        "for single-stage pretraining from scratch",
+    ):
         check_pretrained(compose_cfg("stage=2"))
     with pytest.raises(UsageError, match="stage=linear needs pretrained=: a backbone"):
         check_pretrained(compose_cfg("stage=linear"))
@@ -67,7 +70,8 @@ def test_pretraining_reads_the_labelled_lists_only_with_the_knn_monitor():
 
 @pytest.mark.process
 def test_start_up_trains_the_missing_auto_teacher_before_checking_it_and_saves_its_path(
-        tmp_path, own_data, monkeypatch):
+    tmp_path, own_data, monkeypatch
+):
     trained = []
 
     def fake_train(data_cfg, arch, out, **_):  # a real state dict, without minutes of training
@@ -91,11 +95,15 @@ def test_start_up_trains_the_missing_auto_teacher_before_checking_it_and_saves_i
 
 
 @pytest.mark.process
-def test_start_up_of_a_linear_stage_neither_trains_an_auto_teacher_nor_loads_random(tmp_path, own_data,
-                                                                                     monkeypatch):
+def test_start_up_of_a_linear_stage_neither_trains_an_auto_teacher_nor_loads_random(tmp_path, own_data, monkeypatch):
     monkeypatch.setattr(burn.tiny_teacher, "train_teacher", lambda *a, **k: pytest.fail("trained a teacher"))
-    cfg = compose_cfg("stage=linear", "pretrained=random", f"data.root={own_data}", "data.synthetic.generate=false",
-                      "model.teacher_weights=auto")
+    cfg = compose_cfg(
+        "stage=linear",
+        "pretrained=random",
+        f"data.root={own_data}",
+        "data.synthetic.generate=false",
+        "model.teacher_weights=auto",
+    )
     lock, action = _claim_run_dir(cfg, tmp_path / "run", 1)
     lock.release()
     assert action == "run"

@@ -38,25 +38,39 @@ def _prefixed(prefix, sd):
 
 def _files(tmp, parts):
     """One file per layout, shaped as the real ones are."""
-    moco = {**_prefixed("module.encoder_q.", parts["teacher_trunk_with_fc"]),
-            **_prefixed("module.encoder_k.", parts["teacher_trunk_with_fc"]),
-            "module.queue": torch.randn(8, 32), "module.queue_ptr": torch.zeros(1, dtype=torch.long)}
-    pretraining = {**_prefixed("online_net.0.", parts["student"]),
-                   **_prefixed("backbone.", parts["student"]),
-                   **_prefixed("online_net.1.", parts["student_classifier"]),
-                   **_prefixed("diff_branch_net.0.", parts["teacher_trunk"]),
-                   **_prefixed("diff_branch_net.1.", parts["teacher_classifier"])}
+    moco = {
+        **_prefixed("module.encoder_q.", parts["teacher_trunk_with_fc"]),
+        **_prefixed("module.encoder_k.", parts["teacher_trunk_with_fc"]),
+        "module.queue": torch.randn(8, 32),
+        "module.queue_ptr": torch.zeros(1, dtype=torch.long),
+    }
+    pretraining = {
+        **_prefixed("online_net.0.", parts["student"]),
+        **_prefixed("backbone.", parts["student"]),
+        **_prefixed("online_net.1.", parts["student_classifier"]),
+        **_prefixed("diff_branch_net.0.", parts["teacher_trunk"]),
+        **_prefixed("diff_branch_net.1.", parts["teacher_classifier"]),
+    }
     stage_parts = {k: parts[k] for k in weights.STAGE1_PARTS}
     objects = {
         weights.MOCO: {"state_dict": moco, "arch": "resnet18", "epoch": 800},
         weights.TEACHER: {"state_dict": parts["teacher_trunk"]},
         weights.TORCHVISION: parts["teacher_trunk_with_fc"],
-        weights.PRETRAINING: {"meta": {"epoch": 200, "iter": 125200, "mmcv_version": "0.2"},
-                              "state_dict": pretraining,
-                              "optimizer": {"state": {}, "param_groups": [{"lr": 0.0}]}},
-        weights.SUITE: {"format": "burn-suite/checkpoint", "version": 1, "stage": "1", "step": 7,
-                        "epoch": 0, "model": stage_parts, "optimizer": {"state": {}},
-                        "teacher": {"path": "/somewhere/teacher.pth", "sha256": "0" * 64}},
+        weights.PRETRAINING: {
+            "meta": {"epoch": 200, "iter": 125200, "mmcv_version": "0.2"},
+            "state_dict": pretraining,
+            "optimizer": {"state": {}, "param_groups": [{"lr": 0.0}]},
+        },
+        weights.SUITE: {
+            "format": "burn-suite/checkpoint",
+            "version": 1,
+            "stage": "1",
+            "step": 7,
+            "epoch": 0,
+            "model": stage_parts,
+            "optimizer": {"state": {}},
+            "teacher": {"path": "/somewhere/teacher.pth", "sha256": "0" * 64},
+        },
     }
     paths = {}
     for layout, obj in objects.items():
@@ -174,8 +188,13 @@ def test_cli_extract_from_a_suite_checkpoint(tmp_path, parts, capsys):
         out = tmp_path / f"{fmt}-out.pth"
         args = ["extract", str(paths[weights.SUITE]), str(out), "--format", fmt, "--author", "tester"]
         if fmt == "stage1":  # once through the real module entry point
-            proc = subprocess.run([sys.executable, "-m", "burn.weights", *args], capture_output=True,
-                                  text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+            proc = subprocess.run(
+                [sys.executable, "-m", "burn.weights", *args],
+                capture_output=True,
+                text=True,
+                env={**os.environ, "PYTHONPATH": str(REPO)},
+                timeout=120,
+            )
             assert proc.returncode == 0, proc.stderr
         else:
             assert weights.main(args) == 0
@@ -184,16 +203,18 @@ def test_cli_extract_from_a_suite_checkpoint(tmp_path, parts, capsys):
         assert obj["author"] == "tester"
         assert _same(weights.load_backbone(out), parts["student"])
     capsys.readouterr()
-    assert weights.main(["extract", str(paths[weights.BACKBONE]), str(tmp_path / "x.pth"),
-                         "--format", "stage1"]) == 1
+    assert weights.main(["extract", str(paths[weights.BACKBONE]), str(tmp_path / "x.pth"), "--format", "stage1"]) == 1
     assert "original-backbone-extraction" in capsys.readouterr().err
     assert not (tmp_path / "x.pth").exists()
 
 
 def test_linear_suite_checkpoint_gives_its_backbone(tmp_path, parts):
-    obj = {"format": "burn-suite/checkpoint", "version": 1, "stage": "linear",
-           "model": {"student": parts["student"], "fc_cls": {"weight": torch.zeros(10, 128),
-                                                             "bias": torch.zeros(10)}}}
+    obj = {
+        "format": "burn-suite/checkpoint",
+        "version": 1,
+        "stage": "linear",
+        "model": {"student": parts["student"], "fc_cls": {"weight": torch.zeros(10, 128), "bias": torch.zeros(10)}},
+    }
     torch.save(obj, tmp_path / "linear.pt")
     assert _same(weights.load_backbone(tmp_path / "linear.pt"), parts["student"])
     layout, got = weights.read_parts(tmp_path / "linear.pt")

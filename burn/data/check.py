@@ -23,9 +23,9 @@ import re
 import sys
 import tempfile
 import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, List, Optional, Sequence, Tuple
 
 from PIL import Image
 from tqdm import tqdm
@@ -35,8 +35,13 @@ from burn.data.lists import SampleList, derive_list, parse_list
 
 #: Leading bytes of the formats DALI decodes (and of GIF, which it does not).
 _SIGNATURES = (
-    (b"\xff\xd8\xff", "jpeg"), (b"\x89PNG\r\n\x1a\n", "png"), (b"BM", "bmp"), (b"II*\x00", "tiff"),
-    (b"MM\x00*", "tiff"), (b"\x00\x00\x00\x0cjP  ", "jp2"), (b"GIF8", "gif"),
+    (b"\xff\xd8\xff", "jpeg"),
+    (b"\x89PNG\r\n\x1a\n", "png"),
+    (b"BM", "bmp"),
+    (b"II*\x00", "tiff"),
+    (b"MM\x00*", "tiff"),
+    (b"\x00\x00\x00\x0cjP  ", "jp2"),
+    (b"GIF8", "gif"),
 )
 _DALI_FORMATS = {"jpeg", "png", "bmp", "tiff", "webp", "pnm", "jp2"}
 
@@ -47,7 +52,7 @@ class Problem:
     detail: str
 
 
-def sniff_format(head: bytes) -> Optional[str]:
+def sniff_format(head: bytes) -> str | None:
     """Image format from the first bytes, None when no known signature matches."""
     for signature, name in _SIGNATURES:
         if head.startswith(signature):
@@ -59,7 +64,7 @@ def sniff_format(head: bytes) -> Optional[str]:
     return None
 
 
-def _decode_with_pil(data: bytes) -> Optional[Problem]:
+def _decode_with_pil(data: bytes) -> Problem | None:
     try:
         with Image.open(io.BytesIO(data)) as image:
             image.load()
@@ -83,7 +88,7 @@ def _captured_stderr() -> Iterator[tempfile.TemporaryFile]:
             os.close(saved)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _libjpeg_decoder():
     """torchvision's libjpeg decoder (imported once, before worker processes fork), None if absent."""
     try:
@@ -94,7 +99,7 @@ def _libjpeg_decoder():
     return lambda data: decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8))
 
 
-def _decode_jpeg_strict(data: bytes) -> Optional[Problem]:
+def _decode_jpeg_strict(data: bytes) -> Problem | None:
     """Decode with libjpeg (torchvision) and treat its corrupt-data warnings as failures; PIL hides them."""
     decode = _libjpeg_decoder()
     if decode is None:
@@ -117,7 +122,7 @@ def _decode_jpeg_strict(data: bytes) -> Optional[Problem]:
     return None
 
 
-def inspect_image(path: str, strict: bool = True) -> Optional[Problem]:
+def inspect_image(path: str, strict: bool = True) -> Problem | None:
     """The problem with the image file at ``path``, or None when it decodes cleanly. ``strict`` also
     catches garbled JPEG data that decoders accept with warnings (slower; used by the scan)."""
     try:
@@ -174,15 +179,17 @@ def decode_failure(error: Exception, samples: SampleList, candidates: Sequence[i
         sample = ", ".join(samples.paths[i] for i in list(candidates)[:4])
         head = f"the data pipeline failed on a batch of {samples.source} (files {sample}, ...)"
     # One line (the entry points print it last): what, where, the pipeline's words, then what to do.
-    return DataError(f"{head} (pipeline error: {cause_text}). Find every bad file at once before training "
-                     f"again: {check_command(samples)}")
+    return DataError(
+        f"{head} (pipeline error: {cause_text}). Find every bad file at once before training "
+        f"again: {check_command(samples)}"
+    )
 
 
-def _inspect_strict(path: str) -> Optional[Problem]:
+def _inspect_strict(path: str) -> Problem | None:
     return inspect_image(path, strict=True)
 
 
-def scan(samples: SampleList, workers: int = 0, progress: bool = True) -> List[Tuple[int, Problem]]:
+def scan(samples: SampleList, workers: int = 0, progress: bool = True) -> list[tuple[int, Problem]]:
     """(sample index, problem) for every bad file of ``samples``, checked by ``workers`` processes
     (0: one per CPU core)."""
     paths = samples.absolute_paths()
@@ -208,8 +215,7 @@ def write_clean_list(samples: SampleList, bad: set, out: Path) -> int:
     """Write ``samples`` minus the bad ones: the original lines of a list file, or ``path label`` lines
     of a derived list. Returns the number of lines written."""
     if samples.source.startswith("class folders of "):
-        kept = [f"{p} {label}" for i, (p, label) in enumerate(zip(samples.paths, samples.labels))
-                if i not in bad]
+        kept = [f"{p} {label}" for i, (p, label) in enumerate(zip(samples.paths, samples.labels)) if i not in bad]
     else:
         bad_lines = {samples.lines[i] for i in bad}
         lines = Path(samples.source).read_text().splitlines()
@@ -219,11 +225,12 @@ def write_clean_list(samples: SampleList, bad: set, out: Path) -> int:
     return len(kept)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m burn.data.check", description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", required=True, help="folder the list's paths are relative to")
-    parser.add_argument("--list", help="list file (one path, or 'path label', per line); default: the "
-                                       "class folders under --root")
+    parser.add_argument(
+        "--list", help="list file (one path, or 'path label', per line); default: the class folders under --root"
+    )
     parser.add_argument("--write-clean", metavar="OUT", help="write the list without the bad files here")
     parser.add_argument("--workers", type=int, default=0, help="processes (default: one per core)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -12,7 +12,7 @@ is the whole state.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -66,11 +66,13 @@ def _color_jitter_and_gray(image, aug):
         b, c, s, h = (float(v) for v in aug.jitter)
         on = fn.cast(jitter, dtype=types.FLOAT)
         keep_color = 1.0 - fn.cast(gray, dtype=types.FLOAT)
-        image = fn.color_twist(image,
-                               brightness=_jitter_factor(b, on, 1.0, max(0.0, 1 - b), 1 + b),
-                               contrast=_jitter_factor(c, on, 1.0, max(0.0, 1 - c), 1 + c),
-                               saturation=_jitter_factor(s, on, 1.0, max(0.0, 1 - s), 1 + s) * keep_color,
-                               hue=_jitter_factor(h, on, 0.0, -360.0 * h, 360.0 * h))  # turns -> degrees
+        image = fn.color_twist(
+            image,
+            brightness=_jitter_factor(b, on, 1.0, max(0.0, 1 - b), 1 + b),
+            contrast=_jitter_factor(c, on, 1.0, max(0.0, 1 - c), 1 + c),
+            saturation=_jitter_factor(s, on, 1.0, max(0.0, 1 - s), 1 + s) * keep_color,
+            hue=_jitter_factor(h, on, 0.0, -360.0 * h, 360.0 * h),
+        )  # turns -> degrees
     return image
 
 
@@ -81,16 +83,27 @@ def _layout(decoder_device: str) -> str:
 
 
 def _normalize(image, aug, dtype, layout, **crop_or_mirror):
-    return fn.crop_mirror_normalize(image, dtype=dtype, output_layout=layout, mean=[255.0 * float(m) for m in aug.mean],
-                                    std=[255.0 * float(s) for s in aug.std], **crop_or_mirror)
+    return fn.crop_mirror_normalize(
+        image,
+        dtype=dtype,
+        output_layout=layout,
+        mean=[255.0 * float(m) for m in aug.mean],
+        std=[255.0 * float(s) for s in aug.std],
+        **crop_or_mirror,
+    )
 
 
 def _pretrain_view(image, aug, dtype, layout):
     """One view: RandomResizedCrop (bicubic) -> flip -> jitter -> grayscale -> blur -> solarize -> normalise."""
     size = int(aug.image_size)
-    image = fn.random_resized_crop(image, size=[size, size], random_area=[float(v) for v in aug.crop_scale],
-                                   random_aspect_ratio=list(_ASPECT_RATIO), interp_type=types.INTERP_CUBIC,
-                                   antialias=True)
+    image = fn.random_resized_crop(
+        image,
+        size=[size, size],
+        random_area=[float(v) for v in aug.crop_scale],
+        random_aspect_ratio=list(_ASPECT_RATIO),
+        interp_type=types.INTERP_CUBIC,
+        antialias=True,
+    )
     image = _color_jitter_and_gray(image, aug)
     if aug.blur_prob > 0:
         if _coin(aug.blur_prob):
@@ -105,8 +118,9 @@ def _pretrain_view(image, aug, dtype, layout):
 
 def _read_and_decode(files, decoder_device):
     """Reader over exactly ``files`` in order; the label it emits is the position in ``files``."""
-    encoded, position = fn.readers.file(files=list(files), labels=list(range(len(files))), name="Reader",
-                                        random_shuffle=False, pad_last_batch=True)
+    encoded, position = fn.readers.file(
+        files=list(files), labels=list(range(len(files))), name="Reader", random_shuffle=False, pad_last_batch=True
+    )
     hints = _MIXED_DECODER_HINTS if decoder_device == "mixed" else {}
     return fn.decoders.image(encoded, device=decoder_device, output_type=types.RGB, **hints), position
 
@@ -122,9 +136,14 @@ def _pretrain_graph(files, aug, dtype, decoder_device):
 def _eval_train_graph(files, aug, dtype, decoder_device):
     image, position = _read_and_decode(files, decoder_device)
     size = int(aug.image_size)
-    image = fn.random_resized_crop(image, size=[size, size], random_area=list(EVAL_CROP_SCALE),
-                                   random_aspect_ratio=list(_ASPECT_RATIO), interp_type=types.INTERP_LINEAR,
-                                   antialias=True)
+    image = fn.random_resized_crop(
+        image,
+        size=[size, size],
+        random_area=list(EVAL_CROP_SCALE),
+        random_aspect_ratio=list(_ASPECT_RATIO),
+        interp_type=types.INTERP_LINEAR,
+        antialias=True,
+    )
     return _normalize(image, aug, dtype, _layout(decoder_device), mirror=fn.random.coin_flip(probability=0.5)), position
 
 
@@ -139,18 +158,40 @@ def _val_graph(files, aug, dtype, decoder_device, resize, crop):
 class _PipelineRun:
     """One built pipeline over a fixed file list, wrapped in DALI's torch iterator."""
 
-    def __init__(self, graph, files: Sequence[str], names: Sequence[str], *, batch_size: int, num_threads: int,
-                 gpu: bool, seed: int, checkpoint: Optional[bytes], policy: LastBatchPolicy, **graph_args):
+    def __init__(
+        self,
+        graph,
+        files: Sequence[str],
+        names: Sequence[str],
+        *,
+        batch_size: int,
+        num_threads: int,
+        gpu: bool,
+        seed: int,
+        checkpoint: bytes | None,
+        policy: LastBatchPolicy,
+        **graph_args,
+    ):
         device_id = torch.cuda.current_device() if gpu else None
         decoder_device = "mixed" if gpu else "cpu"
-        pipe = graph(files=files, decoder_device=decoder_device, batch_size=batch_size,
-                     num_threads=num_threads, device_id=device_id, seed=seed, prefetch_queue_depth=_PREFETCH,
-                     enable_checkpointing=True, checkpoint=checkpoint or None, **graph_args)
+        pipe = graph(
+            files=files,
+            decoder_device=decoder_device,
+            batch_size=batch_size,
+            num_threads=num_threads,
+            device_id=device_id,
+            seed=seed,
+            prefetch_queue_depth=_PREFETCH,
+            enable_checkpointing=True,
+            checkpoint=checkpoint or None,
+            **graph_args,
+        )
         self.names, self.nhwc = list(names), _layout(decoder_device) == "HWC"
-        self.iterator = DALIGenericIterator([pipe], self.names + ["position"], reader_name="Reader",
-                                            last_batch_policy=policy, auto_reset=False)
+        self.iterator = DALIGenericIterator(
+            [pipe], self.names + ["position"], reader_name="Reader", last_batch_policy=policy, auto_reset=False
+        )
 
-    def next(self) -> Tuple[list, np.ndarray]:
+    def next(self) -> tuple[list, np.ndarray]:
         batch = next(self.iterator)[0]
         positions = batch["position"].reshape(-1).numpy().astype(np.int64)
         images = [batch[name] for name in self.names]
@@ -179,16 +220,36 @@ class DaliTrainLoader(ResumableLoader):
     #: A pipeline covers at least this many batches (when the epochs are shorter).
     min_batches_per_pipeline = 256
 
-    def __init__(self, samples: SampleList, data_cfg, *, kind: str, batch_size: int, shard_id: int,
-                 num_shards: int, seed: int, dtype: torch.dtype, gpu: bool, state=None):
+    def __init__(
+        self,
+        samples: SampleList,
+        data_cfg,
+        *,
+        kind: str,
+        batch_size: int,
+        shard_id: int,
+        num_shards: int,
+        seed: int,
+        dtype: torch.dtype,
+        gpu: bool,
+        state=None,
+    ):
         steps = steps_per_epoch(len(samples), num_shards, batch_size)
         self.batches_per_pipeline = max(self.min_batches_per_pipeline, steps)
-        super().__init__(samples, kind=kind, batch_size=batch_size, shard_id=shard_id, num_shards=num_shards,
-                         seed=seed, state=state, layout={"batches_per_pipeline": self.batches_per_pipeline})
+        super().__init__(
+            samples,
+            kind=kind,
+            batch_size=batch_size,
+            shard_id=shard_id,
+            num_shards=num_shards,
+            seed=seed,
+            state=state,
+            layout={"batches_per_pipeline": self.batches_per_pipeline},
+        )
         self.kind, self.dtype, self.gpu = kind, dtype, gpu
         self._data_cfg = data_cfg
         self._paths = samples.absolute_paths()
-        self._run: Optional[_PipelineRun] = None
+        self._run: _PipelineRun | None = None
         self._span = -1
         self._order = np.empty(0, dtype=np.int64)
         if self._restored_checkpoint:
@@ -198,15 +259,25 @@ class DaliTrainLoader(ResumableLoader):
         self._span = self.batches_read // self.batches_per_pipeline
         span_size = self.batches_per_pipeline
         self._order = self.indices(self._span * span_size, span_size)
-        graph, names = ((_pretrain_graph, ("view1", "view2")) if self.kind == "pretrain"
-                        else (_eval_train_graph, ("images",)))
+        graph, names = (
+            (_pretrain_graph, ("view1", "view2")) if self.kind == "pretrain" else (_eval_train_graph, ("images",))
+        )
         # A layout that started mid-stream (another rank count) gets streams of its own.
         elastic = (self.num_shards, self.start) if self.start else ()
         seed = derive_seed(self.seed, self.shard_id, self._span, _SEED_STREAMS[self.kind], *elastic)
-        self._run = _PipelineRun(graph, [self._paths[i] for i in self._order], names, batch_size=self.batch_size,
-                                 num_threads=int(self._data_cfg.num_threads), gpu=self.gpu, seed=seed,
-                                 checkpoint=checkpoint, policy=LastBatchPolicy.DROP, aug=self._data_cfg.aug,
-                                 dtype=_DALI_DTYPES.get(self.dtype, types.FLOAT))
+        self._run = _PipelineRun(
+            graph,
+            [self._paths[i] for i in self._order],
+            names,
+            batch_size=self.batch_size,
+            num_threads=int(self._data_cfg.num_threads),
+            gpu=self.gpu,
+            seed=seed,
+            checkpoint=checkpoint,
+            policy=LastBatchPolicy.DROP,
+            aug=self._data_cfg.aug,
+            dtype=_DALI_DTYPES.get(self.dtype, types.FLOAT),
+        )
 
     def _next_batch(self):
         if self._run is None or self._span != self.batches_read // self.batches_per_pipeline:
@@ -230,14 +301,24 @@ class DaliValLoader:
     """One pass over this rank's validation shard per iteration, each sample exactly once; yields
     (images, labels int64 of shape (B,)); the last batch may be smaller."""
 
-    def __init__(self, samples: SampleList, data_cfg, *, batch_size: int, shard_id: int, num_shards: int,
-                 seed: int, dtype: torch.dtype, gpu: bool):
+    def __init__(
+        self,
+        samples: SampleList,
+        data_cfg,
+        *,
+        batch_size: int,
+        shard_id: int,
+        num_shards: int,
+        seed: int,
+        dtype: torch.dtype,
+        gpu: bool,
+    ):
         self.samples, self.batch_size, self.dtype, self.gpu, self.seed = samples, batch_size, dtype, gpu, seed
         self._data_cfg = data_cfg
         self.indices = eval_shard(len(samples), shard_id=shard_id, num_shards=num_shards)
         self.num_samples = len(self.indices)
         self._labels = np.asarray(samples.labels, dtype=np.int64)
-        self.last_indices: Optional[np.ndarray] = None
+        self.last_indices: np.ndarray | None = None
 
     def __len__(self) -> int:
         return -(-self.num_samples // self.batch_size)
@@ -247,15 +328,26 @@ class DaliValLoader:
             return
         paths = self.samples.absolute_paths()
         cfg = self._data_cfg
-        run = _PipelineRun(_val_graph, [paths[i] for i in self.indices], ["images"], batch_size=self.batch_size,
-                           num_threads=int(cfg.num_threads), gpu=self.gpu, seed=self.seed, checkpoint=None,
-                           policy=LastBatchPolicy.PARTIAL, aug=cfg.aug, dtype=_DALI_DTYPES.get(self.dtype, types.FLOAT),
-                           resize=cfg.eval_resize, crop=cfg.eval_crop)
+        run = _PipelineRun(
+            _val_graph,
+            [paths[i] for i in self.indices],
+            ["images"],
+            batch_size=self.batch_size,
+            num_threads=int(cfg.num_threads),
+            gpu=self.gpu,
+            seed=self.seed,
+            checkpoint=None,
+            policy=LastBatchPolicy.PARTIAL,
+            aug=cfg.aug,
+            dtype=_DALI_DTYPES.get(self.dtype, types.FLOAT),
+            resize=cfg.eval_resize,
+            crop=cfg.eval_crop,
+        )
         for step in range(len(self)):
             try:
                 (images,), positions = run.next()
             except RuntimeError as err:
-                window = self.indices[step * self.batch_size:(step + 1 + _PREFETCH) * self.batch_size]
+                window = self.indices[step * self.batch_size : (step + 1 + _PREFETCH) * self.batch_size]
                 raise decode_failure(err, self.samples, window) from err
             self.last_indices = self.indices[positions]
             yield _cast(images, self.dtype), torch.from_numpy(self._labels[self.last_indices])

@@ -20,22 +20,23 @@ from __future__ import annotations
 import logging
 import os
 import stat
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterable, Optional, Sequence
 
 from burn.data.errors import DatasetError, summarise_problems
 
 log = logging.getLogger(__name__)
 
 #: Extensions of images in derived lists: the formats DALI decodes.
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pnm", ".ppm", ".pgm",
-                    ".pbm", ".jp2")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pnm", ".ppm", ".pgm", ".pbm", ".jp2")
 #: Split name -> (config field of its list, split folder, labelled).
-SPLITS = {"train": ("train_list", "train", False),
-          "train_labeled": ("train_labeled_list", "train", True),
-          "val": ("val_list", "val", True)}
+SPLITS = {
+    "train": ("train_list", "train", False),
+    "train_labeled": ("train_labeled_list", "train", True),
+    "val": ("val_list", "val", True),
+}
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,7 @@ class SampleList:
     source: str
     base_dir: Path
     paths: Sequence[str]
-    labels: Optional[Sequence[int]]
+    labels: Sequence[int] | None
     lines: Sequence[int]
 
     def __len__(self) -> int:
@@ -98,8 +99,7 @@ def derive_list(split_dir: Path) -> SampleList:
     """List a class-folder tree: sorted class folders get ids 0..K-1, their images come sorted."""
     if not split_dir.is_dir():
         raise DatasetError(f"no class folders: {split_dir} is not a directory")
-    classes = sorted(entry.name for entry in os.scandir(split_dir) if entry.is_dir()
-                     and not entry.name.startswith("."))
+    classes = sorted(entry.name for entry in os.scandir(split_dir) if entry.is_dir() and not entry.name.startswith("."))
     paths, labels = [], []
     for label, name in enumerate(classes):
         for root, dirs, files in os.walk(split_dir / name):
@@ -111,8 +111,7 @@ def derive_list(split_dir: Path) -> SampleList:
                     labels.append(label)
     if not paths:
         raise DatasetError(f"{split_dir}: no images found in class folders (extensions {', '.join(IMAGE_EXTENSIONS)})")
-    return SampleList(f"class folders of {split_dir}", split_dir, tuple(paths), tuple(labels),
-                      tuple(0 for _ in paths))
+    return SampleList(f"class folders of {split_dir}", split_dir, tuple(paths), tuple(labels), tuple(0 for _ in paths))
 
 
 def resolve_split(data_cfg, split: str) -> SampleList:
@@ -128,8 +127,10 @@ def resolve_split(data_cfg, split: str) -> SampleList:
     if list_option is not None and (root / "meta").is_dir():
         list_path = root / str(list_option)
         if not list_path.is_file():
-            raise DatasetError(f"list file {list_path} does not exist (data.{field}={list_option!r}); set "
-                               f"data.{field}=null to derive the {split} split from class folders")
+            raise DatasetError(
+                f"list file {list_path} does not exist (data.{field}={list_option!r}); set "
+                f"data.{field}=null to derive the {split} split from class folders"
+            )
         return parse_list(list_path, split_dir, labeled)
     if not split_dir.is_dir():
         if split == "val":
@@ -148,14 +149,19 @@ def balanced_subset(samples: SampleList, max_samples: int) -> SampleList:
         raise ValueError(f"max_samples must be > 0, got {max_samples}")
     if len(samples) <= max_samples:
         return samples
-    seen: Dict[int, int] = {}
+    seen: dict[int, int] = {}
     rank_in_class = []
     for label in samples.labels:
         rank_in_class.append(seen.get(label, 0))
         seen[label] = rank_in_class[-1] + 1
     chosen = sorted(sorted(range(len(samples)), key=lambda i: (rank_in_class[i], samples.labels[i]))[:max_samples])
-    return SampleList(samples.source, samples.base_dir, tuple(samples.paths[i] for i in chosen),
-                      tuple(samples.labels[i] for i in chosen), tuple(samples.lines[i] for i in chosen))
+    return SampleList(
+        samples.source,
+        samples.base_dir,
+        tuple(samples.paths[i] for i in chosen),
+        tuple(samples.labels[i] for i in chosen),
+        tuple(samples.lines[i] for i in chosen),
+    )
 
 
 def find_missing(samples: SampleList, threads: int = 16) -> list[tuple[int, str]]:
@@ -167,7 +173,7 @@ def find_missing(samples: SampleList, threads: int = 16) -> list[tuple[int, str]
 
 
 def _file_problem(path: str) -> str:
-    """"" for a usable file, else what is wrong (one stat: a zero-byte file kills DALI's reader)."""
+    """ "" for a usable file, else what is wrong (one stat: a zero-byte file kills DALI's reader)."""
     try:
         st = os.stat(path)
     except OSError:
@@ -177,7 +183,7 @@ def _file_problem(path: str) -> str:
     return "" if st.st_size > 0 else "empty (0-byte) file"
 
 
-def validate_dataset(data_cfg, splits: Iterable[str] = ("train",)) -> Dict[str, SampleList]:
+def validate_dataset(data_cfg, splits: Iterable[str] = ("train",)) -> dict[str, SampleList]:
     """Check the splits a job will read, before it is queued: the root exists, each list parses and is
     non-empty, every listed file exists, validation labels are classes of the labelled training list.
     Returns the sample lists by split name. Raises DatasetError naming the file and line of the first
@@ -199,8 +205,11 @@ def validate_dataset(data_cfg, splits: Iterable[str] = ("train",)) -> Dict[str, 
         lists[split] = samples
     if "val" in lists and "train_labeled" in lists:
         classes = lists["train_labeled"].num_classes
-        bad = [(line, f"label {label} is not a class of the labelled training list (0..{classes - 1})")
-               for line, label in zip(lists["val"].lines, lists["val"].labels) if label >= classes]
+        bad = [
+            (line, f"label {label} is not a class of the labelled training list (0..{classes - 1})")
+            for line, label in zip(lists["val"].lines, lists["val"].labels)
+            if label >= classes
+        ]
         if bad:
             raise DatasetError(summarise_problems(lists["val"].source, bad, "unknown labels"))
     return lists

@@ -7,7 +7,7 @@ first use, so a machine without DALI can use the torchvision backend.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any
 
 import torch
 
@@ -15,8 +15,16 @@ from burn.data.errors import DataError, DatasetError
 from burn.data.lists import balanced_subset, resolve_split, validate_dataset
 from burn.data.synthetic import ensure_synthetic
 
-__all__ = ["build_pretrain_loader", "build_eval_loader", "build_subset_eval_loader", "validate_dataset",
-           "ensure_synthetic", "DataError", "DatasetError", "pipeline_on_gpu"]
+__all__ = [
+    "build_pretrain_loader",
+    "build_eval_loader",
+    "build_subset_eval_loader",
+    "validate_dataset",
+    "ensure_synthetic",
+    "DataError",
+    "DatasetError",
+    "pipeline_on_gpu",
+]
 
 _BACKENDS = ("dali", "torchvision")
 
@@ -40,18 +48,29 @@ def _backend(data_cfg):
         try:
             from burn.data import dali
         except ImportError as err:
-            raise DataError(f"data.backend=dali but DALI cannot be imported ({err}); install the build matching "
-                            f"the GPU driver (pip install -e '.[dali-cuda130]' or '.[dali-cuda120]') or use "
-                            f"data.backend=torchvision") from err
+            raise DataError(
+                f"data.backend=dali but DALI cannot be imported ({err}); install the build matching "
+                f"the GPU driver (pip install -e '.[dali-cuda130]' or '.[dali-cuda120]') or use "
+                f"data.backend=torchvision"
+            ) from err
         return dali.DaliTrainLoader, dali.DaliValLoader
     if name == "torchvision":
         from burn.data import torchvision
+
         return torchvision.TorchvisionTrainLoader, torchvision.TorchvisionValLoader
     raise ValueError(f"data.backend must be one of {', '.join(_BACKENDS)}, not {name!r}")
 
 
-def build_pretrain_loader(data_cfg, *, batch_size: int, shard_id: int, num_shards: int, seed: int,
-                          dtype: torch.dtype = torch.float32, state: Optional[Dict[str, Any]] = None):
+def build_pretrain_loader(
+    data_cfg,
+    *,
+    batch_size: int,
+    shard_id: int,
+    num_shards: int,
+    seed: int,
+    dtype: torch.dtype = torch.float32,
+    state: dict[str, Any] | None = None,
+):
     """Endless two-view stream of this rank's shard of the unlabelled training list.
 
     ``next(loader)`` -> (view1, view2), each (B, 3, S, S) normalised, of ``dtype``; on the GPU when the
@@ -59,13 +78,31 @@ def build_pretrain_loader(data_cfg, *, batch_size: int, shard_id: int, num_shard
     completed epochs, ``loader.state_dict()`` is the position after the last batch (pass it as
     ``state`` to continue exactly, also in a new process)."""
     train_loader, _ = _backend(data_cfg)
-    return train_loader(resolve_split(data_cfg, "train"), data_cfg, kind="pretrain", batch_size=batch_size,
-                        shard_id=shard_id, num_shards=num_shards, seed=seed, dtype=dtype,
-                        gpu=pipeline_on_gpu(str(data_cfg.device)), state=state)
+    return train_loader(
+        resolve_split(data_cfg, "train"),
+        data_cfg,
+        kind="pretrain",
+        batch_size=batch_size,
+        shard_id=shard_id,
+        num_shards=num_shards,
+        seed=seed,
+        dtype=dtype,
+        gpu=pipeline_on_gpu(str(data_cfg.device)),
+        state=state,
+    )
 
 
-def build_eval_loader(data_cfg, *, split: str = "train", batch_size: int, shard_id: int, num_shards: int,
-                      seed: int, dtype: torch.dtype = torch.float32, state: Optional[Dict[str, Any]] = None):
+def build_eval_loader(
+    data_cfg,
+    *,
+    split: str = "train",
+    batch_size: int,
+    shard_id: int,
+    num_shards: int,
+    seed: int,
+    dtype: torch.dtype = torch.float32,
+    state: dict[str, Any] | None = None,
+):
     """Linear-evaluation data. ``split="train"``: endless, resumable (images, labels) stream with
     RandomResizedCrop + flip (same attributes as the pretraining loader). ``split="val"``: resize +
     center crop; ``loader.num_samples`` is this rank's share, and each ``iter(loader)`` is one pass
@@ -73,19 +110,45 @@ def build_eval_loader(data_cfg, *, split: str = "train", batch_size: int, shard_
     train_loader, val_loader = _backend(data_cfg)
     gpu = pipeline_on_gpu(str(data_cfg.device))
     if split == "train":
-        return train_loader(resolve_split(data_cfg, "train_labeled"), data_cfg, kind="eval-train",
-                            batch_size=batch_size, shard_id=shard_id, num_shards=num_shards, seed=seed, dtype=dtype,
-                            gpu=gpu, state=state)
+        return train_loader(
+            resolve_split(data_cfg, "train_labeled"),
+            data_cfg,
+            kind="eval-train",
+            batch_size=batch_size,
+            shard_id=shard_id,
+            num_shards=num_shards,
+            seed=seed,
+            dtype=dtype,
+            gpu=gpu,
+            state=state,
+        )
     if split == "val":
         if state is not None:
             raise ValueError("the validation loader has no position to restore (state must be None)")
-        return val_loader(resolve_split(data_cfg, "val"), data_cfg, batch_size=batch_size, shard_id=shard_id,
-                          num_shards=num_shards, seed=seed, dtype=dtype, gpu=gpu)
+        return val_loader(
+            resolve_split(data_cfg, "val"),
+            data_cfg,
+            batch_size=batch_size,
+            shard_id=shard_id,
+            num_shards=num_shards,
+            seed=seed,
+            dtype=dtype,
+            gpu=gpu,
+        )
     raise ValueError(f"split must be 'train' or 'val', not {split!r}")
 
 
-def build_subset_eval_loader(data_cfg, *, split: str, max_samples: int, batch_size: int, shard_id: int,
-                             num_shards: int, seed: int, dtype: torch.dtype = torch.float32):
+def build_subset_eval_loader(
+    data_cfg,
+    *,
+    split: str,
+    max_samples: int,
+    batch_size: int,
+    shard_id: int,
+    num_shards: int,
+    seed: int,
+    dtype: torch.dtype = torch.float32,
+):
     """A deterministic pass (resize + center crop, as ``split="val"`` of :func:`build_eval_loader`) over a
     class-balanced subset of at most ``max_samples`` images of ``split`` ("train_labeled" or "val"), for
     monitors. Same iteration contract as the validation loader; it draws no augmentation."""
@@ -93,5 +156,13 @@ def build_subset_eval_loader(data_cfg, *, split: str, max_samples: int, batch_si
         raise ValueError(f"split must be 'train_labeled' or 'val', not {split!r}")
     _, val_loader = _backend(data_cfg)
     samples = balanced_subset(resolve_split(data_cfg, split), max_samples)
-    return val_loader(samples, data_cfg, batch_size=batch_size, shard_id=shard_id, num_shards=num_shards,
-                      seed=seed, dtype=dtype, gpu=pipeline_on_gpu(str(data_cfg.device)))
+    return val_loader(
+        samples,
+        data_cfg,
+        batch_size=batch_size,
+        shard_id=shard_id,
+        num_shards=num_shards,
+        seed=seed,
+        dtype=dtype,
+        gpu=pipeline_on_gpu(str(data_cfg.device)),
+    )

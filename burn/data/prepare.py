@@ -24,10 +24,10 @@ import os
 import re
 import sys
 import tempfile
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -48,8 +48,8 @@ class Report:
     train_images: int = 0
     val_images: int = 0
     val_layout: str = ""
-    notes: List[str] = field(default_factory=list)
-    written: List[Tuple[Path, int]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    written: list[tuple[Path, int]] = field(default_factory=list)
 
     def note(self, what: str, examples: Sequence[str]) -> None:
         shown = ", ".join(list(examples)[:3]) + (", ..." if len(examples) > 3 else "")
@@ -65,7 +65,7 @@ def _is_jpeg(name: str) -> bool:
     return name.lower().endswith(JPEG_EXTENSIONS)
 
 
-def _list_folder(folder: Path) -> Tuple[List[str], List[str], List[str]]:
+def _list_folder(folder: Path) -> tuple[list[str], list[str], list[str]]:
     """(JPEG files, other files, subfolders) of a folder, sorted; hidden entries are ignored."""
     jpegs, others, folders = [], [], []
     for entry in os.scandir(folder):
@@ -78,7 +78,7 @@ def _list_folder(folder: Path) -> Tuple[List[str], List[str], List[str]]:
     return sorted(jpegs), sorted(others), sorted(folders)
 
 
-def _scan_class_folders(split_dir: Path, report: Report) -> Dict[str, List[str]]:
+def _scan_class_folders(split_dir: Path, report: Report) -> dict[str, list[str]]:
     """{wnid: sorted JPEG names} of a split's class folders (listed in threads: network storage)."""
     split = split_dir.name
     _, loose, folders = _list_folder(split_dir)
@@ -105,7 +105,7 @@ def _scan_class_folders(split_dir: Path, report: Report) -> Dict[str, List[str]]
     return images
 
 
-def read_loc_csv(path: Path) -> Dict[str, str]:
+def read_loc_csv(path: Path) -> dict[str, str]:
     """{image id: wnid} from Kaggle's ``LOC_val_solution.csv`` (``ImageId,PredictionString`` where the
     prediction string is ``<wnid> x0 y0 x1 y1`` per box; all boxes of an image name one class)."""
     truth = {}
@@ -122,15 +122,17 @@ def read_loc_csv(path: Path) -> Dict[str, str]:
         tokens = row[1].split() if len(row) == 2 else []
         wnids = set(tokens[::5])
         if len(wnids) != 1 or not WNID.match(tokens[0]):
-            raise DatasetError(f"{path} line {number}: expected '<image id>,<wnid> <box> ...' naming one synset, "
-                               f"got {','.join(row)[:80]!r}")
+            raise DatasetError(
+                f"{path} line {number}: expected '<image id>,<wnid> <box> ...' naming one synset, "
+                f"got {','.join(row)[:80]!r}"
+            )
         if row[0] in truth:
             raise DatasetError(f"{path} line {number}: image {row[0]} appears twice")
         truth[row[0]] = tokens[0]
     return truth
 
 
-def read_meta_mat(path: Path) -> Dict[int, str]:
+def read_meta_mat(path: Path) -> dict[int, str]:
     """{ILSVRC2012_ID: wnid} of the 1000 leaf synsets in the devkit's ``meta.mat`` (its ``synsets``
     struct array; ids are not in sorted-wnid order, so the file is needed to read the ground truth)."""
     import scipy.io  # only the devkit layout needs it
@@ -139,10 +141,19 @@ def read_meta_mat(path: Path) -> Dict[int, str]:
         synsets = scipy.io.loadmat(str(path), squeeze_me=True)["synsets"]
         ids, wnids = synsets["ILSVRC2012_ID"], synsets["WNID"]
         children = synsets["num_children"] if "num_children" in synsets.dtype.names else [0] * len(ids)
-    except (OSError, ValueError, KeyError, TypeError, IndexError, NotImplementedError,
-            scipy.io.matlab.MatReadError) as err:
-        raise DatasetError(f"{path} is not the devkit's meta.mat (a 'synsets' struct array with fields "
-                           f"ILSVRC2012_ID, WNID, num_children): {err}") from err
+    except (
+        OSError,
+        ValueError,
+        KeyError,
+        TypeError,
+        IndexError,
+        NotImplementedError,
+        scipy.io.matlab.MatReadError,
+    ) as err:
+        raise DatasetError(
+            f"{path} is not the devkit's meta.mat (a 'synsets' struct array with fields "
+            f"ILSVRC2012_ID, WNID, num_children): {err}"
+        ) from err
     mapping = {}
     for synset_id, wnid, count in zip(np.atleast_1d(ids), np.atleast_1d(wnids), np.atleast_1d(children)):
         if int(count) != 0:
@@ -155,7 +166,7 @@ def read_meta_mat(path: Path) -> Dict[int, str]:
     return mapping
 
 
-def read_devkit_ground_truth(ground_truth: Path, meta_mat: Path) -> Dict[str, str]:
+def read_devkit_ground_truth(ground_truth: Path, meta_mat: Path) -> dict[str, str]:
     """{image id: wnid}: line i of the ground truth is the ILSVRC2012_ID of ``ILSVRC2012_val_<i:08d>``."""
     mapping = read_meta_mat(meta_mat)
     try:
@@ -171,18 +182,23 @@ def read_devkit_ground_truth(ground_truth: Path, meta_mat: Path) -> Dict[str, st
     return truth
 
 
-def _find_devkit_file(devkit: Path, name: str) -> Optional[Path]:
+def _find_devkit_file(devkit: Path, name: str) -> Path | None:
     for candidate in (devkit / "data" / name, devkit / name):
         if candidate.is_file():
             return candidate
     return None
 
 
-def load_ground_truth(root: Path, loc_csv: Optional[Path], devkit: Optional[Path],
-                      ground_truth: Optional[Path], meta_mat: Optional[Path]) -> Tuple[Optional[Dict[str, str]], str]:
+def load_ground_truth(
+    root: Path, loc_csv: Path | None, devkit: Path | None, ground_truth: Path | None, meta_mat: Path | None
+) -> tuple[dict[str, str] | None, str]:
     """The validation ground truth from the options or where it unpacks by default: (truth, source)."""
-    for option, given in (("--loc-csv", loc_csv), ("--ground-truth", ground_truth), ("--meta-mat", meta_mat),
-                          ("--devkit", devkit)):
+    for option, given in (
+        ("--loc-csv", loc_csv),
+        ("--ground-truth", ground_truth),
+        ("--meta-mat", meta_mat),
+        ("--devkit", devkit),
+    ):
         if given is not None and not given.exists():
             raise DatasetError(f"{option} {given} does not exist")
     explicit = devkit is not None or ground_truth is not None or meta_mat is not None
@@ -197,12 +213,14 @@ def load_ground_truth(root: Path, loc_csv: Optional[Path], devkit: Optional[Path
         return read_devkit_ground_truth(ground_truth, meta_mat), f"{ground_truth} + {meta_mat}"
     if explicit:
         missing = "meta.mat" if meta_mat is None else "ILSVRC2012_validation_ground_truth.txt"
-        raise DatasetError(f"the devkit ground truth needs {missing} too: not in {kit} or {kit / 'data'} "
-                           f"(give --meta-mat / --ground-truth)")
+        raise DatasetError(
+            f"the devkit ground truth needs {missing} too: not in {kit} or {kit / 'data'} "
+            f"(give --meta-mat / --ground-truth)"
+        )
     return None, ""  # fine for class-folder val; a flat val/ is refused with the places looked in
 
 
-def _check_against_truth(pairs: List[Tuple[str, str]], truth: Dict[str, str], source: str) -> None:
+def _check_against_truth(pairs: list[tuple[str, str]], truth: dict[str, str], source: str) -> None:
     wrong = []
     for path, wnid in pairs:
         stem = os.path.splitext(os.path.basename(path))[0]
@@ -212,16 +230,18 @@ def _check_against_truth(pairs: List[Tuple[str, str]], truth: Dict[str, str], so
         raise DatasetError(f"val/ class folders disagree with {source}: {_examples(wrong, 'images')}")
 
 
-def scan_val(val_dir: Path, synsets: Sequence[str], truth: Optional[Dict[str, str]], source: str,
-             report: Report) -> List[Tuple[str, str]]:
+def scan_val(
+    val_dir: Path, synsets: Sequence[str], truth: dict[str, str] | None, source: str, report: Report
+) -> list[tuple[str, str]]:
     """[(path relative to val/, wnid)] ordered by file name (the same order in every layout)."""
     if not val_dir.is_dir():
         raise DatasetError(f"no validation folder: {val_dir} does not exist")
     jpegs, others, folders = _list_folder(val_dir)
     known = set(synsets)
     if folders and jpegs:
-        raise DatasetError(f"{val_dir} mixes class folders (val/{folders[0]}) and loose images (val/{jpegs[0]}); "
-                           f"keep one layout")
+        raise DatasetError(
+            f"{val_dir} mixes class folders (val/{folders[0]}) and loose images (val/{jpegs[0]}); keep one layout"
+        )
     if folders:
         images = _scan_class_folders(val_dir, report)
         unknown = [f"val/{wnid}" for wnid, names in images.items() if wnid not in known]
@@ -236,9 +256,11 @@ def scan_val(val_dir: Path, synsets: Sequence[str], truth: Optional[Dict[str, st
         if others:
             report.note("non-JPEG files in val/, not listed", [f"val/{n}" for n in others])
         if truth is None:
-            raise DatasetError(f"{val_dir} holds loose images (val/{jpegs[0]}) but no ground truth was found: "
-                               f"put LOC_val_solution.csv at the root or the devkit in {val_dir.parent / DEVKIT}, "
-                               f"or give --loc-csv / --devkit")
+            raise DatasetError(
+                f"{val_dir} holds loose images (val/{jpegs[0]}) but no ground truth was found: "
+                f"put LOC_val_solution.csv at the root or the devkit in {val_dir.parent / DEVKIT}, "
+                f"or give --loc-csv / --devkit"
+            )
         stems = [os.path.splitext(name)[0] for name in jpegs]
         unlabelled = [f"val/{name}" for name, stem in zip(jpegs, stems) if stem not in truth]
         if unlabelled:
@@ -256,7 +278,7 @@ def scan_val(val_dir: Path, synsets: Sequence[str], truth: Optional[Dict[str, st
     return sorted(pairs, key=lambda pair: (os.path.basename(pair[0]), pair[0]))
 
 
-def labeled_subset(images: Dict[str, List[str]], fraction: float, seed: int) -> Tuple[Dict[str, List[str]], int]:
+def labeled_subset(images: dict[str, list[str]], fraction: float, seed: int) -> tuple[dict[str, list[str]], int]:
     """The same number of images from every class, ``round(fraction * images / classes)`` (at least 1;
     all of a smaller class). Each class draws from its own permutation, seeded by ``seed`` and its
     synset number, so a larger fraction's subset contains a smaller one's. Returns ({wnid: names}, k)."""
@@ -273,7 +295,7 @@ def subset_name(fraction: float) -> str:
     return f"train_labeled_{fraction * 100:g}pct.txt"
 
 
-def write_atomically(out: Path, files: Dict[str, List[str]]) -> None:
+def write_atomically(out: Path, files: dict[str, list[str]]) -> None:
     """Write every file to a temporary beside it first, then rename each into place: no reader ever sees
     a half-written list, and a failure while writing leaves the previous lists untouched."""
     out.mkdir(parents=True, exist_ok=True)
@@ -294,9 +316,16 @@ def write_atomically(out: Path, files: Dict[str, List[str]]) -> None:
                 os.unlink(tmp_name)
 
 
-def prepare(root: Path, out: Path, fractions: Sequence[float] = (), seed: int = 0, loc_csv: Optional[Path] = None,
-            devkit: Optional[Path] = None, ground_truth: Optional[Path] = None,
-            meta_mat: Optional[Path] = None) -> Report:
+def prepare(
+    root: Path,
+    out: Path,
+    fractions: Sequence[float] = (),
+    seed: int = 0,
+    loc_csv: Path | None = None,
+    devkit: Path | None = None,
+    ground_truth: Path | None = None,
+    meta_mat: Path | None = None,
+) -> Report:
     """Scan ``root``, write the lists into ``out``; raises DatasetError for an inconsistent tree."""
     report = Report()
     train_dir = root / "train"
@@ -310,22 +339,28 @@ def prepare(root: Path, out: Path, fractions: Sequence[float] = (), seed: int = 
     if report.train_images == 0:
         raise DatasetError(f"{train_dir}: the class folders hold no JPEG images")
     if report.classes != ILSVRC_CLASSES:
-        report.notes.append(f"{report.classes} classes, not ILSVRC-2012's {ILSVRC_CLASSES}: labels are "
-                            f"0..{report.classes - 1} over these synsets and differ from the original lists'")
+        report.notes.append(
+            f"{report.classes} classes, not ILSVRC-2012's {ILSVRC_CLASSES}: labels are "
+            f"0..{report.classes - 1} over these synsets and differ from the original lists'"
+        )
     truth, source = load_ground_truth(root, loc_csv, devkit, ground_truth, meta_mat)
     val = scan_val(root / "val", synsets, truth, source, report)
     report.val_images = len(val)
     label = {wnid: index for index, wnid in enumerate(synsets)}
     train = [(f"{wnid}/{name}", label[wnid]) for wnid in synsets for name in images[wnid]]
-    files = {"train.txt": [path for path, _ in train],
-             "train_labeled.txt": [f"{path} {index}" for path, index in train],
-             "val_labeled.txt": [f"{path} {label[wnid]}" for path, wnid in val]}
+    files = {
+        "train.txt": [path for path, _ in train],
+        "train_labeled.txt": [f"{path} {index}" for path, index in train],
+        "val_labeled.txt": [f"{path} {label[wnid]}" for path, wnid in val],
+    }
     for fraction in fractions:
         chosen, per_class = labeled_subset(images, fraction, seed)
         short = [f"{wnid} ({len(images[wnid])})" for wnid in synsets if len(images[wnid]) < per_class]
         if short:
-            report.note(f"classes with fewer than the {per_class} images per class of {subset_name(fraction)}, "
-                        f"taken whole", short)
+            report.note(
+                f"classes with fewer than the {per_class} images per class of {subset_name(fraction)}, taken whole",
+                short,
+            )
         files[subset_name(fraction)] = [f"{wnid}/{name} {label[wnid]}" for wnid in synsets for name in chosen[wnid]]
     write_atomically(out, files)
     report.written = [(out / name, len(lines)) for name, lines in files.items()]
@@ -339,12 +374,18 @@ def _fraction(text: str) -> float:
     return value
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m burn.data.prepare", description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", required=True, type=Path, help="ImageNet root holding train/ and val/")
     parser.add_argument("--out", type=Path, help="folder for the lists (default: ROOT/meta, where training looks)")
-    parser.add_argument("--labeled-fraction", type=_fraction, nargs="+", default=[], metavar="F",
-                        help="also write class-balanced labelled subsets, e.g. 0.01 0.1")
+    parser.add_argument(
+        "--labeled-fraction",
+        type=_fraction,
+        nargs="+",
+        default=[],
+        metavar="F",
+        help="also write class-balanced labelled subsets, e.g. 0.01 0.1",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the labelled subsets (default 0)")
     parser.add_argument("--loc-csv", type=Path, help="LOC_val_solution.csv (default: ROOT/LOC_val_solution.csv)")
     parser.add_argument("--devkit", type=Path, help=f"unpacked devkit (default: ROOT/{DEVKIT})")
@@ -356,8 +397,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     root = Path(os.path.abspath(args.root))
     out = Path(os.path.abspath(args.out)) if args.out else root / "meta"
     try:
-        report = prepare(root, out, args.labeled_fraction, args.seed, args.loc_csv, args.devkit,
-                         args.ground_truth, args.meta_mat)
+        report = prepare(
+            root, out, args.labeled_fraction, args.seed, args.loc_csv, args.devkit, args.ground_truth, args.meta_mat
+        )
     except DatasetError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -372,8 +414,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if subsets and out == root / "meta":
         print(f"labelled subset for linear eval: data.train_labeled_list=meta/{subsets[0].name}")
     if out != root / "meta":
-        print(f"train with data.train_list={out / 'train.txt'} data.train_labeled_list={out / 'train_labeled.txt'} "
-              f"data.val_list={out / 'val_labeled.txt'} (and a {root / 'meta'} folder)")
+        print(
+            f"train with data.train_list={out / 'train.txt'} data.train_labeled_list={out / 'train_labeled.txt'} "
+            f"data.val_list={out / 'val_labeled.txt'} (and a {root / 'meta'} folder)"
+        )
     return 0
 
 

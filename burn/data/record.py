@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Dict, List
 
 import numpy as np
 
@@ -29,14 +28,24 @@ class SampleRecord:
         self._file = open(directory / f"{attempt}-rank{rank:04d}.jsonl", "a", buffering=1)  # line-buffered
 
     def write(self, step: int, positions: np.ndarray, indices: np.ndarray) -> None:
-        self._file.write(json.dumps({"step": step, "rank": self.rank, "world_size": self.world_size,
-                                     "first": int(positions[0]), "indices": [int(i) for i in indices]}) + "\n")
+        self._file.write(
+            json.dumps(
+                {
+                    "step": step,
+                    "rank": self.rank,
+                    "world_size": self.world_size,
+                    "first": int(positions[0]),
+                    "indices": [int(i) for i in indices],
+                }
+            )
+            + "\n"
+        )
 
     def close(self) -> None:
         self._file.close()
 
 
-def read_records(run_dir: Path) -> List[dict]:
+def read_records(run_dir: Path) -> list[dict]:
     """Every line of every record file of a run directory, oldest start first."""
     lines = []
     for path in sorted((Path(run_dir) / RECORD_DIR).glob("*.jsonl")):
@@ -44,15 +53,17 @@ def read_records(run_dir: Path) -> List[dict]:
     return lines
 
 
-def samples_by_position(run_dir: Path) -> Dict[int, int]:
+def samples_by_position(run_dir: Path) -> dict[int, int]:
     """{global stream position: sample index} of everything the run read. A position read twice (by
     two ranks, or again after a resume) raises ValueError naming it."""
-    read: Dict[int, int] = {}
+    read: dict[int, int] = {}
     for record in read_records(run_dir):
         for offset, index in enumerate(record["indices"]):
             position = record["first"] + offset
             if position in read:
-                raise ValueError(f"stream position {position} was read twice (again at step {record['step']} "
-                                 f"by rank {record['rank']} of {record['world_size']})")
+                raise ValueError(
+                    f"stream position {position} was read twice (again at step {record['step']} "
+                    f"by rank {record['rank']} of {record['world_size']})"
+                )
             read[position] = index
     return read

@@ -29,8 +29,10 @@ def steps_per_epoch(num_samples: int, num_shards: int, batch_size: int) -> int:
     """Full micro-batches per rank in one epoch's worth of samples (for schedules)."""
     steps = num_samples // (num_shards * batch_size)
     if steps < 1:
-        raise DatasetError(f"{num_samples} samples cannot fill one batch of {batch_size} on each of "
-                           f"{num_shards} ranks; use a smaller batch or more data")
+        raise DatasetError(
+            f"{num_samples} samples cannot fill one batch of {batch_size} on each of "
+            f"{num_shards} ranks; use a smaller batch or more data"
+        )
     return steps
 
 
@@ -53,8 +55,9 @@ def stream_indices(num_samples: int, seed: int, positions: np.ndarray) -> np.nda
     return out
 
 
-def batch_positions(start: int, batch: int, count: int, *, shard_id: int, num_shards: int,
-                    batch_size: int) -> np.ndarray:
+def batch_positions(
+    start: int, batch: int, count: int, *, shard_id: int, num_shards: int, batch_size: int
+) -> np.ndarray:
     """Stream positions of rank ``shard_id``'s micro-batches ``batch .. batch+count-1`` (counted from
     ``start``), concatenated in reading order."""
     if not 0 <= shard_id < num_shards:

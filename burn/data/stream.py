@@ -5,14 +5,14 @@ another number of ranks (see :mod:`burn.data.sharding`: the position is global).
 from __future__ import annotations
 
 import base64
-from typing import Any, Dict, Optional, Tuple
+from typing import Any
 
 import numpy as np
 import torch
 
 from burn.data.errors import DataError
 from burn.data.lists import SampleList
-from burn.data.sharding import batch_positions, stream_indices, steps_per_epoch
+from burn.data.sharding import batch_positions, steps_per_epoch, stream_indices
 
 STATE_FORMAT = "burn-suite/data-loader"
 STATE_VERSION = 2
@@ -34,8 +34,18 @@ class ResumableLoader:
 
     backend = "?"
 
-    def __init__(self, samples: SampleList, *, kind: str, batch_size: int, shard_id: int, num_shards: int,
-                 seed: int, state: Optional[Dict[str, Any]], layout: Optional[Dict[str, int]] = None):
+    def __init__(
+        self,
+        samples: SampleList,
+        *,
+        kind: str,
+        batch_size: int,
+        shard_id: int,
+        num_shards: int,
+        seed: int,
+        state: dict[str, Any] | None,
+        layout: dict[str, int] | None = None,
+    ):
         self.samples = samples
         self.batch_size, self.shard_id, self.num_shards, self.seed = batch_size, shard_id, num_shards, seed
         self.steps_per_epoch = steps_per_epoch(len(samples), num_shards, batch_size)
@@ -43,12 +53,12 @@ class ResumableLoader:
         self._layout = {"num_shards": num_shards, "shard_id": shard_id, "batch_size": batch_size, **(layout or {})}
         self.resharded = False
         self.position, self.start, self._restored_checkpoint = self._read_state(state)
-        self.last_indices: Optional[np.ndarray] = None
-        self.last_positions: Optional[np.ndarray] = None
+        self.last_indices: np.ndarray | None = None
+        self.last_positions: np.ndarray | None = None
         self._labels = None if samples.labels is None else np.asarray(samples.labels, dtype=np.int64)
 
     # ---- backend hooks -------------------------------------------------------------------------------
-    def _next_batch(self) -> Tuple[Tuple[torch.Tensor, ...], np.ndarray]:
+    def _next_batch(self) -> tuple[tuple[torch.Tensor, ...], np.ndarray]:
         raise NotImplementedError
 
     def _pipeline_checkpoint(self) -> bytes:
@@ -67,17 +77,18 @@ class ResumableLoader:
 
     def positions(self, batch: int, count: int = 1) -> np.ndarray:
         """Stream positions of this rank's micro-batches ``batch .. batch+count-1`` (from ``start``)."""
-        return batch_positions(self.start, batch, count, shard_id=self.shard_id, num_shards=self.num_shards,
-                               batch_size=self.batch_size)
+        return batch_positions(
+            self.start, batch, count, shard_id=self.shard_id, num_shards=self.num_shards, batch_size=self.batch_size
+        )
 
     def indices(self, batch: int, count: int = 1) -> np.ndarray:
         """Sample indices of this rank's micro-batches ``batch .. batch+count-1``, in reading order."""
         return stream_indices(len(self.samples), self.seed, self.positions(batch, count))
 
-    def __iter__(self) -> "ResumableLoader":
+    def __iter__(self) -> ResumableLoader:
         return self
 
-    def __next__(self) -> Tuple[torch.Tensor, ...]:
+    def __next__(self) -> tuple[torch.Tensor, ...]:
         outputs, indices = self._next_batch()
         self.last_positions = self.positions(self.batches_read)
         self.last_indices = indices
@@ -90,30 +101,41 @@ class ResumableLoader:
             raise DataError(f"{self.samples.source} has no labels")
         return torch.from_numpy(self._labels[indices])
 
-    def state_dict(self) -> Dict[str, Any]:
+    def state_dict(self) -> dict[str, Any]:
         """Position after the last returned batch: a dict of ints and strings (``torch.load`` with
         ``weights_only=True`` reads it)."""
         checkpoint = self._pipeline_checkpoint()
         # Text, not bytes: torch.save's pickle protocol 2 stores bytes as a global call that
         # torch.load(weights_only=True) refuses.
-        return {"format": STATE_FORMAT, "version": STATE_VERSION, **self._identity, **self._layout,
-                "position": self.position, "start": self.start, "epoch": self.epoch,
-                "pipeline": base64.b64encode(checkpoint).decode("ascii")}
+        return {
+            "format": STATE_FORMAT,
+            "version": STATE_VERSION,
+            **self._identity,
+            **self._layout,
+            "position": self.position,
+            "start": self.start,
+            "epoch": self.epoch,
+            "pipeline": base64.b64encode(checkpoint).decode("ascii"),
+        }
 
-    def _read_state(self, state: Optional[Dict[str, Any]]) -> Tuple[int, int, bytes]:
+    def _read_state(self, state: dict[str, Any] | None) -> tuple[int, int, bytes]:
         """(position, start, pipeline checkpoint) to continue from."""
         if state is None:
             return 0, 0, b""
         if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
             raise DataError(f"not a data loader state (expected a dict with format={STATE_FORMAT!r})")
         if state.get("version") != STATE_VERSION:
-            raise DataError(f"data loader state version {state.get('version')!r} is not {STATE_VERSION} (an "
-                            f"older burn-suite kept per-rank positions); start the stage in a new run_dir")
+            raise DataError(
+                f"data loader state version {state.get('version')!r} is not {STATE_VERSION} (an "
+                f"older burn-suite kept per-rank positions); start the stage in a new run_dir"
+            )
         for key, value in self._identity.items():
             if state.get(key) != value:
-                raise DataError(f"the saved data loader state has {key}={state.get(key)!r} but this loader has "
-                                f"{key}={value!r}: its position cannot be continued. Keep the data, seed and "
-                                f"backend of the run, or start the loader afresh (state=None).")
+                raise DataError(
+                    f"the saved data loader state has {key}={state.get(key)!r} but this loader has "
+                    f"{key}={value!r}: its position cannot be continued. Keep the data, seed and "
+                    f"backend of the run, or start the loader afresh (state=None)."
+                )
         position, start = int(state["position"]), int(state["start"])
         if not 0 <= start <= position:
             raise DataError(f"data loader state position {position} (start {start}) is out of range")

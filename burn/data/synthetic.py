@@ -19,8 +19,8 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -39,17 +39,22 @@ def _class_style(seed: int, label: int) -> dict:
     """Shape, texture (with its frequency and angle) and hue of a class. Hues come from five bins
     shared between classes, so no single attribute (colour, shape, texture) names the class."""
     rng = np.random.default_rng([seed, 7919, label])
-    return {"shape": SHAPES[label % len(SHAPES)],
-            "texture": TEXTURES[(label // len(SHAPES)) % len(TEXTURES)],
-            "frequency": rng.uniform(3.0, 6.0), "angle": rng.uniform(0, np.pi),
-            "hue": ((label * 3) % 5 / 5 + rng.uniform(-0.04, 0.04)) % 1.0}
+    return {
+        "shape": SHAPES[label % len(SHAPES)],
+        "texture": TEXTURES[(label // len(SHAPES)) % len(TEXTURES)],
+        "frequency": rng.uniform(3.0, 6.0),
+        "angle": rng.uniform(0, np.pi),
+        "hue": ((label * 3) % 5 / 5 + rng.uniform(-0.04, 0.04)) % 1.0,
+    }
 
 
 def _polygon(shape: str, center: np.ndarray, radius: float, rotation: float) -> list:
     """Vertices of a polygonal shape (ellipse-based shapes return a bounding box)."""
     corners = {"square": 4, "triangle": 3, "diamond": 4}
     if shape in corners:
-        angles = rotation + (np.pi / 4 if shape == "square" else 0) + 2 * np.pi * np.arange(corners[shape]) / corners[shape]
+        angles = (
+            rotation + (np.pi / 4 if shape == "square" else 0) + 2 * np.pi * np.arange(corners[shape]) / corners[shape]
+        )
         scale = np.array([1.0, 1.6]) if shape == "diamond" else np.array([1.0, 1.0])
         points = np.stack([np.cos(angles), np.sin(angles) * scale[1] / scale[0]], axis=1)
     elif shape == "star":
@@ -110,8 +115,7 @@ def render_image(seed: int, label: int, split: int, index: int, size: int) -> np
     rotation = rng.uniform(0, 2 * np.pi)
     hue = (style["hue"] + rng.uniform(-0.05, 0.05)) % 1.0
     color = np.array(colorsys.hsv_to_rgb(hue, rng.uniform(0.65, 0.95), rng.uniform(0.7, 1.0)), np.float32)
-    background = np.array(colorsys.hsv_to_rgb(rng.uniform(), rng.uniform(0, 0.35), rng.uniform(0.2, 0.8)),
-                          np.float32)
+    background = np.array(colorsys.hsv_to_rgb(rng.uniform(), rng.uniform(0, 0.35), rng.uniform(0.2, 0.8)), np.float32)
     y, x = np.mgrid[0:size, 0:size].astype(np.float32) / size
     slope = rng.normal(0, 0.25, size=2)
     gradient = (slope[0] * (x - 0.5) + slope[1] * (y - 0.5))[..., None]
@@ -127,8 +131,9 @@ def _class_names(classes: int) -> list:
     return [f"c{label:0{width}d}" for label in range(classes)]
 
 
-def generate_dataset(out: Path, *, classes: int, per_class: int, val_per_class: int, size: int, seed: int = 0,
-                     quality: int = 90) -> Path:
+def generate_dataset(
+    out: Path, *, classes: int, per_class: int, val_per_class: int, size: int, seed: int = 0, quality: int = 90
+) -> Path:
     """Write the dataset into ``out`` (created; must not hold files yet). Returns ``out``."""
     if classes < 1 or per_class < 1 or val_per_class < 0 or size < 8:
         raise ValueError("need classes >= 1, per_class >= 1, val_per_class >= 0 and size >= 8")
@@ -151,8 +156,14 @@ def generate_dataset(out: Path, *, classes: int, per_class: int, val_per_class: 
     (meta / "train.txt").write_text("".join(f"{p}\n" for p, _ in lists["train"]))
     (meta / "train_labeled.txt").write_text("".join(f"{p} {label}\n" for p, label in lists["train"]))
     (meta / "val_labeled.txt").write_text("".join(f"{p} {label}\n" for p, label in lists["val"]))
-    params = {"classes": classes, "per_class": per_class, "val_per_class": val_per_class, "size": size,
-              "seed": seed, "quality": quality}
+    params = {
+        "classes": classes,
+        "per_class": per_class,
+        "val_per_class": val_per_class,
+        "size": size,
+        "seed": seed,
+        "quality": quality,
+    }
     (meta / "synthetic.json").write_text(json.dumps(params, sort_keys=True) + "\n")
     return out
 
@@ -181,8 +192,13 @@ def ensure_synthetic(data_cfg) -> Path:
     root is absent (or an empty folder). Safe when several ranks call it at once. Returns the root."""
     root = dataset_root(data_cfg)
     spec = data_cfg.synthetic
-    params = {"classes": int(spec.classes), "per_class": int(spec.per_class),
-              "val_per_class": int(spec.val_per_class), "size": int(spec.size), "seed": int(spec.seed)}
+    params = {
+        "classes": int(spec.classes),
+        "per_class": int(spec.per_class),
+        "val_per_class": int(spec.val_per_class),
+        "size": int(spec.size),
+        "seed": int(spec.seed),
+    }
     if not spec.generate:
         return root
     if root.is_dir() and any(root.iterdir()):
@@ -199,11 +215,14 @@ def _warn_if_different(root: Path, params: dict) -> None:
         saved = json.loads(recorded.read_text())
         changed = {k: (saved.get(k), v) for k, v in params.items() if saved.get(k) != v}
         if changed:
-            log.warning("%s was generated with other settings (%s); using it as it is. Delete it to "
-                        "regenerate.", root, ", ".join(f"{k}: {a} there, {b} asked" for k, (a, b) in changed.items()))
+            log.warning(
+                "%s was generated with other settings (%s); using it as it is. Delete it to regenerate.",
+                root,
+                ", ".join(f"{k}: {a} there, {b} asked" for k, (a, b) in changed.items()),
+            )
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m burn.data.synthetic", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, type=Path, help="dataset root to create")
     parser.add_argument("--classes", type=int, default=10)
@@ -215,8 +234,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.out.exists() and (not args.out.is_dir() or any(args.out.iterdir())):
         parser.error(f"{args.out} exists and is not an empty folder")
-    generate_atomically(args.out, classes=args.classes, per_class=args.per_class,
-                        val_per_class=args.val_per_class, size=args.size, seed=args.seed, quality=args.quality)
+    generate_atomically(
+        args.out,
+        classes=args.classes,
+        per_class=args.per_class,
+        val_per_class=args.val_per_class,
+        size=args.size,
+        seed=args.seed,
+        quality=args.quality,
+    )
     count = args.classes * (args.per_class + args.val_per_class)
     print(f"wrote {count} JPEGs ({args.classes} classes, {args.size} px) to {args.out}")
     return 0

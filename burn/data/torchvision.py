@@ -10,7 +10,6 @@ stream position is the whole state. Batches are moved to the current CUDA device
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
 
 import numpy as np
 import torch
@@ -53,8 +52,12 @@ def random_resized_crop_box(rng: np.random.Generator, width: int, height: int, s
 
 def _color_jitter(image: Image.Image, aug, rng: np.random.Generator) -> Image.Image:
     b, c, s, h = (float(v) for v in aug.jitter)
-    adjust = [(b, F.adjust_brightness, 1.0), (c, F.adjust_contrast, 1.0), (s, F.adjust_saturation, 1.0),
-              (h, F.adjust_hue, 0.0)]
+    adjust = [
+        (b, F.adjust_brightness, 1.0),
+        (c, F.adjust_contrast, 1.0),
+        (s, F.adjust_saturation, 1.0),
+        (h, F.adjust_hue, 0.0),
+    ]
     for which in rng.permutation(4):  # ColorJitter applies its four changes in random order
         strength, function, identity = adjust[which]
         if strength > 0:
@@ -74,8 +77,9 @@ def pretrain_view(image: Image.Image, aug, rng: np.random.Generator) -> torch.Te
     """RandomResizedCrop (bicubic) -> flip -> jitter -> grayscale -> blur -> solarize -> normalise."""
     top, left, h, w = random_resized_crop_box(rng, image.width, image.height, [float(v) for v in aug.crop_scale])
     size = int(aug.image_size)
-    image = F.resized_crop(image, top, left, h, w, [size, size], interpolation=InterpolationMode.BICUBIC,
-                           antialias=True)
+    image = F.resized_crop(
+        image, top, left, h, w, [size, size], interpolation=InterpolationMode.BICUBIC, antialias=True
+    )
     if rng.random() < aug.flip_prob:
         image = F.horizontal_flip(image)
     if rng.random() < aug.jitter_prob:
@@ -92,8 +96,9 @@ def pretrain_view(image: Image.Image, aug, rng: np.random.Generator) -> torch.Te
 def eval_train_view(image: Image.Image, aug, rng: np.random.Generator) -> torch.Tensor:
     top, left, h, w = random_resized_crop_box(rng, image.width, image.height, EVAL_CROP_SCALE)
     size = int(aug.image_size)
-    image = F.resized_crop(image, top, left, h, w, [size, size], interpolation=InterpolationMode.BILINEAR,
-                           antialias=True)
+    image = F.resized_crop(
+        image, top, left, h, w, [size, size], interpolation=InterpolationMode.BILINEAR, antialias=True
+    )
     if rng.random() < 0.5:
         image = F.horizontal_flip(image)
     return _to_normalized(image, aug)
@@ -120,7 +125,7 @@ class _Samples(Dataset):
         except Exception as err:
             raise decode_failure(err, self.samples, [index]) from err
 
-    def __getitem__(self, key: Tuple[int, int]):
+    def __getitem__(self, key: tuple[int, int]):
         epoch, index = key
         image = self._load(index)
         if self.kind == "val":
@@ -140,7 +145,7 @@ class _EndlessPlan(Sampler):
     the DataLoader iterator into a reference cycle, and a cycle collected by the GC loses the workers'
     shutdown message (each then waits out DataLoader's 5 s join timeout)."""
 
-    def __init__(self, loader: "TorchvisionTrainLoader"):
+    def __init__(self, loader: TorchvisionTrainLoader):
         self.num_samples, self.seed = len(loader.samples), loader.seed
         self.layout = dict(shard_id=loader.shard_id, num_shards=loader.num_shards, batch_size=loader.batch_size)
         self.start, self.batch = loader.start, loader.batches_read
@@ -155,11 +160,12 @@ class _EndlessPlan(Sampler):
 
 
 def _data_loader(dataset: Dataset, plan, workers: int, gpu: bool) -> DataLoader:
-    return DataLoader(dataset, batch_sampler=plan, num_workers=workers, pin_memory=gpu,
-                      prefetch_factor=4 if workers else None)
+    return DataLoader(
+        dataset, batch_sampler=plan, num_workers=workers, pin_memory=gpu, prefetch_factor=4 if workers else None
+    )
 
 
-def _placed(tensor: torch.Tensor, dtype: Optional[torch.dtype], gpu: bool) -> torch.Tensor:
+def _placed(tensor: torch.Tensor, dtype: torch.dtype | None, gpu: bool) -> torch.Tensor:
     if gpu:
         tensor = tensor.to(torch.device("cuda", torch.cuda.current_device()), non_blocking=True)
     return tensor if dtype is None or tensor.dtype == dtype else tensor.to(dtype)
@@ -170,14 +176,28 @@ class TorchvisionTrainLoader(ResumableLoader):
 
     backend = "torchvision"
 
-    def __init__(self, samples: SampleList, data_cfg, *, kind: str, batch_size: int, shard_id: int,
-                 num_shards: int, seed: int, dtype: torch.dtype, gpu: bool, state=None):
-        super().__init__(samples, kind=kind, batch_size=batch_size, shard_id=shard_id, num_shards=num_shards,
-                         seed=seed, state=state)
+    def __init__(
+        self,
+        samples: SampleList,
+        data_cfg,
+        *,
+        kind: str,
+        batch_size: int,
+        shard_id: int,
+        num_shards: int,
+        seed: int,
+        dtype: torch.dtype,
+        gpu: bool,
+        state=None,
+    ):
+        super().__init__(
+            samples, kind=kind, batch_size=batch_size, shard_id=shard_id, num_shards=num_shards, seed=seed, state=state
+        )
         self.kind, self.dtype, self.gpu = kind, dtype, gpu
         plan = _EndlessPlan(self)
-        self._batches = iter(_data_loader(_Samples(samples, data_cfg, kind, seed), plan,
-                                          int(data_cfg.num_threads), gpu))
+        self._batches = iter(
+            _data_loader(_Samples(samples, data_cfg, kind, seed), plan, int(data_cfg.num_threads), gpu)
+        )
 
     def _next_batch(self):
         first, second, indices = next(self._batches)
@@ -189,21 +209,33 @@ class TorchvisionTrainLoader(ResumableLoader):
 class TorchvisionValLoader:
     """One pass over this rank's validation shard per iteration, each sample exactly once."""
 
-    def __init__(self, samples: SampleList, data_cfg, *, batch_size: int, shard_id: int, num_shards: int,
-                 seed: int, dtype: torch.dtype, gpu: bool):
+    def __init__(
+        self,
+        samples: SampleList,
+        data_cfg,
+        *,
+        batch_size: int,
+        shard_id: int,
+        num_shards: int,
+        seed: int,
+        dtype: torch.dtype,
+        gpu: bool,
+    ):
         self.samples, self.batch_size, self.dtype, self.gpu = samples, batch_size, dtype, gpu
         self._dataset = _Samples(samples, data_cfg, "val", seed)
         self._workers = int(data_cfg.num_threads)
         self.indices = eval_shard(len(samples), shard_id=shard_id, num_shards=num_shards)
         self.num_samples = len(self.indices)
-        self.last_indices: Optional[np.ndarray] = None
+        self.last_indices: np.ndarray | None = None
 
     def __len__(self) -> int:
         return -(-self.num_samples // self.batch_size)
 
     def __iter__(self):
-        plan = [[(0, int(i)) for i in self.indices[k:k + self.batch_size]]
-                for k in range(0, self.num_samples, self.batch_size)]
+        plan = [
+            [(0, int(i)) for i in self.indices[k : k + self.batch_size]]
+            for k in range(0, self.num_samples, self.batch_size)
+        ]
         for images, labels, indices in _data_loader(self._dataset, plan, self._workers, self.gpu):
             self.last_indices = indices.numpy()
             yield _placed(images, self.dtype, self.gpu), labels

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Mapping
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -51,9 +51,9 @@ class BackgroundCheckpointWriter:
 
     def __init__(self, manager: CheckpointManager):
         self.manager = manager
-        self._thread: Optional[threading.Thread] = None
-        self._error: Optional[BaseException] = None
-        self._step: Optional[int] = None
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self._step: int | None = None
 
     @property
     def busy(self) -> bool:
@@ -82,5 +82,7 @@ class BackgroundCheckpointWriter:
         self._thread = None
         if self._error is not None:
             error, self._error = self._error, None
-            raise CheckpointError(f"writing the checkpoint of step {self._step} in {self.manager.directory} "
-                                  f"failed in the background: {type(error).__name__}: {error}") from error
+            raise CheckpointError(
+                f"writing the checkpoint of step {self._step} in {self.manager.directory} "
+                f"failed in the background: {type(error).__name__}: {error}"
+            ) from error

@@ -14,7 +14,7 @@ import re
 import socket
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, List, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,7 +39,7 @@ class DistInfo:
     world_size: int
     local_rank: int
     device: torch.device
-    backend: Optional[str]
+    backend: str | None
     """"nccl" or "gloo" when a process group is up; None for a lone process."""
     environment: Environment = field(default_factory=Environment)
     """What the launcher said (restart count, SLURM job, CPUs); a lone process's by default."""
@@ -87,11 +87,11 @@ def cuda_device_index(local_rank: int, device_count: int) -> int:
         f"local rank {local_rank} has no GPU of its own: this process sees {device_count} GPUs "
         f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')}). Start at most "
         f"{device_count} ranks per node (torchrun --nproc_per_node {device_count}, sbatch "
-        f"--ntasks-per-node {device_count}), or hide CUDA (CUDA_VISIBLE_DEVICES=) for a CPU/gloo run.")
+        f"--ntasks-per-node {device_count}), or hide CUDA (CUDA_VISIBLE_DEVICES=) for a CPU/gloo run."
+    )
 
 
-def check_one_rank_per_gpu(store: "dist.Store", rank: int, world: int, gpu_id: str,
-                           timeout_s: float = 600.0) -> None:
+def check_one_rank_per_gpu(store: dist.Store, rank: int, world: int, gpu_id: str, timeout_s: float = 600.0) -> None:
     """Collective over ``store``: raise DeviceAssignmentError when two ranks got the same GPU.
 
     ``gpu_id`` names the physical GPU (host + UUID). Run before NCCL starts: two ranks on one GPU
@@ -107,7 +107,8 @@ def check_one_rank_per_gpu(store: "dist.Store", rank: int, world: int, gpu_id: s
         raise DeviceAssignmentError(
             f"several ranks share one GPU ({detail}); NCCL needs one GPU per rank. Start one task per "
             f"GPU (torchrun --nproc_per_node <GPUs>, srun --gpus-per-task=1 or --ntasks-per-node <GPUs>), "
-            f"or hide CUDA (CUDA_VISIBLE_DEVICES=) for a CPU/gloo run.")
+            f"or hide CUDA (CUDA_VISIBLE_DEVICES=) for a CPU/gloo run."
+        )
 
 
 def _gpu_identity(device: torch.device) -> str:
@@ -115,15 +116,16 @@ def _gpu_identity(device: torch.device) -> str:
     return f"{socket.gethostname()} GPU {getattr(props, 'uuid', device.index)}"
 
 
-def init_distributed(timeout_s: float = 600.0, environment: Optional[Environment] = None) -> DistInfo:
+def init_distributed(timeout_s: float = 600.0, environment: Environment | None = None) -> DistInfo:
     """Join the process group (nccl with CUDA, gloo without) and pick this rank's device; `environment`
     (default: read now) says which rank of how many this process is."""
     environment = Environment.read() if environment is None else environment
     _set_slurm_rendezvous(environment)
     rank, world, local_rank = environment.rank, environment.world_size, environment.local_rank
     cuda = torch.cuda.is_available()
-    device = torch.device("cuda", cuda_device_index(local_rank, torch.cuda.device_count())) if cuda \
-        else torch.device("cpu")
+    device = (
+        torch.device("cuda", cuda_device_index(local_rank, torch.cuda.device_count())) if cuda else torch.device("cpu")
+    )
     if cuda:
         torch.cuda.set_device(device)
     backend = None
@@ -137,12 +139,26 @@ def init_distributed(timeout_s: float = 600.0, environment: Optional[Environment
             if cuda:
                 check_one_rank_per_gpu(store, rank, world, _gpu_identity(device), timeout_s)
             # device_id binds the NCCL communicator to this rank's GPU (and creates it eagerly).
-            dist.init_process_group(backend, store=dist.PrefixStore("default_pg", store), rank=rank,
-                                    world_size=world, timeout=timeout, device_id=device if cuda else None)
-        log.info("rank %d/%d (local %d) joined %s group at %s:%s", rank, world, local_rank, backend,
-                 os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT"))
-    return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=device, backend=backend,
-                    environment=environment)
+            dist.init_process_group(
+                backend,
+                store=dist.PrefixStore("default_pg", store),
+                rank=rank,
+                world_size=world,
+                timeout=timeout,
+                device_id=device if cuda else None,
+            )
+        log.info(
+            "rank %d/%d (local %d) joined %s group at %s:%s",
+            rank,
+            world,
+            local_rank,
+            backend,
+            os.environ.get("MASTER_ADDR"),
+            os.environ.get("MASTER_PORT"),
+        )
+    return DistInfo(
+        rank=rank, world_size=world, local_rank=local_rank, device=device, backend=backend, environment=environment
+    )
 
 
 def shutdown_distributed() -> None:
@@ -163,17 +179,18 @@ def wrap_ddp(model: torch.nn.Module, info: DistInfo) -> torch.nn.Module:
     return DistributedDataParallel(model, device_ids=device_ids)
 
 
-def all_gather_objects(info: DistInfo, obj: Any) -> List[Any]:
+def all_gather_objects(info: DistInfo, obj: Any) -> list[Any]:
     """Every rank's `obj`, in rank order (a lone process gets ``[obj]``)."""
     if not info.distributed:
         return [obj]
-    out: List[Any] = [None] * info.world_size
+    out: list[Any] = [None] * info.world_size
     dist.all_gather_object(out, obj)
     return out
 
 
 # ---------------------------------------------------------------------------------------------------
 # RNG: seeds derive from the *global* rank (a local rank repeats across nodes).
+
 
 def seed_everything(seed: int, rank: int) -> None:
     s = seed * 1000 + rank
@@ -187,8 +204,12 @@ def rng_state() -> dict:
     np_state = np.random.get_state()
     state = {
         "python": random.getstate(),
-        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "numpy": {
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -200,8 +221,9 @@ def set_rng_state(state: dict) -> None:
     py = state["python"]
     random.setstate((py[0], tuple(py[1]), py[2]))
     n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
+    np.random.set_state(
+        ("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])

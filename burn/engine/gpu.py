@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Optional
 
 import torch
 from torch import nn
@@ -47,20 +46,20 @@ def to_channels_last(module: nn.Module) -> nn.Module:
     return module
 
 
-def teacher_to_half(teacher: nn.Module, device: torch.device, autocast_dtype: Optional[torch.dtype]) -> None:
+def teacher_to_half(teacher: nn.Module, device: torch.device, autocast_dtype: torch.dtype | None) -> None:
     """Keep the frozen teacher in the autocast dtype on CUDA: autocast then has no fp32 weights to cast
     on every forward. It never trains, so no master copy is needed."""
     if device.type == "cuda" and autocast_dtype is not None:
         teacher.to(autocast_dtype)
 
 
-def compile_enabled(setting: Optional[bool], device: torch.device) -> bool:
+def compile_enabled(setting: bool | None, device: torch.device) -> bool:
     """``train.compile``: None (auto) compiles on CUDA only; on CPU inductor would compile C++ for
     minutes to save little."""
     return device.type == "cuda" if setting is None else bool(setting)
 
 
-def compile_in_place(module: nn.Module, run_dir: Path, cache_dir: Optional[str]) -> Path:
+def compile_in_place(module: nn.Module, run_dir: Path, cache_dir: str | None) -> Path:
     """``module.compile()``: the module object, its state-dict keys and so the extraction layouts stay
     as they are. Inductor's artefacts go to ``cache_dir`` (train.compile_cache_dir), else to an
     inherited TORCHINDUCTOR_CACHE_DIR, else to ``<run_dir>/compile-cache``: on shared storage, so a

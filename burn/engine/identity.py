@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional, Tuple
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -25,7 +26,7 @@ log = logging.getLogger("burn")
 FORCE_HINT = "Use a new run_dir, or checkpoint.force=true to continue anyway."
 
 
-def _leaves(key: str, value: Any) -> Iterator[Tuple[str, Any]]:
+def _leaves(key: str, value: Any) -> Iterator[tuple[str, Any]]:
     """A section as its dotted leaf keys, so a refusal names the one key that changed."""
     if isinstance(value, dict):
         for name, item in value.items():
@@ -34,18 +35,19 @@ def _leaves(key: str, value: Any) -> Iterator[Tuple[str, Any]]:
         yield key, value
 
 
-def identity(cfg: DictConfig) -> Dict[str, Any]:
+def identity(cfg: DictConfig) -> dict[str, Any]:
     """The IDENTITY values of a config that its stage reads, as dotted leaf keys, paths resolved (the
     same folder however it was written: relative, absolute, via a symlink)."""
     cfg = cfg.copy()
     for key in PATH_KEYS:
         path = absolute_path(OmegaConf.select(cfg, key))
         OmegaConf.update(cfg, key, os.path.realpath(path) if path and os.path.isabs(path) else path)
-    values: Dict[str, Any] = {}
+    values: dict[str, Any] = {}
     for key in keys_with_role(IDENTITY, str(cfg.stage)):
         value = OmegaConf.select(cfg, key)
-        values.update(_leaves(key, OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value)
-                              else value))
+        values.update(
+            _leaves(key, OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value)
+        )
     return values
 
 
@@ -63,18 +65,21 @@ def check_resume_config(saved_yaml: str, cfg: DictConfig, run_dir: Path, force: 
     raise ConfigMismatchError(f"{run_dir} belongs to a run with a different config ({detail}). {FORCE_HINT}")
 
 
-def check_teacher_unchanged(saved: Optional[Dict[str, Any]], now: Dict[str, Any], run_dir: Path, step: int,
-                            force: bool) -> None:
+def check_teacher_unchanged(
+    saved: dict[str, Any] | None, now: dict[str, Any], run_dir: Path, step: int, force: bool
+) -> None:
     """The teacher file a checkpoint was trained with (``{"path", "sha256"}``, None for a checkpoint that
     names none) against the one configured now: a file with other content is another teacher."""
     if not saved or saved.get("sha256") == now.get("sha256"):
         return
 
-    def short(digest: Optional[str]) -> str:
+    def short(digest: str | None) -> str:
         return f"sha256 {digest[:16]}" if digest else "no file"
 
-    detail = (f"model.teacher_weights={now.get('path')}: the teacher file differs from the one the checkpoint "
-              f"of step {step} was trained with ({short(saved.get('sha256'))} -> {short(now.get('sha256'))})")
+    detail = (
+        f"model.teacher_weights={now.get('path')}: the teacher file differs from the one the checkpoint "
+        f"of step {step} was trained with ({short(saved.get('sha256'))} -> {short(now.get('sha256'))})"
+    )
     if force:
         log.warning("continuing %s with another teacher (checkpoint.force=true): %s", run_dir, detail)
         return

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Dict, Tuple
 
 import torch
 import torch.distributed as dist
@@ -36,7 +35,7 @@ def gather_rows(info: DistInfo, rows: torch.Tensor) -> torch.Tensor:
     dist.all_gather(counts, torch.tensor([rows.shape[0]], dtype=torch.int64, device=rows.device))
     counts = [int(c) for c in counts]
     padded = rows.new_zeros((max(counts), *rows.shape[1:]))
-    padded[:rows.shape[0]] = rows
+    padded[: rows.shape[0]] = rows
     parts = [torch.empty_like(padded) for _ in range(info.world_size)]
     dist.all_gather(parts, padded)
     return torch.cat([part[:n] for part, n in zip(parts, counts)])
@@ -47,29 +46,47 @@ class KnnMonitor:
     student backbone to get ``{"top1", "seconds", "bank", "queries"}``. Collective: every rank calls it
     at the same steps."""
 
-    def __init__(self, monitor_cfg, data_cfg, info: DistInfo, *, seed: int, dtype: torch.dtype,
-                 autocast=None, channels_last: bool = False):
+    def __init__(
+        self,
+        monitor_cfg,
+        data_cfg,
+        info: DistInfo,
+        *,
+        seed: int,
+        dtype: torch.dtype,
+        autocast=None,
+        channels_last: bool = False,
+    ):
         self.cfg, self.info = monitor_cfg, info
         self.every = int(monitor_cfg.knn_every)
         if self.every < 1 or int(monitor_cfg.knn_k) < 1 or not monitor_cfg.knn_temperature > 0:
-            raise ValueError("monitor.knn_every and monitor.knn_k must be >= 1 and monitor.knn_temperature > 0 "
-                             f"(got {self.every}, {monitor_cfg.knn_k}, {monitor_cfg.knn_temperature})")
+            raise ValueError(
+                "monitor.knn_every and monitor.knn_k must be >= 1 and monitor.knn_temperature > 0 "
+                f"(got {self.every}, {monitor_cfg.knn_k}, {monitor_cfg.knn_temperature})"
+            )
         self.autocast = autocast
         self.channels_last = channels_last and info.device.type == "cuda"
-        common = dict(batch_size=int(monitor_cfg.knn_batch), shard_id=info.rank, num_shards=info.world_size,
-                      seed=seed, dtype=dtype)
+        common = dict(
+            batch_size=int(monitor_cfg.knn_batch),
+            shard_id=info.rank,
+            num_shards=info.world_size,
+            seed=seed,
+            dtype=dtype,
+        )
         try:  # resolving the lists now makes a missing labelled split an error before training starts
-            self.bank_loader = build_subset_eval_loader(data_cfg, split="train_labeled",
-                                                        max_samples=int(monitor_cfg.knn_bank_size), **common)
-            self.query_loader = build_subset_eval_loader(data_cfg, split="val",
-                                                         max_samples=int(monitor_cfg.knn_query_size), **common)
+            self.bank_loader = build_subset_eval_loader(
+                data_cfg, split="train_labeled", max_samples=int(monitor_cfg.knn_bank_size), **common
+            )
+            self.query_loader = build_subset_eval_loader(
+                data_cfg, split="val", max_samples=int(monitor_cfg.knn_query_size), **common
+            )
         except DatasetError as err:
             raise DatasetError(f"k-NN monitor: {err} (monitor.knn=false turns the monitor off)") from err
 
     def due(self, step: int, total_steps: int) -> bool:
         return step % self.every == 0 or step == total_steps
 
-    def __call__(self, student: nn.Module) -> Dict[str, float]:
+    def __call__(self, student: nn.Module) -> dict[str, float]:
         started = time.perf_counter()
         saved_rng = rng_state()
         was_training = student.training
@@ -84,17 +101,22 @@ class KnnMonitor:
         bank, bank_labels = gather_rows(self.info, bank), gather_rows(self.info, bank_labels)
         counts = torch.zeros(2, dtype=torch.float64, device=self.info.device)  # hits, queries
         if queries.shape[0]:
-            predicted = knn_predict(bank, bank_labels, queries, k=int(self.cfg.knn_k),
-                                    temperature=float(self.cfg.knn_temperature))
+            predicted = knn_predict(
+                bank, bank_labels, queries, k=int(self.cfg.knn_k), temperature=float(self.cfg.knn_temperature)
+            )
             counts[0] = predicted.eq(query_labels).sum()
             counts[1] = queries.shape[0]
         if self.info.distributed:
             dist.all_reduce(counts)
         hits, total = counts.tolist()
-        return {"top1": 100.0 * hits / max(total, 1.0), "seconds": time.perf_counter() - started,
-                "bank": bank.shape[0], "queries": int(total)}
+        return {
+            "top1": 100.0 * hits / max(total, 1.0),
+            "seconds": time.perf_counter() - started,
+            "bank": bank.shape[0],
+            "queries": int(total),
+        }
 
-    def _features(self, student: nn.Module, loader) -> Tuple[torch.Tensor, torch.Tensor]:
+    def _features(self, student: nn.Module, loader) -> tuple[torch.Tensor, torch.Tensor]:
         device = self.info.device
         features, labels = [], []
         for images, batch_labels in loader:

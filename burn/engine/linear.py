@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -44,7 +44,7 @@ class LinearEvalModel(nn.Module):
             p.requires_grad_(False)
         self.fc_cls = nn.Linear(backbone.out_dim, num_classes)
 
-    def train(self, mode: bool = True) -> "LinearEvalModel":
+    def train(self, mode: bool = True) -> LinearEvalModel:
         super().train(mode)
         self.backbone.feature.eval()  # frozen BN statistics
         return self
@@ -58,41 +58,67 @@ class LinearEvalModel(nn.Module):
 class LinearEvalTrainer(StageLoop):
     stage = "linear"
 
-    def build(self, data_state: Any) -> Dict[str, Stateful]:
+    def build(self, data_state: Any) -> dict[str, Stateful]:
         cfg, info, lin = self.cfg, self.info, self.cfg.linear
         if not cfg.pretrained:
-            raise ValueError("stage=linear needs pretrained=<backbone file> (e.g. a stage-2 run's backbone.pth), "
-                             f"or pretrained={RANDOM_BACKBONE} for the no-pretraining baseline")
+            raise ValueError(
+                "stage=linear needs pretrained=<backbone file> (e.g. a stage-2 run's backbone.pth), "
+                f"or pretrained={RANDOM_BACKBONE} for the no-pretraining baseline"
+            )
         self.amp = build_amp(cfg.train.precision, info.device)
         backbone = ReActNetA(precision=lin.precision, width=cfg.model.width)  # seeded by the stage runner
         if cfg.pretrained == RANDOM_BACKBONE:
-            log.info("pretrained=%s: evaluating a randomly initialised student (the no-pretraining baseline)",
-                     RANDOM_BACKBONE)
+            log.info(
+                "pretrained=%s: evaluating a randomly initialised student (the no-pretraining baseline)",
+                RANDOM_BACKBONE,
+            )
         else:
             backbone.load_state_dict(load_backbone(cfg.pretrained), strict=True)
         self.model = LinearEvalModel(backbone, lin.num_classes).to(info.device)
         self.ddp = wrap_ddp(self.model, info)
-        self.per_gpu_batch, self.accum = split_global_batch(lin.global_batch, lin.per_gpu_batch, info.world_size,
-                                                            "linear")
-        self.loader = build_eval_loader(cfg.data, split="train", batch_size=self.per_gpu_batch, shard_id=info.rank,
-                                        num_shards=info.world_size, seed=cfg.seed, dtype=self.amp.input_dtype,
-                                        state=data_state)
+        self.per_gpu_batch, self.accum = split_global_batch(
+            lin.global_batch, lin.per_gpu_batch, info.world_size, "linear"
+        )
+        self.loader = build_eval_loader(
+            cfg.data,
+            split="train",
+            batch_size=self.per_gpu_batch,
+            shard_id=info.rank,
+            num_shards=info.world_size,
+            seed=cfg.seed,
+            dtype=self.amp.input_dtype,
+            state=data_state,
+        )
         epochs, self.steps_per_epoch, self.total_steps = stage_length(
-            steps=cfg.steps, epochs=cfg.epochs, default_epochs=lin.epochs,
-            batches_per_epoch=self.loader.steps_per_epoch, accumulation=self.accum)
+            steps=cfg.steps,
+            epochs=cfg.epochs,
+            default_epochs=lin.epochs,
+            batches_per_epoch=self.loader.steps_per_epoch,
+            accumulation=self.accum,
+        )
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.SGD(self.trainable, lr=lin.lr, momentum=lin.momentum,
-                                         weight_decay=lin.weight_decay, fused=info.device.type == "cuda")
+        self.optimizer = torch.optim.SGD(
+            self.trainable,
+            lr=lin.lr,
+            momentum=lin.momentum,
+            weight_decay=lin.weight_decay,
+            fused=info.device.type == "cuda",
+        )
         self.scheduler = build_step_decay(self.optimizer, list(lin.milestones), epochs, self.total_steps)
         self.scaler = self.amp.scaler()
         # "student": the backbone under the name burn.weights reads from a stage checkpoint.
-        return {"model": ModuleParts({"student": self.model.backbone, "fc_cls": self.model.fc_cls}),
-                "optimizer": self.optimizer, "scheduler": self.scheduler, "scaler": self.scaler, "data": self.loader}
+        return {
+            "model": ModuleParts({"student": self.model.backbone, "fc_cls": self.model.fc_cls}),
+            "optimizer": self.optimizer,
+            "scheduler": self.scheduler,
+            "scaler": self.scaler,
+            "data": self.loader,
+        }
 
-    def train_step(self) -> tuple[Dict[str, torch.Tensor], bool]:
+    def train_step(self) -> tuple[dict[str, torch.Tensor], bool]:
         self.optimizer.zero_grad(set_to_none=True)
         loss_sum = torch.zeros((), device=self.info.device)
-        for micro in range(self.accum):
+        for _ in range(self.accum):
             images, labels = self.next_batch()
             labels = labels.to(self.info.device)
             with self.amp.autocast():
@@ -103,11 +129,18 @@ class LinearEvalTrainer(StageLoop):
         return {"loss": loss_sum, "lr": lr, "grad_norm": grad_norm}, applied
 
     @torch.no_grad()
-    def evaluate(self) -> Dict[str, float]:
+    def evaluate(self) -> dict[str, float]:
         """Top-1 / top-5 (percent) over the whole validation list; every rank scores its shard."""
         cfg = self.cfg
-        val = build_eval_loader(cfg.data, split="val", batch_size=cfg.linear.per_gpu_batch, shard_id=self.info.rank,
-                                num_shards=self.info.world_size, seed=cfg.seed, dtype=self.amp.input_dtype)
+        val = build_eval_loader(
+            cfg.data,
+            split="val",
+            batch_size=cfg.linear.per_gpu_batch,
+            shard_id=self.info.rank,
+            num_shards=self.info.world_size,
+            seed=cfg.seed,
+            dtype=self.amp.input_dtype,
+        )
         self.model.eval()
         counts = torch.zeros(3, dtype=torch.float64, device=self.info.device)  # top1, top5, samples
         for images, labels in val:
@@ -134,11 +167,16 @@ class LinearEvalTrainer(StageLoop):
         if self.info.is_main:
             self.results.update(step=self.step, pretrained=str(self.cfg.pretrained))
             write_json(Path(self.run_dir) / LINEAR_RESULTS, self.results)
-            self.metrics.scalars(self.step, {"top1": self.results["top1"], "top5": self.results["top5"]},
-                                 group="linear/val")
-            log.info("linear evaluation complete: top-1 %.2f%%, top-5 %.2f%% on %d images; results in %s",
-                     self.results["top1"], self.results["top5"], self.results["num_samples"],
-                     Path(self.run_dir) / LINEAR_RESULTS)
+            self.metrics.scalars(
+                self.step, {"top1": self.results["top1"], "top5": self.results["top5"]}, group="linear/val"
+            )
+            log.info(
+                "linear evaluation complete: top-1 %.2f%%, top-5 %.2f%% on %d images; results in %s",
+                self.results["top1"],
+                self.results["top5"],
+                self.results["num_samples"],
+                Path(self.run_dir) / LINEAR_RESULTS,
+            )
 
-    def final_summary(self) -> Dict[str, Any]:
+    def final_summary(self) -> dict[str, Any]:
         return {"top1": self.results["top1"], "top5": self.results["top5"]}

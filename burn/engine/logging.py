@@ -10,7 +10,6 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Dict, Optional
 
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
@@ -24,9 +23,12 @@ log = logging.getLogger("burn")
 
 def configure_console_logging(rank: int) -> None:
     """Plain log lines prefixed with the rank; non-zero ranks only report warnings."""
-    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, force=True,
-                        format=f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stdout)
+    logging.basicConfig(
+        level=logging.INFO if rank == 0 else logging.WARNING,
+        force=True,
+        format=f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s",
+        stream=sys.stdout,
+    )
 
 
 def record_failure(run_dir: Path, err: BaseException) -> None:
@@ -47,9 +49,17 @@ def record_failure(run_dir: Path, err: BaseException) -> None:
 #: evaluation's curves never share a card (their lrs differ 30-fold). Within a group the loss sorts
 #: first, then its terms, the optimizer's values and the speed.
 STAGE_GROUPS = {"1": "pretrain", "2": "pretrain", "linear": "linear"}
-TAGS = {"loss": "loss", "kl": "loss/kl", "fs": "loss/fs", "lambda": "optim/lambda", "lr": "optim/lr",
-        "grad_norm": "optim/grad_norm", "grad_scale": "optim/grad_scale", "images_per_s": "speed/images_per_s",
-        "data_wait_s": "speed/data_wait_s"}
+TAGS = {
+    "loss": "loss",
+    "kl": "loss/kl",
+    "fs": "loss/fs",
+    "lambda": "optim/lambda",
+    "lr": "optim/lr",
+    "grad_norm": "optim/grad_norm",
+    "grad_scale": "optim/grad_scale",
+    "images_per_s": "speed/images_per_s",
+    "data_wait_s": "speed/data_wait_s",
+}
 
 
 def tag_of(group: str, key: str) -> str:
@@ -61,8 +71,18 @@ def tag_of(group: str, key: str) -> str:
 class MetricLogger:
     """Everything a stage reports. Only rank 0 builds one that writes; others get `enabled=False`."""
 
-    def __init__(self, run_dir: Path, *, enabled: bool, stage: str, start_step: int, total_steps: int,
-                 progress_bar: str = "auto", restarts: int = 0, run_info: Optional[dict] = None):
+    def __init__(
+        self,
+        run_dir: Path,
+        *,
+        enabled: bool,
+        stage: str,
+        start_step: int,
+        total_steps: int,
+        progress_bar: str = "auto",
+        restarts: int = 0,
+        run_info: dict | None = None,
+    ):
         self.enabled = enabled
         self.run_info = run_info or {}
         """Written into every progress.json (the rank count and its changes)."""
@@ -71,8 +91,8 @@ class MetricLogger:
         self.group = STAGE_GROUPS.get(str(stage), "train")
         self.total_steps = total_steps
         self.restarts = restarts
-        self.writer: Optional[SummaryWriter] = None
-        self.bar: Optional[tqdm] = None
+        self.writer: SummaryWriter | None = None
+        self.bar: tqdm | None = None
         if not enabled:
             return
         # purge_step drops events a killed run logged after its last checkpoint (steps > start_step),
@@ -82,7 +102,7 @@ class MetricLogger:
         if show_bar:
             self.bar = tqdm(total=total_steps, initial=start_step, desc=f"stage {stage}", dynamic_ncols=True)
 
-    def scalars(self, step: int, values: Dict[str, float], group: Optional[str] = None) -> None:
+    def scalars(self, step: int, values: dict[str, float], group: str | None = None) -> None:
         """Log ``values`` under ``group`` (default: the stage's, e.g. ``pretrain``; ``knn``,
         ``linear/val`` for the monitors and the evaluation)."""
         if not self.enabled:
@@ -103,8 +123,17 @@ class MetricLogger:
     def progress(self, state: str, step: int, epoch: int = 0, **extra) -> None:
         if not self.enabled:
             return
-        data = {"stage": self.stage, "state": state, "step": step, "total_steps": self.total_steps,
-                "epoch": epoch, "restarts": self.restarts, "updated": time.time(), **self.run_info, **extra}
+        data = {
+            "stage": self.stage,
+            "state": state,
+            "step": step,
+            "total_steps": self.total_steps,
+            "epoch": epoch,
+            "restarts": self.restarts,
+            "updated": time.time(),
+            **self.run_info,
+            **extra,
+        }
         try:
             write_json(self.run_dir / PROGRESS, data)
         except (OSError, DiskFullError) as err:  # a full disk: the checkpoint that follows reports it, in one line

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -23,8 +23,14 @@ from burn.engine.checkpoint import CheckpointError, CheckpointManager
 from burn.engine.distributed import DistInfo, all_gather_objects, barrier
 from burn.engine.logging import MetricLogger
 from burn.engine.nonfinite import Applied, BadStepStreak
-from burn.engine.signals import EXIT_CODES, REQUEUE_EXIT_CODE, STATES, PreemptionHandler, stop_code, \
-    warn_if_slow_checkpoint
+from burn.engine.signals import (
+    EXIT_CODES,
+    REQUEUE_EXIT_CODE,
+    STATES,
+    PreemptionHandler,
+    stop_code,
+    warn_if_slow_checkpoint,
+)
 from burn.engine.state import ProcessRng, Stateful
 from burn.rundir import CHECKPOINT_FORMAT, CHECKPOINTS, DONE
 
@@ -48,30 +54,30 @@ class StageLoop:
         self.ckpt_writer = BackgroundCheckpointWriter(self.ckpt)
         self.preemption = preemption
         """Installed by the caller as early as possible: a signal before the loop starts still counts."""
-        self.metrics: Optional[MetricLogger] = None
-        self._saved_step: Optional[int] = None
-        self._last_logged: Dict[str, float] = {}
+        self.metrics: MetricLogger | None = None
+        self._saved_step: int | None = None
+        self._last_logged: dict[str, float] = {}
         self._stop_code = 0
-        self.noticed_at: Optional[str] = None
+        self.noticed_at: str | None = None
         """Where this rank first saw the preemption flag (for the log)."""
         self.world_size_changes: list = []
         """Every resume on another number of ranks: {"step", "from", "to"} (kept in checkpoints)."""
-        self.sample_record: Optional[SampleRecord] = None
-        self.states: Dict[str, Stateful] = {}
+        self.sample_record: SampleRecord | None = None
+        self.states: dict[str, Stateful] = {}
         """What a checkpoint holds besides the loop's progress: build()'s mapping plus the process RNG."""
         self.step_seconds = 0.0
         """Mean wall time of an optimizer step in this process (its first step, which may compile, left
         out): what a stop signal waits for before the checkpoint is written."""
 
     # ---- hooks -----------------------------------------------------------------------------------
-    def build(self, data_state: Any) -> Dict[str, Stateful]:
+    def build(self, data_state: Any) -> dict[str, Stateful]:
         """Build model, optimizer, schedule and the data loader (opened at `data_state`: the saved
         position, or None), set total_steps. Returns the objects a checkpoint saves and restores, by
         name: at least "model", "optimizer", "scheduler", "scaler" and "data" (the loader). They are
         restored in this order, after build, except "data" (the loader starts where it was saved)."""
         raise NotImplementedError
 
-    def train_step(self) -> tuple[Dict[str, torch.Tensor], bool]:
+    def train_step(self) -> tuple[dict[str, torch.Tensor], bool]:
         """One optimizer step; returns (metrics on device, whether the update was applied: a bool, or a
         0-dim bool tensor on the device when reading it would cost a host sync)."""
         raise NotImplementedError
@@ -118,26 +124,41 @@ class StageLoop:
         resume = self._load_resume_point()
         saved_world = resume["world_size"] if resume else info.world_size
         # The process RNG goes last: restored after building (which draws from it) and every other entry.
-        self.states = {**self.build(elastic.data_state_for(resume["data"], info.rank, info.world_size)
-                                    if resume else None), "rng": ProcessRng()}
+        self.states = {
+            **self.build(elastic.data_state_for(resume["data"], info.rank, info.world_size) if resume else None),
+            "rng": ProcessRng(),
+        }
         if resume:
             self._restore(resume, resized=saved_world != info.world_size)
         if saved_world != info.world_size:
             self.world_size_changes.append(elastic.change_note(self.step, saved_world, info.world_size))
             if info.is_main:
-                log.warning(elastic.resume_message(resume["path"], self.step, saved_world, info.world_size,
-                                                   self.loader, self.per_gpu_batch * info.world_size * self.accum,
-                                                   self.per_gpu_batch, self.accum))
+                log.warning(
+                    elastic.resume_message(
+                        resume["path"],
+                        self.step,
+                        saved_world,
+                        info.world_size,
+                        self.loader,
+                        self.per_gpu_batch * info.world_size * self.accum,
+                        self.per_gpu_batch,
+                        self.accum,
+                    )
+                )
         self.ddp.train()  # once: nothing switches to eval mode before the last step
         if self.cfg.log.sample_ids:
             attempt = all_gather_objects(info, f"{time.time_ns():020d}")[0]  # rank 0's: one id per start
-            self.sample_record = SampleRecord(self.run_dir, rank=info.rank, world_size=info.world_size,
-                                              attempt=attempt)
-        self.metrics = MetricLogger(self.run_dir, enabled=info.is_main, stage=self.stage,
-                                    start_step=self.step, total_steps=self.total_steps,
-                                    progress_bar=self.cfg.log.progress_bar, restarts=info.environment.restarts,
-                                    run_info={"world_size": info.world_size,
-                                              "world_size_changes": self.world_size_changes})
+            self.sample_record = SampleRecord(self.run_dir, rank=info.rank, world_size=info.world_size, attempt=attempt)
+        self.metrics = MetricLogger(
+            self.run_dir,
+            enabled=info.is_main,
+            stage=self.stage,
+            start_step=self.step,
+            total_steps=self.total_steps,
+            progress_bar=self.cfg.log.progress_bar,
+            restarts=info.environment.restarts,
+            run_info={"world_size": info.world_size, "world_size_changes": self.world_size_changes},
+        )
         if self.step == 0 or saved_world != info.world_size:  # TensorBoard marks where the rank count changed
             self.metrics.scalars(self.step, {"world_size": info.world_size}, group="run")
 
@@ -175,12 +196,20 @@ class StageLoop:
         self.save_checkpoint()
         exit_code, state = EXIT_CODES[code], STATES[code]
         self.metrics.progress(state, self.step, self.epoch(), **self._last_logged)
-        what = "requeue me" if exit_code == REQUEUE_EXIT_CODE else \
-            "stopped; run the same command again to resume from it"
+        what = (
+            "requeue me" if exit_code == REQUEUE_EXIT_CODE else "stopped; run the same command again to resume from it"
+        )
         label = "preemption signal" if exit_code == REQUEUE_EXIT_CODE else state
-        log.warning("%s (%s, noticed at %s): checkpoint at step %d written in %s; exiting with %d (%s)",
-                    label, self.preemption.reason or "signal on another rank",
-                    self.noticed_at or "the step boundary", self.step, self.ckpt.directory, exit_code, what)
+        log.warning(
+            "%s (%s, noticed at %s): checkpoint at step %d written in %s; exiting with %d (%s)",
+            label,
+            self.preemption.reason or "signal on another rank",
+            self.noticed_at or "the step boundary",
+            self.step,
+            self.ckpt.directory,
+            exit_code,
+            what,
+        )
         return exit_code
 
     def train_until(self, last_step: int) -> bool:
@@ -214,7 +243,7 @@ class StageLoop:
                 self.save_checkpoint(background=True)
         return False
 
-    def final_summary(self) -> Dict[str, Any]:
+    def final_summary(self) -> dict[str, Any]:
         return {}
 
     def after_step(self) -> None:
@@ -222,22 +251,30 @@ class StageLoop:
         scancel, Ctrl-C) ends the run at this step (the checkpoint goes first): monitors. Must leave the
         training state untouched."""
 
-    def _log(self, metrics: Dict[str, torch.Tensor]) -> None:
+    def _log(self, metrics: dict[str, torch.Tensor]) -> None:
         values = {k: float(v) for k, v in metrics.items()}  # host sync, on logging steps only
         self.metrics.scalars(self.step, values)
         self._last_logged = {k: values[k] for k in ("loss", "lambda", "lr", "images_per_s") if k in values}
         self.metrics.progress("running", self.step, self.epoch(), **self._last_logged)
 
     # ---- checkpoints -----------------------------------------------------------------------------
-    def checkpoint_state(self, per_rank: Dict[str, list]) -> Dict[str, Any]:
+    def checkpoint_state(self, per_rank: dict[str, list]) -> dict[str, Any]:
         """The checkpoint (rank 0): the loop's progress, then every entry of `states` under its name;
         `per_rank` holds the PER_RANK entries gathered from every rank."""
-        progress = {"format": CHECKPOINT_FORMAT, "version": 1, "stage": self.stage, "step": self.step,
-                    "epoch": self.epoch(), "world_size": self.info.world_size,
-                    "world_size_changes": self.world_size_changes,
-                    "config": OmegaConf.to_yaml(self.cfg, resolve=True)}
-        return {**progress, **{name: per_rank[name] if name in PER_RANK else entry.state_dict()
-                               for name, entry in self.states.items()}}
+        progress = {
+            "format": CHECKPOINT_FORMAT,
+            "version": 1,
+            "stage": self.stage,
+            "step": self.step,
+            "epoch": self.epoch(),
+            "world_size": self.info.world_size,
+            "world_size_changes": self.world_size_changes,
+            "config": OmegaConf.to_yaml(self.cfg, resolve=True),
+        }
+        return {
+            **progress,
+            **{name: per_rank[name] if name in PER_RANK else entry.state_dict() for name, entry in self.states.items()},
+        }
 
     def save_checkpoint(self, background: bool = False) -> None:
         """Collective: gathers every rank's data and RNG state; rank 0 writes, the others wait.
@@ -256,8 +293,9 @@ class StageLoop:
                 else:
                     self.ckpt.save(state, self.step)  # logs path and time
                 if self.ckpt.last_save_seconds is not None:  # after a background submit: the previous write's
-                    warn_if_slow_checkpoint(self.ckpt.last_save_seconds, self.cfg.signal_delay_s,
-                                            step_seconds=self.step_seconds)
+                    warn_if_slow_checkpoint(
+                        self.ckpt.last_save_seconds, self.cfg.signal_delay_s, step_seconds=self.step_seconds
+                    )
         self._saved_step = self.step
         barrier(self.info)
 
@@ -270,7 +308,7 @@ class StageLoop:
             return False
         return True
 
-    def _load_resume_point(self) -> Optional[Dict[str, Any]]:
+    def _load_resume_point(self) -> dict[str, Any] | None:
         """Every rank loads the checkpoint rank 0 chose (the newest valid one)."""
         found = self.ckpt.load_latest() if self.info.is_main else None
         path = all_gather_objects(self.info, str(found[1]) if found else None)[0]
@@ -281,7 +319,7 @@ class StageLoop:
             log.info("resuming from %s (step %d, written by %d ranks)", path, state["step"], state["world_size"])
         return {**state, "path": path}
 
-    def _restore(self, state: Dict[str, Any], resized: bool) -> None:
+    def _restore(self, state: dict[str, Any], resized: bool) -> None:
         """Every entry of `states` from the checkpoint `state`, in the mapping's order."""
         self.step = self._saved_step = state["step"]
         self.world_size_changes = list(state.get("world_size_changes", []))
@@ -289,8 +327,9 @@ class StageLoop:
             if name == "data":
                 continue  # build() opened the loader at its saved position
             if name not in state:
-                raise CheckpointError(f"{state['path']} has no {name!r} entry: it was not written by a "
-                                      f"{self.stage!r} stage of this code")
+                raise CheckpointError(
+                    f"{state['path']} has no {name!r} entry: it was not written by a {self.stage!r} stage of this code"
+                )
             if name not in PER_RANK:
                 entry.load_state_dict(state[name])
             elif not resized:

@@ -7,7 +7,6 @@ The k-NN runner that extracts features during training is :mod:`burn.engine.knn`
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional
 
 import torch
 import torch.nn.functional as F
@@ -16,7 +15,7 @@ import torch.nn.functional as F
 COLLAPSE_SIDES = {"student": "student_out", "teacher": "teacher_out"}
 
 
-def collapse_stats(outputs: torch.Tensor, temperature: float) -> Dict[str, torch.Tensor]:
+def collapse_stats(outputs: torch.Tensor, temperature: float) -> dict[str, torch.Tensor]:
     """Collapse statistics of one classifier's outputs ``(B, K)`` for B images (0-dim float32 tensors).
 
     The softmaxes use ``temperature``, the temperature of the loss's KL term (``loss.temperature``),
@@ -43,11 +42,15 @@ def collapse_stats(outputs: torch.Tensor, temperature: float) -> Dict[str, torch
         # log of the batch mean of the softmaxes, computed in log space (stable at low temperature).
         log_mean = torch.logsumexp(log_p, dim=0) - math.log(x.shape[0])
         batch_entropy = -(log_mean.exp() * log_mean).sum()
-    return {"std": std, "batch_entropy": batch_entropy, "image_entropy": image_entropy,
-            "mi": batch_entropy - image_entropy}
+    return {
+        "std": std,
+        "batch_entropy": batch_entropy,
+        "image_entropy": image_entropy,
+        "mi": batch_entropy - image_entropy,
+    }
 
 
-def collapse_metrics(out: Dict[str, torch.Tensor], temperature: float) -> Dict[str, torch.Tensor]:
+def collapse_metrics(out: dict[str, torch.Tensor], temperature: float) -> dict[str, torch.Tensor]:
     """``collapse/<side>_<stat>`` for both classifiers, from a BurnModel.forward output."""
     metrics = {}
     for side, key in COLLAPSE_SIDES.items():
@@ -61,7 +64,7 @@ def mi_floor(num_classes: int, batch: int, threshold: float) -> float:
     return threshold * math.log(max(2, min(num_classes, batch)))
 
 
-def collapsed_sides(values: Dict[str, float], num_classes: int, batch: int, threshold: float) -> list[str]:
+def collapsed_sides(values: dict[str, float], num_classes: int, batch: int, threshold: float) -> list[str]:
     """The classifiers (``student`` / ``teacher``) whose logged ``mi`` is below :func:`mi_floor`."""
     floor = mi_floor(num_classes, batch, threshold)
     return [side for side in COLLAPSE_SIDES if values.get(f"collapse/{side}_mi", math.inf) < floor]
@@ -75,35 +78,47 @@ class CollapseAlarm:
         self.threshold, self.temperature = threshold, temperature
         self.fired = False
 
-    def check(self, values: Dict[str, float], num_classes: int, batch: int, step: int) -> Optional[str]:
+    def check(self, values: dict[str, float], num_classes: int, batch: int, step: int) -> str | None:
         if self.fired:
             return None
         sides = collapsed_sides(values, num_classes, batch, self.threshold)
         if not sides:
             return None
         self.fired = True
-        detail = "; ".join(f"{side}: {values[f'collapse/{side}_mi']:.3f} nats (batch entropy "
-                           f"{values[f'collapse/{side}_batch_entropy']:.3f}, std {values[f'collapse/{side}_std']:.3f})"
-                           for side in sides)
-        return (f"collapse at step {step}: the {' and '.join(sides)} classifier outputs barely depend on the "
-                f"image. Their mutual information with the image (entropy of the batch-mean softmax at "
-                f"T={self.temperature:g} minus the mean per-image entropy) is below "
-                f"{mi_floor(num_classes, batch, self.threshold):.3f} nats = monitor.collapse_threshold "
-                f"{self.threshold:g} x log(min(K={num_classes}, batch={batch})): {detail}. Every image gets "
-                f"nearly the same prediction (the constant solution): the loss can keep falling while the "
-                f"features stop improving. Follow collapse/* and knn/top1 in TensorBoard (warned once).")
+        detail = "; ".join(
+            f"{side}: {values[f'collapse/{side}_mi']:.3f} nats (batch entropy "
+            f"{values[f'collapse/{side}_batch_entropy']:.3f}, std {values[f'collapse/{side}_std']:.3f})"
+            for side in sides
+        )
+        return (
+            f"collapse at step {step}: the {' and '.join(sides)} classifier outputs barely depend on the "
+            f"image. Their mutual information with the image (entropy of the batch-mean softmax at "
+            f"T={self.temperature:g} minus the mean per-image entropy) is below "
+            f"{mi_floor(num_classes, batch, self.threshold):.3f} nats = monitor.collapse_threshold "
+            f"{self.threshold:g} x log(min(K={num_classes}, batch={batch})): {detail}. Every image gets "
+            f"nearly the same prediction (the constant solution): the loss can keep falling while the "
+            f"features stop improving. Follow collapse/* and knn/top1 in TensorBoard (warned once)."
+        )
 
 
-def knn_predict(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Tensor, *, k: int = 20,
-                temperature: float = 0.07, num_classes: Optional[int] = None,
-                chunk: int = 1024) -> torch.Tensor:
+def knn_predict(
+    bank: torch.Tensor,
+    bank_labels: torch.Tensor,
+    queries: torch.Tensor,
+    *,
+    k: int = 20,
+    temperature: float = 0.07,
+    num_classes: int | None = None,
+    chunk: int = 1024,
+) -> torch.Tensor:
     """Weighted k-NN labels of ``queries`` (Q, D) against ``bank`` (N, D) with labels (N,), as in
     DINO and solo-learn: cosine similarity, the ``min(k, N)`` most similar bank entries vote for their
     label with weight exp(similarity / temperature); the class with the largest vote wins (ties go
     to the smallest class id). Returns int64 labels (Q,). Queries go in chunks to bound memory."""
     if bank.dim() != 2 or queries.dim() != 2 or bank.shape[1] != queries.shape[1]:
-        raise ValueError(f"bank (N, D) and queries (Q, D) must share D, got {tuple(bank.shape)}, "
-                         f"{tuple(queries.shape)}")
+        raise ValueError(
+            f"bank (N, D) and queries (Q, D) must share D, got {tuple(bank.shape)}, {tuple(queries.shape)}"
+        )
     if bank.shape[0] != bank_labels.shape[0] or bank.shape[0] == 0:
         raise ValueError(f"{bank.shape[0]} bank features but {bank_labels.shape[0]} labels (need >= 1)")
     bank_labels = bank_labels.to(bank.device, torch.int64)
@@ -112,7 +127,7 @@ def knn_predict(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Te
     bank = F.normalize(bank.float(), dim=1)
     predictions = []
     for start in range(0, queries.shape[0], chunk):
-        q = F.normalize(queries[start:start + chunk].float().to(bank.device), dim=1)
+        q = F.normalize(queries[start : start + chunk].float().to(bank.device), dim=1)
         sim, idx = (q @ bank.T).topk(k, dim=1)
         votes = torch.zeros(q.shape[0], classes, device=bank.device)
         votes.scatter_add_(1, bank_labels[idx], (sim / temperature).exp())

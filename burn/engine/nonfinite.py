@@ -9,11 +9,9 @@ check runs every step, as before.
 
 from __future__ import annotations
 
-from typing import Union
-
 import torch
 
-Applied = Union[bool, torch.Tensor]
+Applied = bool | torch.Tensor
 
 
 class BadStepStreak:
@@ -21,8 +19,8 @@ class BadStepStreak:
 
     def __init__(self, limit: int):
         self.limit = limit
-        self.current: Union[int, torch.Tensor] = 0
-        self.worst: Union[int, torch.Tensor] = 0
+        self.current: int | torch.Tensor = 0
+        self.worst: int | torch.Tensor = 0
 
     def update(self, applied: Applied) -> None:
         if isinstance(applied, torch.Tensor):
@@ -39,5 +37,6 @@ class BadStepStreak:
         if worst > self.limit:
             raise FloatingPointError(
                 f"{worst} optimizer steps in a row had a non-finite loss or gradient (seen at step {step}); "
-                f"stopping. The last good checkpoint in {checkpoint_dir} is untouched.")
+                f"stopping. The last good checkpoint in {checkpoint_dir} is untouched."
+            )
         self.current = self.worst = current

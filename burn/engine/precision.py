@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import logging
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 
@@ -17,7 +16,7 @@ PRECISIONS = ("fp16", "bf16", "fp32")
 @dataclass(frozen=True)
 class AmpSettings:
     device: torch.device
-    autocast_dtype: Optional[torch.dtype]
+    autocast_dtype: torch.dtype | None
     """None: plain fp32."""
     use_scaler: bool
     """fp16 on CUDA needs loss scaling; bf16 and fp32 do not."""

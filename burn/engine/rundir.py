@@ -20,7 +20,7 @@ import os
 import socket
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any
 
 from burn.environment import Environment
 from burn.errors import UsageError
@@ -35,11 +35,16 @@ class ConfigMismatchError(UsageError):
     """The run directory belongs to a run with another model or data."""
 
 
-def holder_record(environment: Environment) -> Dict[str, Any]:
+def holder_record(environment: Environment) -> dict[str, Any]:
     """Who holds a lock: enough for a user to find and stop the other copy."""
     job = environment.job_id if environment.slurm_job_id else None
-    return {"host": socket.gethostname(), "node": environment.node, "pid": os.getpid(),
-            "slurm_job_id": job, "since": time.time()}
+    return {
+        "host": socket.gethostname(),
+        "node": environment.node,
+        "pid": os.getpid(),
+        "slurm_job_id": job,
+        "since": time.time(),
+    }
 
 
 def describe_holder(text: str) -> str:
@@ -58,14 +63,14 @@ def describe_holder(text: str) -> str:
 class RunDirLock:
     """Exclusive, non-blocking lock of one run directory for the life of this process (or `release`)."""
 
-    def __init__(self, run_dir: Path, environment: Optional[Environment] = None):
+    def __init__(self, run_dir: Path, environment: Environment | None = None):
         self.run_dir = Path(run_dir)
         self.environment = Environment.read() if environment is None else environment
         """Recorded in the lock file for a refused second writer's message."""
         self.path = self.run_dir / LOCK
-        self._fd: Optional[int] = None
+        self._fd: int | None = None
 
-    def acquire(self) -> "RunDirLock":
+    def acquire(self) -> RunDirLock:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -74,7 +79,8 @@ class RunDirLock:
             os.close(fd)
             raise RunDirBusyError(
                 f"{self.run_dir} is in use by {describe_holder(text)}: one stage run per run "
-                "directory. Wait for it or stop it (scancel / kill), or pick another run_dir.") from None
+                "directory. Wait for it or stop it (scancel / kill), or pick another run_dir."
+            ) from None
         except BaseException:
             os.close(fd)
             raise
@@ -93,7 +99,7 @@ class RunDirLock:
             os.close(self._fd)  # closing the last descriptor drops the flock
             self._fd = None
 
-    def __enter__(self) -> "RunDirLock":
+    def __enter__(self) -> RunDirLock:
         return self.acquire()
 
     def __exit__(self, *exc: object) -> None:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import bisect
 import math
-from typing import Any, Callable, Dict, List, NamedTuple, Optional
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR
@@ -25,14 +26,17 @@ class StageLength(NamedTuple):
     """Optimizer steps of the stage: ``steps=`` when set, else the epochs' worth rounded up (at least 1)."""
 
 
-def stage_length(*, steps: Optional[int], epochs: Optional[float], default_epochs: float, batches_per_epoch: int,
-                 accumulation: int) -> StageLength:
+def stage_length(
+    *, steps: int | None, epochs: float | None, default_epochs: float, batches_per_epoch: int, accumulation: int
+) -> StageLength:
     """The length of a stage whose loader gives ``batches_per_epoch`` batches per rank per epoch, one
     optimizer step reading ``accumulation`` of them. Raises ValueError when an epoch is shorter than a step."""
     steps_per_epoch = batches_per_epoch // accumulation
     if steps_per_epoch < 1:
-        raise ValueError(f"the training list gives {batches_per_epoch} batches per rank, fewer than the "
-                         f"{accumulation} micro-batches of one optimizer step")
+        raise ValueError(
+            f"the training list gives {batches_per_epoch} batches per rank, fewer than the "
+            f"{accumulation} micro-batches of one optimizer step"
+        )
     epochs = epochs if epochs is not None else default_epochs
     total_steps = int(steps) if steps else max(1, math.ceil(epochs * steps_per_epoch))
     return StageLength(epochs, steps_per_epoch, total_steps)
@@ -42,10 +46,10 @@ class StepFunctionLR(LambdaLR):
     """A ``LambdaLR`` whose checkpoint state is its step: loading one sets each group's lr to its base
     lr times the factor at that step, as ``step()`` would have."""
 
-    def state_dict(self) -> Dict[str, Any]:
+    def state_dict(self) -> dict[str, Any]:
         return {"last_epoch": self.last_epoch}
 
-    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         step = int(state_dict["last_epoch"])  # also in a torch scheduler's state: checkpoints before LambdaLR
         lrs = [base_lr * factor(step) for factor, base_lr in zip(self.lr_lambdas, self.base_lrs)]  # as get_lr()
         for group, lr in zip(self.optimizer.param_groups, lrs):
@@ -66,20 +70,22 @@ def warmup_cosine_factor(warmup_steps: int, total_steps: int, start_factor: floa
     return factor
 
 
-def step_decay_factor(milestones: List[int], gamma: float) -> Callable[[int], float]:
+def step_decay_factor(milestones: list[int], gamma: float) -> Callable[[int], float]:
     """``gamma`` to the power of the number of ``milestones`` (optimizer steps) reached."""
     milestones = sorted(milestones)
     return lambda step: gamma ** bisect.bisect_right(milestones, step)
 
 
-def build_warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int,
-                        start_factor: float) -> StepFunctionLR:
+def build_warmup_cosine(
+    optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, start_factor: float
+) -> StepFunctionLR:
     """Per-iteration linear warmup from lr * start_factor, then cosine to 0 at total_steps."""
     return StepFunctionLR(optimizer, warmup_cosine_factor(max(warmup_steps, 0), total_steps, start_factor))
 
 
-def build_step_decay(optimizer: torch.optim.Optimizer, milestone_epochs: List[int], epochs: float,
-                     total_steps: int, gamma: float = 0.1) -> StepFunctionLR:
+def build_step_decay(
+    optimizer: torch.optim.Optimizer, milestone_epochs: list[int], epochs: float, total_steps: int, gamma: float = 0.1
+) -> StepFunctionLR:
     """x gamma at the given epochs, expressed in optimizer steps (scaled when the stage is shortened)."""
     milestones = sorted({max(1, round(m / epochs * total_steps)) for m in milestone_epochs if m < epochs})
     return StepFunctionLR(optimizer, step_decay_factor(milestones, gamma))

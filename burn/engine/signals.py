@@ -39,8 +39,18 @@ from burn.signal_flags import (  # (which signal means what: see burn/signal_fla
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CANCEL_EXIT_CODE", "INTERRUPT_EXIT_CODE", "REQUEUE_EXIT_CODE", "EXIT_CODES", "STATES",
-           "STOP_SIGNALS", "PREEMPTION_SIGNALS", "PreemptionHandler", "should_stop", "stop_code"]
+__all__ = [
+    "CANCEL_EXIT_CODE",
+    "INTERRUPT_EXIT_CODE",
+    "REQUEUE_EXIT_CODE",
+    "EXIT_CODES",
+    "STATES",
+    "STOP_SIGNALS",
+    "PREEMPTION_SIGNALS",
+    "PreemptionHandler",
+    "should_stop",
+    "stop_code",
+]
 
 PREEMPTION_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGUSR2, signal.SIGTERM)
 """SIGUSR2: SLURM's advance warning (``--signal=USR2@<lead>``) -> requeue; SIGTERM: a cancel -> stop.
@@ -212,4 +222,3 @@ def warn_if_slow_checkpoint(
         lead_seconds,
     )
     return True
-

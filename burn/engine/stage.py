@@ -9,21 +9,23 @@ Exit codes (also the return value of `run_stage`):
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
-from typing import Optional
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from burn.data.loaders import ensure_synthetic
-from burn.engine.distributed import DistInfo, all_gather_objects, init_distributed, seed_everything, \
-    shutdown_distributed
+from burn.engine.distributed import (
+    DistInfo,
+    all_gather_objects,
+    init_distributed,
+    seed_everything,
+    shutdown_distributed,
+)
 from burn.engine.gpu import configure_backends
 from burn.engine.identity import check_resume_config
 from burn.engine.logging import configure_console_logging, record_failure
-from burn.engine.rundir import ConfigMismatchError, RunDirBusyError, RunDirLock, \
-    write_config_if_changed
+from burn.engine.rundir import ConfigMismatchError, RunDirBusyError, RunDirLock, write_config_if_changed
 from burn.engine.signals import PreemptionHandler
 from burn.environment import Environment
 from burn.errors import UsageError
@@ -49,8 +51,9 @@ def _cpu_threads(environment: Environment) -> None:
         torch.set_num_threads(environment.cpus)
 
 
-def _claim_run_dir(cfg: DictConfig, run_dir: Path, world_size: int,
-                   environment: Optional[Environment] = None) -> tuple[Optional[RunDirLock], str]:
+def _claim_run_dir(
+    cfg: DictConfig, run_dir: Path, world_size: int, environment: Environment | None = None
+) -> tuple[RunDirLock | None, str]:
     """Rank 0's start-up in the run directory: checks, lock, identity check, config.yaml. Returns the
     lock (held until the stage ends) and "run" or "done". Bad input fails before anything is written."""
     check_choices(cfg)  # data.root is set: model.teacher_weights=auto's path derives from it
@@ -83,7 +86,7 @@ def _claim_run_dir(cfg: DictConfig, run_dir: Path, world_size: int,
 _RELAYED = {cls.__name__: cls for cls in (ConfigMismatchError, RunDirBusyError, UsageError)}
 
 
-def _start_up(cfg: DictConfig, info: DistInfo, run_dir: Path) -> tuple[Optional[RunDirLock], str]:
+def _start_up(cfg: DictConfig, info: DistInfo, run_dir: Path) -> tuple[RunDirLock | None, str]:
     """Rank 0 claims the run directory and tells the others the outcome: only one process reads or
     writes its files, so no rank can read a config.yaml that is being rewritten."""
     lock, error, decision = None, None, None
@@ -106,12 +109,14 @@ def _start_up(cfg: DictConfig, info: DistInfo, run_dir: Path) -> tuple[Optional[
     raise RuntimeError(f"rank 0 failed to start the stage: {what}: {message}")
 
 
-def run_stage(cfg: DictConfig, environment: Optional[Environment] = None) -> int:
+def run_stage(cfg: DictConfig, environment: Environment | None = None) -> int:
     """Run stage `cfg.stage` as the rank `environment` names (default: read from this process's)."""
     stage = str(cfg.stage)
     if stage not in RUNNABLE_STAGES:
-        raise UsageError(f"stage={stage!r}: the stage runner runs one of {', '.join(RUNNABLE_STAGES)} "
-                         "(stage=all is for launch/submit.py)")
+        raise UsageError(
+            f"stage={stage!r}: the stage runner runs one of {', '.join(RUNNABLE_STAGES)} "
+            "(stage=all is for launch/submit.py)"
+        )
     # Handlers first: a signal that arrives while we start up still produces a checkpoint + requeue.
     with PreemptionHandler() as preemption:
         environment = Environment.read() if environment is None else environment

@@ -7,7 +7,8 @@ Optimizers, GradScalers, schedulers and loaders are such objects already; this m
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Mapping, Optional, Protocol
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
 from torch import nn
 
@@ -27,7 +28,7 @@ class ModuleParts:
     def __init__(self, modules: Mapping[str, nn.Module]):
         self.modules = dict(modules)
 
-    def state_dict(self) -> Dict[str, Dict[str, Any]]:
+    def state_dict(self) -> dict[str, dict[str, Any]]:
         return {name: module.state_dict() for name, module in self.modules.items()}
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
@@ -40,10 +41,10 @@ class ModuleParts:
 class ProcessRng:
     """This process's python, numpy, torch (and CUDA) RNG streams; every rank has its own."""
 
-    def state_dict(self) -> Dict[str, Any]:
+    def state_dict(self) -> dict[str, Any]:
         return rng_state()
 
-    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         set_rng_state(state_dict)
 
 
@@ -52,7 +53,7 @@ class Record:
     ``facts`` is called once, at the first save (a checksum of a large file costs nothing before)."""
 
     def __init__(self, facts: Callable[[], Any]):
-        self._facts: Optional[Callable[[], Any]] = facts
+        self._facts: Callable[[], Any] | None = facts
         self._value: Any = None
 
     def state_dict(self) -> Any:

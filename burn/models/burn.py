@@ -3,7 +3,8 @@ trainable teacher classifier (the paper's jointly trained "moving target")."""
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterator, List, Mapping, Union
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -34,8 +35,14 @@ class BurnModel(nn.Module):
     concatenated batch: identical result, one larger (faster) forward.
     """
 
-    def __init__(self, student: nn.Module, student_classifier: nn.Module, teacher: Teacher,
-                 teacher_classifier: nn.Module, center_target: bool = False):
+    def __init__(
+        self,
+        student: nn.Module,
+        student_classifier: nn.Module,
+        teacher: Teacher,
+        teacher_classifier: nn.Module,
+        center_target: bool = False,
+    ):
         super().__init__()
         self.center_target = center_target
         self.student = student
@@ -43,8 +50,9 @@ class BurnModel(nn.Module):
         self.teacher = teacher
         self.teacher_classifier = teacher_classifier
 
-    def forward(self, view1: torch.Tensor, view2: torch.Tensor, lam: Union[float, torch.Tensor],
-                temperature: float = 0.2) -> Dict[str, torch.Tensor]:
+    def forward(
+        self, view1: torch.Tensor, view2: torch.Tensor, lam: float | torch.Tensor, temperature: float = 0.2
+    ) -> dict[str, torch.Tensor]:
         if view1.shape != view2.shape:
             raise ValueError(f"views differ in shape: {tuple(view1.shape)} vs {tuple(view2.shape)}")
         teacher_features = self.teacher(torch.cat([view1, view2])).chunk(2)
@@ -54,10 +62,15 @@ class BurnModel(nn.Module):
         p1, p2 = (self.student_classifier(self.student(v)) for v in (view1, view2))
         loss, kl, fs = burn_loss(p1, p2, t1, t2, lam, temperature)
         # Detached classifier outputs (both views) for the collapse monitor: no graph is kept alive.
-        return {"loss": loss, "kl": kl, "fs": fs, "student_out": torch.cat([p1, p2]).detach(),
-                "teacher_out": torch.cat([t1, t2]).detach()}
+        return {
+            "loss": loss,
+            "kl": kl,
+            "fs": fs,
+            "student_out": torch.cat([p1, p2]).detach(),
+            "teacher_out": torch.cat([t1, t2]).detach(),
+        }
 
-    def trainable_modules(self) -> Dict[str, nn.Module]:
+    def trainable_modules(self) -> dict[str, nn.Module]:
         return {name: getattr(self, name) for name in TRAINABLE_PARTS}
 
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
@@ -65,19 +78,27 @@ class BurnModel(nn.Module):
         for module in self.trainable_modules().values():
             yield from module.parameters()
 
-    def param_groups(self, lr: float, teacher_classifier_lr_scale: float) -> List[Dict[str, Any]]:
+    def param_groups(self, lr: float, teacher_classifier_lr_scale: float) -> list[dict[str, Any]]:
         """Optimizer groups: the student side at ``lr``, the teacher classifier (when it trains) at
         ``lr * teacher_classifier_lr_scale``, a slowly moving target (docs/moving-target.md).
         Schedules multiply both alike."""
-        groups = [{"name": "student", "lr": lr, "params": [
-            p for m in (self.student, self.student_classifier) for p in m.parameters() if p.requires_grad]}]
+        groups = [
+            {
+                "name": "student",
+                "lr": lr,
+                "params": [
+                    p for m in (self.student, self.student_classifier) for p in m.parameters() if p.requires_grad
+                ],
+            }
+        ]
         teacher_head = [p for p in self.teacher_classifier.parameters() if p.requires_grad]
         if teacher_head:
-            groups.append({"name": "teacher_classifier", "lr": lr * teacher_classifier_lr_scale,
-                           "params": teacher_head})
+            groups.append(
+                {"name": "teacher_classifier", "lr": lr * teacher_classifier_lr_scale, "params": teacher_head}
+            )
         return groups
 
-    def trainable_state_dicts(self) -> Dict[str, Dict[str, torch.Tensor]]:
+    def trainable_state_dicts(self) -> dict[str, dict[str, torch.Tensor]]:
         """``{"student", "student_classifier", "teacher_classifier"}`` state dicts (original names)."""
         return {name: module.state_dict() for name, module in self.trainable_modules().items()}
 

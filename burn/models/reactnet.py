@@ -12,14 +12,14 @@ Entry 0 (the stem) and the MLP head are real-valued in every precision.
 
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Tuple, Type
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from burn.models.binary import BinaryActivation, BinaryConv2d, LearnableBias
 
-PRECISIONS: Dict[str, Tuple[Type[nn.Conv2d], Type[nn.Module]]] = {
+PRECISIONS: dict[str, tuple[type[nn.Conv2d], type[nn.Module]]] = {
     "fp": (nn.Conv2d, nn.Identity),
     "binact": (nn.Conv2d, BinaryActivation),
     "binary": (BinaryConv2d, BinaryActivation),
@@ -31,7 +31,7 @@ _CHANNEL_MULTIPLES = (1, 2, 4, 4, 8, 8, 16, 16, 16, 16, 16, 16, 32, 32)
 _STEM_CHANNELS = 32
 
 
-def student_channels(width: float) -> List[int]:
+def student_channels(width: float) -> list[int]:
     """Output channels of the 14 entries for a width multiplier.
 
     Only the stem width is rounded (``max(1, round(32 * width))``); every later entry is an exact
@@ -96,8 +96,7 @@ class ReActBlock(nn.Module):
         inp = self.act(self.move21(out))
         if self.doubles:
             out = torch.cat(
-                [self.bn2_1(self.binary_pw_down1(inp)) + shortcut,
-                 self.bn2_2(self.binary_pw_down2(inp)) + shortcut],
+                [self.bn2_1(self.binary_pw_down1(inp)) + shortcut, self.bn2_2(self.binary_pw_down2(inp)) + shortcut],
                 dim=1,
             )
         else:
@@ -139,7 +138,7 @@ class ReActNetA(nn.Module):
         conv_layer, act_layer = PRECISIONS[precision]
         channels = student_channels(width)
 
-        entries: List[nn.Module] = [StemConv(channels[0])]
+        entries: list[nn.Module] = [StemConv(channels[0])]
         for c_in, c_out in zip(channels[:-1], channels[1:]):
             # Stride 2 where the width changes, except the first doubling (32 -> 64 at width 1).
             stride = 2 if c_out != c_in and c_out != channels[1] else 1

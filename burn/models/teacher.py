@@ -37,7 +37,7 @@ class Teacher(nn.Module):
         self.requires_grad_(False)
         super().train(False)
 
-    def train(self, mode: bool = True) -> "Teacher":
+    def train(self, mode: bool = True) -> Teacher:
         """Ignore ``mode``: the teacher stays in eval mode."""
         return super().train(False)
 
@@ -48,7 +48,7 @@ class Teacher(nn.Module):
         # its input for backward, which an inference tensor refuses.
         return features.clone()
 
-    def fold_batchnorm(self) -> "Teacher":
+    def fold_batchnorm(self) -> Teacher:
         """Fold every BatchNorm into the convolution before it (eval-mode BN is an affine map), leaving
         identities: one kernel instead of two per layer, and no BN buffers for DDP to broadcast.
         Call after :meth:`load_weights`; the trunk's state-dict keys change (convs gain a bias)."""
@@ -74,11 +74,15 @@ class Teacher(nn.Module):
         expected = self.trunk.state_dict()
         missing = [k for k in expected if k not in state]
         unexpected = [k for k in state if k not in expected]
-        wrong_shape = [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}"
-                       for k, v in expected.items() if k in state and state[k].shape != v.shape]
+        wrong_shape = [
+            f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}"
+            for k, v in expected.items()
+            if k in state and state[k].shape != v.shape
+        ]
         if missing or unexpected or wrong_shape:
             raise weights.WeightsError(
                 f"{path} (layout {layout}) does not fit the {self.arch} teacher trunk: "
                 f"{len(missing)} missing {missing[:4]}, {len(unexpected)} unexpected "
-                f"{unexpected[:4]}, {len(wrong_shape)} of another shape {wrong_shape[:3]}")
+                f"{unexpected[:4]}, {len(wrong_shape)} of another shape {wrong_shape[:3]}"
+            )
         self.trunk.load_state_dict(state, strict=True)

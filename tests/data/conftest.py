@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import pytest
@@ -12,12 +11,21 @@ from omegaconf import OmegaConf
 from burn.config import AugmentConfig, DataConfig
 
 
-def tiny_data_cfg(root: Path, backend: str = "dali", overrides: Optional[dict] = None):
+def tiny_data_cfg(root: Path, backend: str = "dali", overrides: dict | None = None):
     """DataConfig of the tiny preset (32-px crops, eval 36/32, one thread), as Hydra passes it (a
     structured DictConfig); ``overrides`` maps dotted keys to values. The pipeline is pinned to the
     CPU, so the CPU tests hold where CUDA is visible; GPU tests override ``device`` to "gpu"."""
-    cfg = OmegaConf.structured(DataConfig(root=str(root), backend=backend, device="cpu", num_threads=1,
-                                          eval_resize=36, eval_crop=32, aug=AugmentConfig(image_size=32)))
+    cfg = OmegaConf.structured(
+        DataConfig(
+            root=str(root),
+            backend=backend,
+            device="cpu",
+            num_threads=1,
+            eval_resize=36,
+            eval_crop=32,
+            aug=AugmentConfig(image_size=32),
+        )
+    )
     for key, value in (overrides or {}).items():
         OmegaConf.update(cfg, key, value)
     return cfg
@@ -35,7 +43,7 @@ def garble_middle(data: bytes, seed: int = 0) -> bytes:
     length = (len(data) - start_of_scan) // 4
     middle = start_of_scan + (len(data) - start_of_scan - length) // 2
     noise = np.random.default_rng(seed).integers(0, 255, length, dtype=np.uint8).tobytes()
-    return data[:middle] + noise + data[middle + length:]
+    return data[:middle] + noise + data[middle + length :]
 
 
 @pytest.fixture

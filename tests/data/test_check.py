@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from burn.data.check import inspect_image, main as check_main
+from burn.data.check import inspect_image
+from burn.data.check import main as check_main
 from burn.data.synthetic import render_image
 
 REPO = Path(__file__).resolve().parents[2]
@@ -19,10 +20,12 @@ REPO = Path(__file__).resolve().parents[2]
 def make_bad_files(folder: Path, good: Path, garble) -> dict:
     """One bad file of each kind beside copies of a good JPEG; returns {relative path: kind}."""
     data = good.read_bytes()
-    bad = {"c000/truncated.JPEG": ("truncated", data[: len(data) // 2]),
-           "c000/empty.JPEG": ("empty", b""),
-           "c001/text.JPEG": ("not-an-image", b"<html>404 not found</html>\n"),
-           "c001/garbled.JPEG": ("corrupt", garble(data))}
+    bad = {
+        "c000/truncated.JPEG": ("truncated", data[: len(data) // 2]),
+        "c000/empty.JPEG": ("empty", b""),
+        "c001/text.JPEG": ("not-an-image", b"<html>404 not found</html>\n"),
+        "c001/garbled.JPEG": ("corrupt", garble(data)),
+    }
     for relative, (_, content) in bad.items():
         (folder / relative).parent.mkdir(parents=True, exist_ok=True)
         (folder / relative).write_bytes(content)
@@ -66,8 +69,24 @@ def test_garbled_jpeg_passes_pil_but_not_the_strict_scan(tree):
 def test_cli_reports_every_bad_file_and_writes_a_clean_list(tree, tmp_path):
     root, listing, kinds, good_paths = tree
     clean = tmp_path / "clean.txt"
-    result = subprocess.run([sys.executable, "-m", "burn.data.check", "--root", str(root), "--list", str(listing),
-                             "--write-clean", str(clean), "--workers", "2"], cwd=REPO, capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "burn.data.check",
+            "--root",
+            str(root),
+            "--list",
+            str(listing),
+            "--write-clean",
+            str(clean),
+            "--workers",
+            "2",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 1, result.stderr
     assert "10 files" in result.stdout and "4 bad" in result.stdout
     reported = [line for line in result.stdout.splitlines() if line.startswith("  ")]  # one per bad file

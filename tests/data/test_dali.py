@@ -62,7 +62,7 @@ def test_resume_across_pipeline_boundaries(tiny_data, make_cfg, monkeypatch):
     for step in (0, 11, 12, 13, 24):
         resumed = build_pretrain_loader(cfg, **args, state=states[step])
         assert not resumed.resharded
-        for a, b in zip(reference[step:step + 3], [next(resumed) for _ in range(3)]):
+        for a, b in zip(reference[step : step + 3], [next(resumed) for _ in range(3)]):
             assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     # Another pipeline length is another layout: the same position, a pipeline (and streams) of its own.
     monkeypatch.setattr(DaliTrainLoader, "min_batches_per_pipeline", 256)
@@ -76,6 +76,7 @@ def next_indices(loader, state) -> list:
     """Sample indices of the micro-batch that follows ``state`` on ``loader``'s rank."""
     from burn.data.sharding import batch_positions, stream_indices
 
-    positions = batch_positions(state["position"], 0, 1, shard_id=loader.shard_id, num_shards=loader.num_shards,
-                                batch_size=loader.batch_size)
+    positions = batch_positions(
+        state["position"], 0, 1, shard_id=loader.shard_id, num_shards=loader.num_shards, batch_size=loader.batch_size
+    )
     return stream_indices(len(loader.samples), loader.seed, positions).tolist()

@@ -131,8 +131,8 @@ def test_ranks_read_a_prefix_of_one_global_stream_of_reshuffled_epochs():
     assert np.concatenate(more).tolist() == list(range(96, 106))
     stream = stream_indices(n, 5, np.arange(3 * n))
     for epoch in range(3):  # every sample exactly once per epoch, a fresh order each epoch
-        assert sorted(stream[epoch * n:(epoch + 1) * n].tolist()) == list(range(n))
-    assert (stream[:n] != stream[n:2 * n]).any()
+        assert sorted(stream[epoch * n : (epoch + 1) * n].tolist()) == list(range(n))
+    assert (stream[:n] != stream[n : 2 * n]).any()
     assert (stream_indices(n, 5, np.arange(3 * n)) == stream).all()  # the same on every rank
     with pytest.raises(DatasetError, match="cannot fill one batch"):
         steps_per_epoch(10, 2, 8)

@@ -133,8 +133,12 @@ def test_resume_in_a_new_process_is_bit_exact(tiny_data, make_cfg, backend, tmp_
     eval_reference = [next(evaluation) for _ in range(4)]
     torch.save(states, tmp_path / "states.pt")
     script = _RESUME_SCRIPT.format(tests=str(Path(__file__).parent), root=str(tiny_data), backend=backend)
-    subprocess.run([sys.executable, "-c", script, str(tmp_path / "states.pt"), str(tmp_path / "out.pt")],
-                   cwd=REPO, check=True, timeout=300)
+    subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "states.pt"), str(tmp_path / "out.pt")],
+        cwd=REPO,
+        check=True,
+        timeout=300,
+    )
     resumed = torch.load(tmp_path / "out.pt", weights_only=True)
     for expected, got in zip([reference[5:9], reference[12:16], eval_reference], resumed):
         for (a1, a2), (b1, b2) in zip(expected, got):
@@ -157,8 +161,9 @@ def test_state_of_another_run_is_refused(tiny_data, make_cfg, backend):
 @pytest.mark.process
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_eval_train_yields_labels_of_the_samples(tiny_data, make_cfg, backend):
-    loader = build_eval_loader(make_cfg(tiny_data, backend), split="train", batch_size=16, shard_id=1,
-                               num_shards=2, seed=3)
+    loader = build_eval_loader(
+        make_cfg(tiny_data, backend), split="train", batch_size=16, shard_id=1, num_shards=2, seed=3
+    )
     images, labels = next(loader)
     assert images.shape == (16, 3, 32, 32) and images.dtype == torch.float32
     assert labels.dtype == torch.int64 and labels.shape == (16,)
@@ -226,14 +231,16 @@ def test_recipe_switches(tiny_data, make_cfg, backend):
     solarized = next(_pretrain(make_cfg(tiny_data, backend, {**plain, "aug.solarize_prob": 1.0})))[0]
     assert _unnormalized(solarized).max() < 128.5  # every value >= 128 was inverted
     sharp = next(_pretrain(make_cfg(tiny_data, backend, plain)))[0]
-    blurred = next(_pretrain(make_cfg(tiny_data, backend, {**plain, "aug.blur_prob": 1.0,
-                                                           "aug.blur_sigma": [2.0, 2.0]})))[0]
+    blurred = next(
+        _pretrain(make_cfg(tiny_data, backend, {**plain, "aug.blur_prob": 1.0, "aug.blur_sigma": [2.0, 2.0]}))
+    )[0]
     assert _roughness(blurred) < 0.6 * _roughness(sharp)
     assert _unnormalized(sharp).max() > 200  # the checks above are not trivially met
 
 
 def test_pipeline_device_follows_configuration():
     from burn.data.loaders import pipeline_on_gpu
+
     assert pipeline_on_gpu("auto") == torch.cuda.is_available()
     assert pipeline_on_gpu("cpu") is False
     if not torch.cuda.is_available():

@@ -33,21 +33,34 @@ def _jpeg(path: Path, label: int, index: int, size: int) -> None:
 def write_meta_mat(path: Path, ids: dict) -> None:
     """A devkit-shaped meta.mat: a (N, 1) ``synsets`` struct array with the devkit's fields, leaves plus
     one inner node (num_children > 0, id above the leaves) that labels no image."""
-    fields = ["ILSVRC2012_ID", "WNID", "words", "gloss", "num_children", "children", "wordnet_height",
-              "num_train_images"]
+    fields = [
+        "ILSVRC2012_ID",
+        "WNID",
+        "words",
+        "gloss",
+        "num_children",
+        "children",
+        "wordnet_height",
+        "num_train_images",
+    ]
     rows = [(synset_id, wnid, 0) for wnid, synset_id in ids.items()] + [(len(ids) + 1, "n01439121", len(ids))]
     synsets = np.zeros((len(rows), 1), dtype=[(name, "O") for name in fields])
     for i, (synset_id, wnid, children) in enumerate(rows):
-        synsets[i, 0] = (np.array([[synset_id]], np.uint16), np.array([wnid]), np.array([f"words {wnid}"]),
-                         np.array(["gloss"]), np.array([[children]], np.uint8),
-                         np.arange(1, children + 1, dtype=np.uint16)[None, :], np.array([[0]], np.uint8),
-                         np.array([[1300]], np.uint16))
+        synsets[i, 0] = (
+            np.array([[synset_id]], np.uint16),
+            np.array([wnid]),
+            np.array([f"words {wnid}"]),
+            np.array(["gloss"]),
+            np.array([[children]], np.uint8),
+            np.arange(1, children + 1, dtype=np.uint16)[None, :],
+            np.array([[0]], np.uint8),
+            np.array([[1300]], np.uint16),
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     scipy.io.savemat(str(path), {"synsets": synsets})
 
 
-def make_imagenet(root: Path, layout: str, train_counts=TRAIN_COUNTS, val_per_class: int = 2,
-                  size: int = 16) -> dict:
+def make_imagenet(root: Path, layout: str, train_counts=TRAIN_COUNTS, val_per_class: int = 2, size: int = 16) -> dict:
     """train/<wnid>/<wnid>_<n>.JPEG and a val split in ``layout`` ("folders", "loc" or "devkit"); returns
     {val image id: wnid}, the ground truth the lists must reproduce."""
     for label, (wnid, count) in enumerate(zip(SYNSETS, train_counts)):
@@ -60,13 +73,16 @@ def make_imagenet(root: Path, layout: str, train_counts=TRAIN_COUNTS, val_per_cl
         folder = root / "val" / wnid if layout == "folders" else root / "val"
         _jpeg(folder / f"{image_id}.JPEG", SYNSETS.index(wnid), 100 + index, size)
     if layout == "loc":
-        (root / "LOC_val_solution.csv").write_text("ImageId,PredictionString\n" + "".join(
-            f"{i},{w} 10 12 40 44 {w} 3 4 20 21 \n" for i, w in reversed(list(truth.items()))))
+        (root / "LOC_val_solution.csv").write_text(
+            "ImageId,PredictionString\n"
+            + "".join(f"{i},{w} 10 12 40 44 {w} 3 4 20 21 \n" for i, w in reversed(list(truth.items())))
+        )
     elif layout == "devkit":
         data = root / "ILSVRC2012_devkit_t12" / "data"
         write_meta_mat(data / "meta.mat", DEVKIT_ID)
         (data / "ILSVRC2012_validation_ground_truth.txt").write_text(
-            "".join(f"{DEVKIT_ID[w]}\n" for w in truth.values()))
+            "".join(f"{DEVKIT_ID[w]}\n" for w in truth.values())
+        )
     return truth
 
 
@@ -77,8 +93,11 @@ def run(capsys, *args) -> tuple:
 
 
 def tree_snapshot(root: Path) -> dict:
-    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
-            for p in root.rglob("*") if p.is_file() and "meta" not in p.parts}
+    return {
+        str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in root.rglob("*")
+        if p.is_file() and "meta" not in p.parts
+    }
 
 
 @pytest.mark.parametrize("layout", ["folders", "loc", "devkit"])
@@ -112,7 +131,8 @@ def test_the_three_layouts_give_identical_lists(tmp_path, capsys):
     assert texts["loc"] == texts["devkit"]
     folders = texts["folders"]
     assert {k: v for k, v in folders.items() if k != "val_labeled.txt"} == {
-        k: v for k, v in texts["loc"].items() if k != "val_labeled.txt"}
+        k: v for k, v in texts["loc"].items() if k != "val_labeled.txt"
+    }
     # class-folder val paths carry their folder; otherwise the same lines in the same order
     stripped = "".join(line.split("/", 1)[1] + "\n" for line in folders["val_labeled.txt"].splitlines())
     assert stripped == texts["loc"]["val_labeled.txt"]
@@ -124,8 +144,17 @@ def test_ground_truth_from_options(tmp_path, capsys):
     kit = tmp_path / "elsewhere"
     shutil.move(str(root / "ILSVRC2012_devkit_t12"), kit)
     assert "no ground truth was found" in run(capsys, "--root", root)[2]
-    code, _, err = run(capsys, "--root", root, "--ground-truth", kit / "data/ILSVRC2012_validation_ground_truth.txt",
-                       "--meta-mat", kit / "data/meta.mat", "--out", tmp_path / "lists")
+    code, _, err = run(
+        capsys,
+        "--root",
+        root,
+        "--ground-truth",
+        kit / "data/ILSVRC2012_validation_ground_truth.txt",
+        "--meta-mat",
+        kit / "data/meta.mat",
+        "--out",
+        tmp_path / "lists",
+    )
     assert code == 0, err
     val = [line.split() for line in (tmp_path / "lists/val_labeled.txt").read_text().splitlines()]
     assert {Path(p).stem: SYNSETS[int(label)] for p, label in val} == truth
@@ -195,27 +224,52 @@ def _add_val_image(root: Path, relative: str) -> None:
 
 
 REFUSALS = {
-    "val class not in train": ("folders", lambda r: _add_val_image(r, "n09999999/ILSVRC2012_val_00000099.JPEG"),
-                               "val/n09999999 is a class train/ does not have"),
-    "val image without truth": ("loc", lambda r: _add_val_image(r, "ILSVRC2012_val_00000099.JPEG"),
-                                "val/ILSVRC2012_val_00000099.JPEG has no ground truth in"),
-    "devkit image without truth": ("devkit", lambda r: _add_val_image(r, "ILSVRC2012_val_00000099.JPEG"),
-                                   "val/ILSVRC2012_val_00000099.JPEG has no ground truth in"),
-    "not a synset folder": ("folders", lambda r: _jpeg(r / "train/cats/a.JPEG", 0, 0, 16), "train/cats is not a synset"),
+    "val class not in train": (
+        "folders",
+        lambda r: _add_val_image(r, "n09999999/ILSVRC2012_val_00000099.JPEG"),
+        "val/n09999999 is a class train/ does not have",
+    ),
+    "val image without truth": (
+        "loc",
+        lambda r: _add_val_image(r, "ILSVRC2012_val_00000099.JPEG"),
+        "val/ILSVRC2012_val_00000099.JPEG has no ground truth in",
+    ),
+    "devkit image without truth": (
+        "devkit",
+        lambda r: _add_val_image(r, "ILSVRC2012_val_00000099.JPEG"),
+        "val/ILSVRC2012_val_00000099.JPEG has no ground truth in",
+    ),
+    "not a synset folder": (
+        "folders",
+        lambda r: _jpeg(r / "train/cats/a.JPEG", 0, 0, 16),
+        "train/cats is not a synset",
+    ),
     "mixed val": ("folders", lambda r: _add_val_image(r, "ILSVRC2012_val_00000099.JPEG"), "mixes class folders"),
     "no ground truth": ("loc", lambda r: (r / "LOC_val_solution.csv").unlink(), "no ground truth was found"),
     "folder disagrees with truth": (
-        "folders", lambda r: (r / "LOC_val_solution.csv").write_text(
-            "ImageId,PredictionString\n" + "".join(f"{p.stem},n01440764 1 2 3 4\n" for p in r.glob("val/*/*"))),
-        "disagree with"),
+        "folders",
+        lambda r: (r / "LOC_val_solution.csv").write_text(
+            "ImageId,PredictionString\n" + "".join(f"{p.stem},n01440764 1 2 3 4\n" for p in r.glob("val/*/*"))
+        ),
+        "disagree with",
+    ),
     "truth names unknown class": (
-        "loc", lambda r: (r / "LOC_val_solution.csv").write_text(
-            "ImageId,PredictionString\n" + "".join(f"{p.stem},n09999999 1 2 3 4\n" for p in r.glob("val/*"))),
-        "with a class train/ does not have"),
-    "bad devkit id": ("devkit", lambda r: (r / "ILSVRC2012_devkit_t12/data/ILSVRC2012_validation_ground_truth.txt")
-                      .open("a").write("7\n"), "ILSVRC2012_validation_ground_truth.txt line 9: '7' is not an"),
-    "corrupt meta.mat": ("devkit", lambda r: (r / "ILSVRC2012_devkit_t12/data/meta.mat").write_bytes(b"MATLAB?"),
-                         "is not the devkit's meta.mat"),
+        "loc",
+        lambda r: (r / "LOC_val_solution.csv").write_text(
+            "ImageId,PredictionString\n" + "".join(f"{p.stem},n09999999 1 2 3 4\n" for p in r.glob("val/*"))
+        ),
+        "with a class train/ does not have",
+    ),
+    "bad devkit id": (
+        "devkit",
+        lambda r: (r / "ILSVRC2012_devkit_t12/data/ILSVRC2012_validation_ground_truth.txt").open("a").write("7\n"),
+        "ILSVRC2012_validation_ground_truth.txt line 9: '7' is not an",
+    ),
+    "corrupt meta.mat": (
+        "devkit",
+        lambda r: (r / "ILSVRC2012_devkit_t12/data/meta.mat").write_bytes(b"MATLAB?"),
+        "is not the devkit's meta.mat",
+    ),
     "no train": ("loc", lambda r: shutil.rmtree(r / "train"), "no training folder"),
 }
 
@@ -238,8 +292,7 @@ def test_atomic_write_keeps_old_lists_on_failure(tmp_path, capsys, monkeypatch):
     make_imagenet(root, "loc")
     assert run(capsys, "--root", root)[0] == 0
     before = {name: (root / "meta" / name).read_text() for name in LISTS}
-    (root / "train/n01440764/n01440764_5.JPEG").write_bytes(
-        (root / "train/n01440764/n01440764_1000.JPEG").read_bytes())
+    (root / "train/n01440764/n01440764_5.JPEG").write_bytes((root / "train/n01440764/n01440764_1000.JPEG").read_bytes())
     real_replace = os.replace
     calls = []
 
@@ -270,6 +323,15 @@ def test_the_suite_trains_from_prepared_lists(cli, tmp_path):
     assert cli.run(cli.overrides(s1, "stage=1", "model.teacher_weights=null", "steps=2"), "s1") == [0], cli.log("s1")
     assert (s1 / "DONE").exists() and f"root: {cli.data_root}" in (s1 / "config.yaml").read_text()
     assert cli.data_root.name == "imagenet"  # the prepared tree, not the suite's generated dataset
-    assert cli.run(cli.overrides(lin, "stage=linear", "pretrained=random", "linear.num_classes=4", "steps=2",
-                                 "data.train_labeled_list=meta/train_labeled_50pct.txt"), "lin") == [0], cli.log("lin")
+    assert cli.run(
+        cli.overrides(
+            lin,
+            "stage=linear",
+            "pretrained=random",
+            "linear.num_classes=4",
+            "steps=2",
+            "data.train_labeled_list=meta/train_labeled_50pct.txt",
+        ),
+        "lin",
+    ) == [0], cli.log("lin")
     assert "top-1" in cli.log("lin")

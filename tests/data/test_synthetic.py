@@ -18,16 +18,38 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _digest(root: Path) -> dict:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.mark.process
 def test_cli_output_is_byte_identical_for_a_seed(tiny_data, tmp_path):
     again = tmp_path / "again"
-    subprocess.run([sys.executable, "-m", "burn.data.synthetic", "--out", str(again), "--classes", "10",
-                    "--per-class", "40", "--val-per-class", "10", "--size", "48", "--seed", "0"],
-                   check=True, cwd=REPO, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "burn.data.synthetic",
+            "--out",
+            str(again),
+            "--classes",
+            "10",
+            "--per-class",
+            "40",
+            "--val-per-class",
+            "10",
+            "--size",
+            "48",
+            "--seed",
+            "0",
+        ],
+        check=True,
+        cwd=REPO,
+        capture_output=True,
+    )
     reference = _digest(tiny_data)
     assert len(reference) == 500 + 4  # JPEGs + three lists + synthetic.json
     assert _digest(again) == reference
@@ -84,8 +106,10 @@ print(ensure_synthetic(cfg))
 @pytest.mark.process
 def test_concurrent_ensure_synthetic_yields_one_complete_tree(tmp_path):
     root = tmp_path / "nested" / "synthetic"
-    racers = [subprocess.Popen([sys.executable, "-c", _RACE, str(root)], cwd=REPO, stdout=subprocess.PIPE,
-                               text=True) for _ in range(4)]
+    racers = [
+        subprocess.Popen([sys.executable, "-c", _RACE, str(root)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
     outputs = [racer.communicate(timeout=120)[0].strip() for racer in racers]
     assert [racer.returncode for racer in racers] == [0] * 4
     assert set(outputs) == {str(root)}

@@ -20,15 +20,24 @@ from burn.engine.trainer import PretrainTrainer
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 
-DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="needs a CUDA GPU")])]
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+    ),
+]
 
 
 def _state(device: str) -> dict:
     weight = torch.arange(12.0, device=device).reshape(1, 3, 2, 2).contiguous(memory_format=torch.channels_last)
-    return {"model": OrderedDict(w=weight, steps=torch.tensor(3, device=device)),
-            "optimizer": {"state": {0: {"exp_avg": torch.ones(4, device=device)}}, "param_groups": [{"lr": 0.1}]},
-            "rng": [torch.zeros(5, dtype=torch.uint8)], "step": 7, "config": "a: 1", "pair": (1, "x")}
+    return {
+        "model": OrderedDict(w=weight, steps=torch.tensor(3, device=device)),
+        "optimizer": {"state": {0: {"exp_avg": torch.ones(4, device=device)}}, "param_groups": [{"lr": 0.1}]},
+        "rng": [torch.zeros(5, dtype=torch.uint8)],
+        "step": 7,
+        "config": "a: 1",
+        "pair": (1, "x"),
+    }
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -77,10 +86,20 @@ def test_a_failing_stage_finishes_its_background_write_first(tiny_data, tmp_path
     still being written in the background must be on disk by then, even when training failed."""
     register_configs()
     with initialize_config_dir(config_dir=str(CONF), version_base=None):
-        cfg = compose("config", overrides=[
-            "preset=tiny", f"data.root={tiny_data}", "data.synthetic.generate=false", f"run_dir={tmp_path}",
-            "log.progress_bar=off", "steps=10", "checkpoint.every_steps=2", "checkpoint.background=true",
-            "monitor.knn=false"])
+        cfg = compose(
+            "config",
+            overrides=[
+                "preset=tiny",
+                f"data.root={tiny_data}",
+                "data.synthetic.generate=false",
+                f"run_dir={tmp_path}",
+                "log.progress_bar=off",
+                "steps=10",
+                "checkpoint.every_steps=2",
+                "checkpoint.background=true",
+                "monitor.knn=false",
+            ],
+        )
     info = init_distributed()
     seed_everything(cfg.seed, info.rank)
     with PreemptionHandler() as preemption:

@@ -78,14 +78,31 @@ dist.destroy_process_group()
 def _two_ranks(port: int, hide_cuda: bool) -> list:
     procs = []
     for rank in range(2):
-        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank),
-               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "PYTHONPATH": str(REPO)}
+        env = {
+            **os.environ,
+            "RANK": str(rank),
+            "WORLD_SIZE": "2",
+            "LOCAL_RANK": str(rank),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "PYTHONPATH": str(REPO),
+        }
         if hide_cuda:
             env["CUDA_VISIBLE_DEVICES"] = ""
-        procs.append(subprocess.Popen([sys.executable, "-c", _RANK], env=env, cwd=REPO, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", _RANK],
+                env=env,
+                cwd=REPO,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     outs = [p.communicate(timeout=120) for p in procs]
-    return [(p.returncode, json.loads(o.strip().splitlines()[-1]) if o.strip() else e) for p, (o, e) in zip(procs, outs)]
+    return [
+        (p.returncode, json.loads(o.strip().splitlines()[-1]) if o.strip() else e) for p, (o, e) in zip(procs, outs)
+    ]
 
 
 def _free_port() -> int:

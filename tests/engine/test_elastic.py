@@ -26,8 +26,14 @@ REPO = Path(__file__).resolve().parents[2]
 SAMPLES, GLOBAL_BATCH = 400, 16  # the tiny dataset's training list
 STEPS = 2 * SAMPLES // GLOBAL_BATCH  # two whole epochs: 50 steps
 # 2 ranks: 8 images x 1 micro-batch; 1 rank: 8 x 2 (accumulation recomputed, global batch kept).
-RUN = [f"steps={STEPS}", f"train.global_batch={GLOBAL_BATCH}", "train.per_gpu_batch=8", "log.every_steps=1",
-       "log.sample_ids=true", "monitor.knn=false"]
+RUN = [
+    f"steps={STEPS}",
+    f"train.global_batch={GLOBAL_BATCH}",
+    "train.per_gpu_batch=8",
+    "log.every_steps=1",
+    "log.sample_ids=true",
+    "monitor.knn=false",
+]
 
 
 def _progress(run_dir: Path) -> dict:
@@ -87,14 +93,14 @@ def test_two_ranks_then_one_then_two_read_every_sample_once_on_one_curve(cli, tm
     assert _scalars(run_dir, "run/world_size") == [(0, 2.0), (first, 1.0), (second, 2.0)]
     state = _progress(run_dir)
     assert state["state"] == "done" and state["step"] == STEPS and state["world_size"] == 2
-    assert state["world_size_changes"] == [{"step": first, "from": 2, "to": 1},
-                                           {"step": second, "from": 1, "to": 2}]
+    assert state["world_size_changes"] == [{"step": first, "from": 2, "to": 1}, {"step": second, "from": 1, "to": 2}]
     for tag, old, new in (("one", 2, 1), ("again", 1, 2)):
         line = next(line for line in cli.log(tag).splitlines() if "elastic resume" in line)
         assert f"written by {old} ranks, this job has {new}" in line and "not bit-identical" in line, line
     assert "1 ranks x 8 images x 2 accumulation = 16 per step" in cli.log("one")
-    status = subprocess.run([sys.executable, str(REPO / "launch" / "status.py"), str(run_dir)],
-                            capture_output=True, text=True)
+    status = subprocess.run(
+        [sys.executable, str(REPO / "launch" / "status.py"), str(run_dir)], capture_output=True, text=True
+    )
     assert f"ranks 2->1->2 (resized at steps {first}, {second})" in status.stdout, status.stdout
 
 

@@ -24,9 +24,15 @@ BASE = ["preset=tiny", "data.synthetic.generate=false", "log.progress_bar=off", 
 
 def run_py(*overrides: str, umask: int | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, str(REPO / "launch" / "run.py"), *BASE, *overrides], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=300,
-                          preexec_fn=(lambda: os.umask(umask)) if umask is not None else None)
+    return subprocess.run(
+        [sys.executable, str(REPO / "launch" / "run.py"), *BASE, *overrides],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=(lambda: os.umask(umask)) if umask is not None else None,
+    )
 
 
 def last_line(out: subprocess.CompletedProcess) -> str:
@@ -80,7 +86,9 @@ def test_a_stage_on_a_full_disk_ends_with_one_line_and_resumes_when_there_is_roo
     out = run_py(*args)
     assert out.returncode == 1, out.stdout + out.stderr
     line = last_line(out)
-    assert line.startswith(f"run.py: no space left on device in {run_dir / 'checkpoints'}: the checkpoint of step 4 ("), line
+    assert line.startswith(
+        f"run.py: no space left on device in {run_dir / 'checkpoints'}: the checkpoint of step 4 ("
+    ), line
     assert "the previous checkpoint ckpt-00000002.pt is intact" in line and "Traceback" not in out.stderr
     CheckpointManager(run_dir / "checkpoints").verify(run_dir / "checkpoints" / "ckpt-00000002.pt")
     assert json.loads((run_dir / "progress.json").read_text())["error"].startswith("no space left on device")
@@ -105,8 +113,14 @@ def test_a_decode_failure_mid_training_is_the_last_line_and_status_shows_it(tiny
     run_dir = tmp_path / "stage1"
 
     teacher = tiny_data.parent / "synthetic-tiny-teacher-resnet18-32px.pth"  # trained on the intact data
-    out = run_py(f"data.root={data}", f"run_dir={run_dir}", "stage=1", "steps=10", "checkpoint.every_steps=2",
-                 f"model.teacher_weights={teacher}")
+    out = run_py(
+        f"data.root={data}",
+        f"run_dir={run_dir}",
+        "stage=1",
+        "steps=10",
+        "checkpoint.every_steps=2",
+        f"model.teacher_weights={teacher}",
+    )
     assert out.returncode == 1, out.stdout + out.stderr
     line = last_line(out)
     assert line.startswith(f"run.py: cannot decode image {path} (line {victim + 1} of {data / 'meta' / 'train.txt'})")
@@ -114,8 +128,9 @@ def test_a_decode_failure_mid_training_is_the_last_line_and_status_shows_it(tiny
     assert "(pipeline error: " in line and "pipeline definition with the following traceback" not in line
     assert (run_dir / "checkpoints" / "ckpt-00000002.pt").exists(), "it failed mid-training"
 
-    status = subprocess.run([sys.executable, str(REPO / "launch" / "status.py"), str(run_dir)],
-                            capture_output=True, text=True)
+    status = subprocess.run(
+        [sys.executable, str(REPO / "launch" / "status.py"), str(run_dir)], capture_output=True, text=True
+    )
     assert status.returncode == 1
     assert "FAILED stage1: the stage at step" in status.stdout, status.stdout
     assert f"  error: cannot decode image {path}" in status.stdout
@@ -125,8 +140,9 @@ def test_a_decode_failure_mid_training_is_the_last_line_and_status_shows_it(tiny
 @pytest.mark.slow
 def test_run_files_follow_the_umask(tiny_data, tmp_path):
     run_dir = tmp_path / "run"
-    out = run_py(f"data.root={tiny_data}", f"run_dir={run_dir}", "stage=1", "steps=2", "checkpoint.every_steps=1",
-                 umask=0o027)
+    out = run_py(
+        f"data.root={tiny_data}", f"run_dir={run_dir}", "stage=1", "steps=2", "checkpoint.every_steps=1", umask=0o027
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     files = [run_dir / n for n in ("config.yaml", "progress.json", "DONE", "stage1_extraction.pth")]
     files += sorted((run_dir / "checkpoints").iterdir()) + sorted((run_dir / "tb").iterdir())

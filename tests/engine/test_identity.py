@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
@@ -42,20 +41,36 @@ def test_a_changed_optim_lr_is_refused_in_one_line_naming_the_key_unless_forced(
     assert "optim.lr: 0.001 -> 0.002" in caplog.text
 
 
-@pytest.mark.parametrize("stage, override, key", [
-    ("1", "data.aug.jitter_prob=0.5", "data.aug.jitter_prob"), ("2", "model.width=0.5", "model.width"),
-    ("1", "optim.warmup_epochs=1", "optim.warmup_epochs"), ("linear", "linear.lr=0.1", "linear.lr"),
-    ("linear", "data.aug.flip_prob=0", "data.aug.flip_prob")])
+@pytest.mark.parametrize(
+    "stage, override, key",
+    [
+        ("1", "data.aug.jitter_prob=0.5", "data.aug.jitter_prob"),
+        ("2", "model.width=0.5", "model.width"),
+        ("1", "optim.warmup_epochs=1", "optim.warmup_epochs"),
+        ("linear", "linear.lr=0.1", "linear.lr"),
+        ("linear", "data.aug.flip_prob=0", "data.aug.flip_prob"),
+    ],
+)
 def test_identity_keys_name_the_leaf_that_changed(tmp_path, stage, override, key):
     with pytest.raises(ConfigMismatchError, match=rf"\({key}: "):
-        check_resume_config(OmegaConf.to_yaml(tiny(f"stage={stage}")), tiny(f"stage={stage}", override), tmp_path,
-                            force=False)
+        check_resume_config(
+            OmegaConf.to_yaml(tiny(f"stage={stage}")), tiny(f"stage={stage}", override), tmp_path, force=False
+        )
 
 
 def test_what_may_change_on_resume_passes(tmp_path):
     saved = OmegaConf.to_yaml(tiny())
-    for override in ("steps=7", "log.every_steps=5", "nodes=2", "signal_delay_s=90", "loss.temperature=0.1",
-                     "checkpoint.every_steps=3", "train.epochs=3", "linear.lr=0.1", "linear.global_batch=32"):
+    for override in (
+        "steps=7",
+        "log.every_steps=5",
+        "nodes=2",
+        "signal_delay_s=90",
+        "loss.temperature=0.1",
+        "checkpoint.every_steps=3",
+        "train.epochs=3",
+        "linear.lr=0.1",
+        "linear.global_batch=32",
+    ):
         check_resume_config(saved, tiny(override), tmp_path, force=False)  # a stage 1 reads no linear.*
     saved = OmegaConf.to_yaml(tiny("stage=linear"))
     check_resume_config(saved, tiny("stage=linear", "optim.lr=0.1", "train.global_batch=64"), tmp_path, force=False)
@@ -75,8 +90,10 @@ def test_a_teacher_file_with_other_content_is_refused_unless_forced(tmp_path):
     check_teacher_unchanged(None, {"path": "/t.pth", "sha256": "b" * 64}, tmp_path, 4, force=False)  # no record
     with pytest.raises(ConfigMismatchError) as refused:
         check_teacher_unchanged(saved, {"path": "/t.pth", "sha256": "b" * 64}, tmp_path, 4, force=False)
-    assert f"model.teacher_weights=/t.pth: the teacher file differs from the one the checkpoint of step 4 was " \
-           f"trained with (sha256 {'a' * 16} -> sha256 {'b' * 16})" in str(refused.value)
+    assert (
+        f"model.teacher_weights=/t.pth: the teacher file differs from the one the checkpoint of step 4 was "
+        f"trained with (sha256 {'a' * 16} -> sha256 {'b' * 16})" in str(refused.value)
+    )
     check_teacher_unchanged(saved, {"path": "/t.pth", "sha256": "b" * 64}, tmp_path, 4, force=True)
 
 
@@ -107,8 +124,7 @@ def test_resume_refuses_a_changed_lr_or_teacher_file_unless_forced_and_reads_an_
     torch.save(state, teacher)
     assert resume("teacher", "optim.lr=0.002", "checkpoint.force=false") == 2
     errors = [line for line in cli.log("teacher").splitlines() if line.startswith("run.py: ")]
-    assert len(errors) == 1 and "model.teacher_weights=" in errors[0] and " -> sha256 " in errors[0], \
-        cli.log("teacher")
+    assert len(errors) == 1 and "model.teacher_weights=" in errors[0] and " -> sha256 " in errors[0], cli.log("teacher")
     assert resume("teacher-forced", "checkpoint.force=true") == 0, cli.log("teacher-forced")
 
     # A config.yaml written before loss.* left optim.* resumes as the same run (with the checkpoint's teacher:

@@ -24,8 +24,17 @@ LONE = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), 
 
 
 def _data_cfg(root, backend: str):
-    return OmegaConf.structured(DataConfig(root=str(root), backend=backend, device="cpu", num_threads=1,
-                                           eval_resize=36, eval_crop=32, aug=AugmentConfig(image_size=32)))
+    return OmegaConf.structured(
+        DataConfig(
+            root=str(root),
+            backend=backend,
+            device="cpu",
+            num_threads=1,
+            eval_resize=36,
+            eval_crop=32,
+            aug=AugmentConfig(image_size=32),
+        )
+    )
 
 
 def _monitor(root, backend="dali", **overrides) -> KnnMonitor:

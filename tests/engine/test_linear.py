@@ -7,6 +7,7 @@ import torch
 
 from burn.engine.linear import topk_hits
 
+
 def _dali_importable() -> bool:
     try:
         import nvidia.dali  # noqa: F401
@@ -15,8 +16,12 @@ def _dali_importable() -> bool:
     return True
 
 
-DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="needs a CUDA GPU")])]
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+    ),
+]
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -35,8 +40,13 @@ def test_topk_hits_counts_on_the_device(device):
 @pytest.mark.slow
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("backend", [pytest.param("dali", marks=pytest.mark.skipif(
-    not _dali_importable(), reason="DALI is not installed")), "torchvision"])
+@pytest.mark.parametrize(
+    "backend",
+    [
+        pytest.param("dali", marks=pytest.mark.skipif(not _dali_importable(), reason="DALI is not installed")),
+        "torchvision",
+    ],
+)
 def test_linear_stage_on_the_gpu_writes_its_results(cli, tmp_path, backend):
     """The whole linear stage on CUDA (fp16), including the final evaluation that used to crash, with
     each loader (an air-gapped GPU node may have no DALI)."""
@@ -48,8 +58,9 @@ def test_linear_stage_on_the_gpu_writes_its_results(cli, tmp_path, backend):
     student = ReActNetA(precision="binary", width=0.25)
     backbone = write_backbone_extraction(tmp_path / "backbone.pth", student.state_dict())
     run_dir = tmp_path / "linear"
-    overrides = cli.overrides(run_dir, "stage=linear", f"pretrained={backbone}", "steps=3", "train.precision=fp16",
-                             f"data.backend={backend}")
+    overrides = cli.overrides(
+        run_dir, "stage=linear", f"pretrained={backbone}", "steps=3", "train.precision=fp16", f"data.backend={backend}"
+    )
     assert cli.run(overrides, "linear") == [0], cli.log("linear")
     results = json.loads((run_dir / "linear_eval.json").read_text())
     assert results["num_samples"] == 100 and 0 <= results["top1"] <= results["top5"] <= 100

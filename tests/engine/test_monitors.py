@@ -104,7 +104,7 @@ def test_knn_clusters_are_classified_perfectly():
     assert torch.equal(knn_predict(bank, bank_labels, queries, k=20, temperature=0.07), query_labels)
     # Shuffled labels: the clusters no longer carry the class, and chance is what is left.
     shuffled = bank_labels[torch.randperm(150, generator=g)]
-    assert (knn_predict(bank, shuffled, queries).eq(query_labels).float().mean() < 0.6)
+    assert knn_predict(bank, shuffled, queries).eq(query_labels).float().mean() < 0.6
 
 
 def test_knn_weights_by_similarity_over_temperature():
@@ -114,7 +114,7 @@ def test_knn_weights_by_similarity_over_temperature():
     labels = torch.tensor([0, 1, 1, 0])
     query = torch.tensor([[2.0, 0.0]])  # cosine ignores the norm
     assert knn_predict(bank, labels, query, k=3, temperature=0.07).tolist() == [0]  # e^14.3 > 2 e^8.6
-    assert knn_predict(bank, labels, query, k=3, temperature=1.0).tolist() == [1]   # e^1 < 2 e^0.6
+    assert knn_predict(bank, labels, query, k=3, temperature=1.0).tolist() == [1]  # e^1 < 2 e^0.6
     # k=1: the nearest neighbour only; k larger than the bank: every entry votes.
     assert knn_predict(bank, labels, torch.tensor([[0.6, 0.7]]), k=1).tolist() == [1]
     assert knn_predict(bank, labels, query, k=100, temperature=1.0).tolist() == [1]  # e^1 + e^-1 < 2 e^0.6

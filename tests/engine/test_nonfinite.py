@@ -22,9 +22,19 @@ pytestmark = pytest.mark.process
 def test_nan_steps_are_skipped_then_stop_the_stage(tiny_data, tmp_path):
     register_configs()
     with initialize_config_dir(config_dir=str(CONF), version_base=None):
-        cfg = compose("config", overrides=[
-            "preset=tiny", f"data.root={tiny_data}", "data.synthetic.generate=false", f"run_dir={tmp_path}",
-            "log.progress_bar=off", "steps=20", "train.max_bad_steps=3", "checkpoint.every_steps=100"])
+        cfg = compose(
+            "config",
+            overrides=[
+                "preset=tiny",
+                f"data.root={tiny_data}",
+                "data.synthetic.generate=false",
+                f"run_dir={tmp_path}",
+                "log.progress_bar=off",
+                "steps=20",
+                "train.max_bad_steps=3",
+                "checkpoint.every_steps=100",
+            ],
+        )
     info = init_distributed()
     seed_everything(cfg.seed, info.rank)
     with PreemptionHandler() as preemption:

@@ -22,12 +22,15 @@ def test_stage2_from_scratch_then_linear_with_grouped_tags_and_periodic_evaluati
     s2, lin = tmp_path / "stage2", tmp_path / "linear"
     # Stage 2 without pretrained= is refused (test_bad_input); pretrained=random is the original's
     # single-stage pretraining, said in the log.
-    assert cli.run(cli.overrides(s2, "stage=2", "pretrained=random", "steps=2", "monitor.knn=false"), "s2") == [0], \
+    assert cli.run(cli.overrides(s2, "stage=2", "pretrained=random", "steps=2", "monitor.knn=false"), "s2") == [0], (
         cli.log("s2")
+    )
     log = cli.log("s2")
     assert "stage 2 from a random init (pretrained=random): single-stage pretraining from scratch" in log
-    assert f"stage 2 complete: backbone in {s2 / 'backbone.pth'} (next: launch/run.py stage=linear " \
-           f"pretrained={s2 / 'backbone.pth'})" in log
+    assert (
+        f"stage 2 complete: backbone in {s2 / 'backbone.pth'} (next: launch/run.py stage=linear "
+        f"pretrained={s2 / 'backbone.pth'})" in log
+    )
     tags = scalars(s2)
     pretrain = [t for t in tags if t.startswith("pretrain/")]
     assert pretrain[:3] == ["pretrain/loss", "pretrain/loss/fs", "pretrain/loss/kl"], pretrain
@@ -35,8 +38,9 @@ def test_stage2_from_scratch_then_linear_with_grouped_tags_and_periodic_evaluati
     assert not [t for t in tags if t.startswith(("train/", "linear/"))], tags
 
     # 400 labelled images / 64 per step = 6 steps per epoch; scored after epochs 1 and 2, then at the end.
-    overrides = cli.overrides(lin, "stage=linear", f"pretrained={s2 / 'backbone.pth'}", "linear.epochs=3",
-                              "linear.eval_every_epochs=1")
+    overrides = cli.overrides(
+        lin, "stage=linear", f"pretrained={s2 / 'backbone.pth'}", "linear.epochs=3", "linear.eval_every_epochs=1"
+    )
     assert cli.run(overrides, "lin") == [0], cli.log("lin")
     tags = scalars(lin)
     assert list(tags)[0] == "linear/loss" and "linear/optim/lr" in tags, list(tags)

@@ -26,8 +26,13 @@ CONF = Path(__file__).resolve().parents[2] / "conf"
 
 STEPS = 24
 # 2 ranks x 2 images x 4 micro-batches = 16 per optimizer step: most of a step is mid-accumulation.
-RUN = [f"steps={STEPS}", "train.global_batch=16", "train.per_gpu_batch=2", "checkpoint.every_steps=5",
-       "log.every_steps=1"]
+RUN = [
+    f"steps={STEPS}",
+    "train.global_batch=16",
+    "train.per_gpu_batch=2",
+    "checkpoint.every_steps=5",
+    "log.every_steps=1",
+]
 # The interrupted run has both monitors on (k-NN at steps 8, 16, 24: between and after the two
 # interruptions), the straight run neither: the bits must match, so the monitors change nothing.
 MONITORS_ON = RUN + ["monitor.collapse=true", "monitor.knn=true", "monitor.knn_every=8"]
@@ -124,10 +129,21 @@ def test_linear_stage_resumes_to_the_same_bits(tiny_data, tmp_path):
 
     def trainer(run_dir: Path, preemption: PreemptionHandler) -> LinearEvalTrainer:
         with initialize_config_dir(config_dir=str(CONF), version_base=None):
-            cfg = compose("config", overrides=[
-                "preset=tiny", f"data.root={tiny_data}", "data.synthetic.generate=false", f"run_dir={run_dir}",
-                "stage=linear", "pretrained=random", f"steps={steps}", "checkpoint.every_steps=100",
-                "log.progress_bar=off", "linear.eval_every_epochs=0"])
+            cfg = compose(
+                "config",
+                overrides=[
+                    "preset=tiny",
+                    f"data.root={tiny_data}",
+                    "data.synthetic.generate=false",
+                    f"run_dir={run_dir}",
+                    "stage=linear",
+                    "pretrained=random",
+                    f"steps={steps}",
+                    "checkpoint.every_steps=100",
+                    "log.progress_bar=off",
+                    "linear.eval_every_epochs=0",
+                ],
+            )
         seed_everything(cfg.seed, info.rank)  # as the stage runner does
         loop = LinearEvalTrainer(cfg, info, run_dir, preemption)
         loop.prepare()
@@ -153,7 +169,7 @@ def test_linear_stage_resumes_to_the_same_bits(tiny_data, tmp_path):
         resumed_lrs = train(resumed, steps)
         resumed.metrics.close()
 
-    assert [resumed.scheduler.lr_lambdas[0](s) for s in (6, 7, 9, 10)] == [1.0, 0.1, 0.1, 0.1 ** 2]  # milestones
+    assert [resumed.scheduler.lr_lambdas[0](s) for s in (6, 7, 9, 10)] == [1.0, 0.1, 0.1, 0.1**2]  # milestones
     assert first_lrs + resumed_lrs == straight_lrs  # ==: bit for bit
     a, b = straight.model.state_dict(), resumed.model.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)

@@ -46,8 +46,11 @@ def test_atomic_write_never_shows_a_partial_file(tmp_path):
     (tmp_path / "b").write_text(b)
     target, stop = tmp_path / "config.yaml", tmp_path / "stop"
     atomic_write(target, a)
-    reader = subprocess.Popen([sys.executable, "-c", _READER, str(target), str(tmp_path / "a"),
-                               str(tmp_path / "b"), str(stop)], stdout=subprocess.PIPE, text=True)
+    reader = subprocess.Popen(
+        [sys.executable, "-c", _READER, str(target), str(tmp_path / "a"), str(tmp_path / "b"), str(stop)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         for i in range(300):
             atomic_write(target, b if i % 2 else a)
@@ -88,8 +91,9 @@ time.sleep(600)
 @pytest.mark.process
 def test_second_locker_is_refused_naming_the_holder_and_a_killed_holder_frees_the_lock(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "SLURM_JOB_ID": "4242"}
-    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(tmp_path)], stdout=subprocess.PIPE,
-                              text=True, env=env)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, str(tmp_path)], stdout=subprocess.PIPE, text=True, env=env
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(RunDirBusyError) as refused:
@@ -154,13 +158,26 @@ def test_many_two_rank_restarts_under_cpu_load_never_see_a_config_mismatch(cli, 
     burner = subprocess.Popen(["nice", "-n", "5", sys.executable, "-c", _BURNER])
     try:
         for n in (1, 2):  # the two texts config.yaml will alternate between
-            text = (run_dir / "config.yaml").read_text().replace("every_steps: 1\n  progress_bar",
-                                                                 f"every_steps: {n}\n  progress_bar")
+            text = (
+                (run_dir / "config.yaml")
+                .read_text()
+                .replace("every_steps: 1\n  progress_bar", f"every_steps: {n}\n  progress_bar")
+            )
             reference[n].write_text(text)
         assert reference[1].read_text() != reference[2].read_text()
-        reader = subprocess.Popen([sys.executable, "-c", _READER, str(run_dir / "config.yaml"),
-                                   str(reference[1]), str(reference[2]), str(stop)],
-                                  stdout=subprocess.PIPE, text=True)
+        reader = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                _READER,
+                str(run_dir / "config.yaml"),
+                str(reference[1]),
+                str(reference[2]),
+                str(stop),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         for restart in range(3):
             # Unfinished again: each start resumes the last checkpoint, writes the products, ends.
             (run_dir / "DONE").unlink()
@@ -211,16 +228,30 @@ def test_start_up_handshake_many_times_with_two_ranks_under_load(tmp_path, tiny_
     burner competes: rank 1 always gets rank 0's decision, never a mismatch."""
     from tests.conftest import free_port
 
-    run_dir, stop = tmp_path / "run", tmp_path / "stop"
+    run_dir = tmp_path / "run"
     run_dir.mkdir()
     burner = subprocess.Popen(["nice", "-n", "5", sys.executable, "-c", _BURNER])
     port, procs = free_port(), []
     try:
         for rank in range(2):
-            env = {**os.environ, "PYTHONPATH": str(REPO), "RANK": str(rank), "WORLD_SIZE": "2",
-                   "LOCAL_RANK": str(rank), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
-            procs.append(subprocess.Popen([sys.executable, "-c", _HANDSHAKE, str(run_dir), "25", str(tiny_data)], env=env,
-                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+            env = {
+                **os.environ,
+                "PYTHONPATH": str(REPO),
+                "RANK": str(rank),
+                "WORLD_SIZE": "2",
+                "LOCAL_RANK": str(rank),
+                "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": str(port),
+            }
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-c", _HANDSHAKE, str(run_dir), "25", str(tiny_data)],
+                    env=env,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                )
+            )
         outputs = [p.communicate(timeout=300)[0] for p in procs]
     finally:
         burner.kill()

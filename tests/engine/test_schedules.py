@@ -110,8 +110,11 @@ def test_stage_length_has_one_definition():
     # steps= wins; else the epochs (given, or the stage's default) rounded up to whole steps.
     assert stage_length(steps=7, epochs=None, default_epochs=10, batches_per_epoch=12, accumulation=2) == (10, 6, 7)
     assert stage_length(steps=None, epochs=None, default_epochs=10, batches_per_epoch=12, accumulation=2) == (10, 6, 60)
-    assert stage_length(steps=None, epochs=0.25, default_epochs=10, batches_per_epoch=13, accumulation=2) == \
-        (0.25, 6, 2)
+    assert stage_length(steps=None, epochs=0.25, default_epochs=10, batches_per_epoch=13, accumulation=2) == (
+        0.25,
+        6,
+        2,
+    )
     assert stage_length(steps=None, epochs=0.0, default_epochs=10, batches_per_epoch=4, accumulation=4).total_steps == 1
     with pytest.raises(ValueError, match="3 batches per rank, fewer than the 4 micro-batches of one optimizer step"):
         stage_length(steps=5, epochs=None, default_epochs=1, batches_per_epoch=3, accumulation=4)

@@ -23,11 +23,26 @@ from burn.weights import write_backbone_extraction
 REPO = Path(__file__).resolve().parents[2]
 AS_A_USER = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"] if os.geteuid() == 0 else []
 
-CASES = ["data.root unset", "data.root missing", "list names a missing file", "list names a zero-byte file",
-         "global_batch", "run dir unwritable", "teacher missing", "teacher unreadable", "teacher empty",
-         "teacher is a directory", "teacher wrong kind", "pretrained missing", "pretrained empty",
-         "pretrained unreadable", "pretrained wrong kind", "stage 2 without pretrained", "stage unknown",
-         "precision fp8"]
+CASES = [
+    "data.root unset",
+    "data.root missing",
+    "list names a missing file",
+    "list names a zero-byte file",
+    "global_batch",
+    "run dir unwritable",
+    "teacher missing",
+    "teacher unreadable",
+    "teacher empty",
+    "teacher is a directory",
+    "teacher wrong kind",
+    "pretrained missing",
+    "pretrained empty",
+    "pretrained unreadable",
+    "pretrained wrong kind",
+    "stage 2 without pretrained",
+    "stage unknown",
+    "precision fp8",
+]
 
 
 def _root_with_bad_list_entry(tmp: Path, data: Path, name: str, content: bytes | None) -> Path:
@@ -89,8 +104,14 @@ def run(script: str, overrides: list[str], run_dir: Path, tmp: Path) -> subproce
     if script == "submit.py":
         args.append("cluster=local")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([*AS_A_USER, sys.executable, str(REPO / "launch" / script), *args, *overrides],
-                          cwd=tmp, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [*AS_A_USER, sys.executable, str(REPO / "launch" / script), *args, *overrides],
+        cwd=tmp,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def assert_one_line(out: subprocess.CompletedProcess, prog: str, culprit: str, run_dir: Path) -> None:

@@ -27,8 +27,9 @@ def compose_cfg(*overrides: str):
 @pytest.mark.process
 @pytest.mark.parametrize("script", ["run.py", "submit.py"])
 def test_help_is_short_and_says_what_the_command_does(script):
-    out = subprocess.run([sys.executable, str(REPO / "launch" / script), "--help"], capture_output=True,
-                         text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, str(REPO / "launch" / script), "--help"], capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0 and out.stdout.startswith(f"usage: python launch/{script}"), out.stderr
     lines = out.stdout.splitlines()
     assert len(lines) < 45, len(lines)
@@ -39,8 +40,12 @@ def test_help_is_short_and_says_what_the_command_does(script):
 
 @pytest.mark.process
 def test_the_config_dump_stays_behind_cfg_job():
-    out = subprocess.run([sys.executable, str(REPO / "launch" / "submit.py"), "--cfg", "job", "preset=tiny"],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, str(REPO / "launch" / "submit.py"), "--cfg", "job", "preset=tiny"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0 and "global_batch: 32" in out.stdout, out.stderr
 
 
@@ -53,8 +58,11 @@ def test_a_preset_generates_its_data_at_its_own_root_only(tmp_path, monkeypatch)
     apply_synthetic_rule(same, {"data.root"})
     assert same.data.synthetic.generate
     typo = compose_cfg(f"data.root={tmp_path}/data/synthetic-tinny")
-    with pytest.raises(UsageError, match=r"synthetic-tinny does not exist. preset=tiny generates its dataset only "
-                                         r"at its own data.root \(data/synthetic-tiny\); add data.synthetic.generate=true"):
+    with pytest.raises(
+        UsageError,
+        match=r"synthetic-tinny does not exist. preset=tiny generates its dataset only "
+        r"at its own data.root \(data/synthetic-tiny\); add data.synthetic.generate=true",
+    ):
         apply_synthetic_rule(typo, {"data.root"})
     asked = compose_cfg(f"data.root={tmp_path}/mine", "data.synthetic.generate=true")
     apply_synthetic_rule(asked, {"data.root", "data.synthetic.generate"})
@@ -69,8 +77,21 @@ def test_a_preset_generates_its_data_at_its_own_root_only(tmp_path, monkeypatch)
 @pytest.mark.parametrize("script", ["run.py", "submit.py"])
 def test_a_mistyped_data_root_is_refused_not_generated(tmp_path, script):
     typo = tmp_path / "data" / "synthetic-tinny"
-    out = subprocess.run([sys.executable, str(REPO / "launch" / script), "preset=tiny", "stage=1",
-                          f"data.root={typo}", f"run_dir={tmp_path}/run", "cluster=local"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "launch" / script),
+            "preset=tiny",
+            "stage=1",
+            f"data.root={typo}",
+            f"run_dir={tmp_path}/run",
+            "cluster=local",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 2, out.stdout + out.stderr
     assert out.stderr.strip().splitlines()[-1].startswith(f"{script}: data.root={typo} does not exist.")
     assert not typo.exists() and not (tmp_path / "run").exists()
@@ -85,13 +106,34 @@ def test_readme_sequence_make_demo_then_run_stage1(tiny_data, tmp_path):
     teacher = "synthetic-tiny-teacher-resnet18-32px.pth"
     (tmp_path / "data" / teacher).symlink_to(tiny_data.parent / teacher)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    demo = subprocess.run([sys.executable, str(REPO / "launch" / "submit.py"), "preset=tiny", "stage=all",
-                           "cluster=local", "steps=2", "linear.epochs=1", "compare_baseline=false",
-                           "monitor.knn=false", "log.progress_bar=off"],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    demo = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "launch" / "submit.py"),
+            "preset=tiny",
+            "stage=all",
+            "cluster=local",
+            "steps=2",
+            "linear.epochs=1",
+            "compare_baseline=false",
+            "monitor.knn=false",
+            "log.progress_bar=off",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert demo.returncode == 0, demo.stdout + demo.stderr[-3000:]
-    again = subprocess.run([sys.executable, str(REPO / "launch" / "run.py"), "stage=1", "preset=tiny"],
-                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    again = subprocess.run(
+        [sys.executable, str(REPO / "launch" / "run.py"), "stage=1", "preset=tiny"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert again.returncode == 0, again.stdout + again.stderr
     assert "is already complete; nothing to do" in again.stdout
 

@@ -27,7 +27,8 @@ def test_submitit_sbatch_line_is_the_key(tmp_path, overrides):
     cfg = compose_config(["preset=tiny", "stage=1", f"run_dir={tmp_path}", *overrides])
     stage_cfg = submit.plan_stages(cfg)[0]
     script = jobs.build_executor(stage_cfg, tmp_path, None, use_gpus=False)._executor._make_submission_file_text(
-        "CMD", "uid")
+        "CMD", "uid"
+    )
     assert re.findall(r"^#SBATCH --signal=(.*)$", script, re.M) == [f"USR2@{cfg.signal_delay_s}"]
     assert cfg.signal_delay_s == (75 if overrides else 60)  # the tiny preset's
 
@@ -44,8 +45,9 @@ def fake_sbatch(tmp_path):
 
 
 def chain(env, run_dir: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(REPO / "slurm" / "chain.sh"), str(run_dir), *args], env=env, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [str(REPO / "slurm" / "chain.sh"), str(run_dir), *args], env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 @pytest.mark.process
@@ -78,12 +80,23 @@ def test_the_checkpoint_warning_gets_the_key_and_the_measured_step_time(tiny_dat
     from burn.engine.signals import PreemptionHandler
     from burn.engine.trainer import PretrainTrainer
 
-    cfg = compose_config(["preset=tiny", f"data.root={tiny_data}", "data.synthetic.generate=false",
-                          f"run_dir={tmp_path}", "log.progress_bar=off", "steps=4", "monitor.knn=false",
-                          "checkpoint.background=false", "signal_delay_s=45"])
+    cfg = compose_config(
+        [
+            "preset=tiny",
+            f"data.root={tiny_data}",
+            "data.synthetic.generate=false",
+            f"run_dir={tmp_path}",
+            "log.progress_bar=off",
+            "steps=4",
+            "monitor.knn=false",
+            "checkpoint.background=false",
+            "signal_delay_s=45",
+        ]
+    )
     calls = []
-    monkeypatch.setattr(loop, "warn_if_slow_checkpoint",
-                        lambda save, lead, step_seconds=0.0: calls.append((lead, step_seconds)))
+    monkeypatch.setattr(
+        loop, "warn_if_slow_checkpoint", lambda save, lead, step_seconds=0.0: calls.append((lead, step_seconds))
+    )
     info = init_distributed()
     seed_everything(cfg.seed, info.rank)
     with PreemptionHandler() as preemption:
@@ -99,5 +112,5 @@ def test_the_checkpoint_warning_gets_the_key_and_the_measured_step_time(tiny_dat
         trainer.train_until(3)
         trainer.save_checkpoint()
         trainer.metrics.close()
-    (lead, step_seconds), = calls
+    ((lead, step_seconds),) = calls
     assert lead == 45 and step_seconds >= 0.2

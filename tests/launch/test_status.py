@@ -19,15 +19,26 @@ def write_stage(path: Path, progress: dict, done: bool = False, results: dict | 
 
 
 def progress(stage: str, state: str, step: int, **extra) -> dict:
-    return {"stage": stage, "state": state, "step": step, "total_steps": 40, "epoch": 0, "restarts": 2,
-            "loss": 1.23456, "lambda": 0.25, "lr": 1e-3, "images_per_s": 321.0, "updated": 0, **extra}
+    return {
+        "stage": stage,
+        "state": state,
+        "step": step,
+        "total_steps": 40,
+        "epoch": 0,
+        "restarts": 2,
+        "loss": 1.23456,
+        "lambda": 0.25,
+        "lr": 1e-3,
+        "images_per_s": 321.0,
+        "updated": 0,
+        **extra,
+    }
 
 
 def test_reports_every_stage_of_an_all_run(tmp_path, capsys):
     write_stage(tmp_path / "stage1", progress("1", "done", 40), done=True)
     write_stage(tmp_path / "stage2", progress("2", "running", 12))
-    write_stage(tmp_path / "linear", progress("linear", "done", 40), done=True,
-                results={"top1": 41.5, "top5": 88.25})
+    write_stage(tmp_path / "linear", progress("linear", "done", 40), done=True, results={"top1": 41.5, "top5": 88.25})
 
     assert status.main([str(tmp_path)]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -47,7 +58,8 @@ def test_names_the_failed_job_and_its_log(tmp_path, capsys):
     (log_dir / "999999999_0_log.out").write_text("starting\n")
     (log_dir / "999999999_1_log.err").write_text("Traceback (most recent call last):\nValueError: boom\n")
     (stage / "slurm" / "jobs.jsonl").write_text(
-        json.dumps({"job_id": "999999999", "stage": "1", "log_dir": str(log_dir)}) + "\n")
+        json.dumps({"job_id": "999999999", "stage": "1", "log_dir": str(log_dir)}) + "\n"
+    )
 
     assert status.main([str(stage)]) == 1
     out = capsys.readouterr().out
@@ -73,8 +85,10 @@ def test_shows_the_ranks_and_their_changes_as_one_run(tmp_path, capsys):
 
 
 def test_a_stage_that_failed_under_run_py_shows_its_error_line(tmp_path, capsys):
-    stage = write_stage(tmp_path / "stage1", progress("1", "failed", 7, error="cannot decode image /d/x.JPEG (line 3 "
-                                                                           "of /d/meta/train.txt): truncated"))
+    stage = write_stage(
+        tmp_path / "stage1",
+        progress("1", "failed", 7, error="cannot decode image /d/x.JPEG (line 3 of /d/meta/train.txt): truncated"),
+    )
     assert status.main([str(stage)]) == 1
     out = capsys.readouterr().out
     assert "FAILED stage1: the stage at step 7" in out
@@ -92,6 +106,9 @@ def test_a_folder_of_runs_lists_every_run_under_it(tmp_path, capsys):
     assert status.main([str(runs)]) == 1  # one of them failed
     out = capsys.readouterr().out
     headers = [line for line in out.splitlines() if line.startswith("run dir ")]
-    assert headers == [f"run dir {runs / 'burn'}", f"run dir {runs / 'sweep' / 'optim.lr=0.001'}",
-                       f"run dir {runs / 'tiny-linear'}"]
+    assert headers == [
+        f"run dir {runs / 'burn'}",
+        f"run dir {runs / 'sweep' / 'optim.lr=0.001'}",
+        f"run dir {runs / 'tiny-linear'}",
+    ]
     assert "FAILED stage1: the stage at step 3" in out and "  error: boom" in out and "top-1 30.00%" in out

@@ -26,7 +26,10 @@ def test_stage_all_plans_three_chained_stages_under_one_parent(tmp_path, monkeyp
     assert [c.stage for c in planned] == ["1", "2", "linear"]
     assert [c.run_dir for c in planned] == [str(root / d) for d in ("stage1", "stage2", "linear")]
     assert [c.pretrained for c in planned] == [
-        None, str(root / "stage1" / "stage1_extraction.pth"), str(root / "stage2" / "backbone.pth")]
+        None,
+        str(root / "stage1" / "stage1_extraction.pth"),
+        str(root / "stage2" / "backbone.pth"),
+    ]
     assert planned[0].data.root == str(tmp_path / "data" / "x")  # jobs may start elsewhere
     assert OmegaConf.is_config(planned[0]) and planned[0].train.per_gpu_batch == 16
 
@@ -49,13 +52,20 @@ def test_stage_all_refuses_pretrained():
         submit.plan_stages(compose_cfg("stage=all", "pretrained=/x.pth"))
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["stage=1", "nodes=3", "train.global_batch=40"],
-     r"train.global_batch=40 cannot be split over 3 ranks \(nodes x gpus_per_node\): no per-GPU batch up to "
-     r"train.per_gpu_batch=16"),
-    (["stage=linear", "gpus_per_node=3", "linear.global_batch=64"],
-     r"linear.global_batch=64 cannot be split over 3 ranks"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (
+            ["stage=1", "nodes=3", "train.global_batch=40"],
+            r"train.global_batch=40 cannot be split over 3 ranks \(nodes x gpus_per_node\): no per-GPU batch up to "
+            r"train.per_gpu_batch=16",
+        ),
+        (
+            ["stage=linear", "gpus_per_node=3", "linear.global_batch=64"],
+            r"linear.global_batch=64 cannot be split over 3 ranks",
+        ),
+    ],
+)
 def test_batch_must_split_over_all_ranks(overrides, message):
     cfg = compose_cfg(*overrides)
     with pytest.raises(submit.UsageError, match=message):
@@ -72,8 +82,16 @@ def test_signal_lead_must_fit_in_the_time_limit():
         submit.check_launch_keys(compose_cfg("time=2", "signal_delay_s=120"))
 
 
-@pytest.mark.parametrize("key, typo", [("stage", "3"), ("train.precision", "fp61"), ("data.backend", "dlai"),
-                                       ("data.device", "gpu0"), ("cluster", "slrum")])
+@pytest.mark.parametrize(
+    "key, typo",
+    [
+        ("stage", "3"),
+        ("train.precision", "fp61"),
+        ("data.backend", "dlai"),
+        ("data.device", "gpu0"),
+        ("cluster", "slrum"),
+    ],
+)
 def test_a_closed_choice_typo_fails_when_the_config_is_composed(tmp_path, monkeypatch, key, typo):
     monkeypatch.setattr(submit, "plan_stages", lambda cfg: pytest.fail("planned despite the typo"))
     cfg = compose_cfg(f"{key}={typo}", f"run_dir={tmp_path}/run")
@@ -84,8 +102,19 @@ def test_a_closed_choice_typo_fails_when_the_config_is_composed(tmp_path, monkey
 
 @pytest.mark.process
 def test_a_closed_choice_typo_on_the_command_line_is_one_line_exit_2(tmp_path):
-    out = subprocess.run([sys.executable, str(REPO / "launch" / "submit.py"), "preset=tiny", "stage=all",
-                          "cluster=slrum", f"run_dir={tmp_path}/run"], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "launch" / "submit.py"),
+            "preset=tiny",
+            "stage=all",
+            "cluster=slrum",
+            f"run_dir={tmp_path}/run",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 2, out.stderr
     assert out.stderr.strip().splitlines()[-1] == "submit.py: cluster='slrum': choose one of auto, slurm, local"
     assert not (tmp_path / "run").exists()
@@ -119,16 +148,25 @@ def test_weight_files_are_checked_before_queueing(tmp_path, tiny_data):
 
 @pytest.mark.process
 def test_a_missing_dataset_list_is_reported_with_its_key(tmp_path, tiny_data):
-    cfg = compose_cfg("stage=all", f"data.root={tiny_data}", "data.synthetic.generate=false",
-                      "data.val_list=meta/nope.txt", f"run_dir={tmp_path}/run")
+    cfg = compose_cfg(
+        "stage=all",
+        f"data.root={tiny_data}",
+        "data.synthetic.generate=false",
+        "data.val_list=meta/nope.txt",
+        f"run_dir={tmp_path}/run",
+    )
     with pytest.raises(submit.LaunchConfigError, match=r"nope.txt does not exist \(data.val_list"):
         submit.validate(cfg, submit.plan_stages(cfg), 1)
 
 
 @pytest.mark.process
 def test_pretraining_with_the_knn_monitor_checks_the_labelled_lists(tmp_path, tiny_data):
-    data = [f"data.root={tiny_data}", "data.synthetic.generate=false", "data.val_list=meta/nope.txt",
-            f"run_dir={tmp_path}/run"]
+    data = [
+        f"data.root={tiny_data}",
+        "data.synthetic.generate=false",
+        "data.val_list=meta/nope.txt",
+        f"run_dir={tmp_path}/run",
+    ]
     cfg = compose_cfg("stage=1", *data)  # the k-NN monitor's queries come from data.val_list
     with pytest.raises(submit.LaunchConfigError, match=r"nope.txt does not exist \(data.val_list"):
         submit.validate(cfg, submit.plan_stages(cfg), 1)
@@ -139,21 +177,50 @@ def test_pretraining_with_the_knn_monitor_checks_the_labelled_lists(tmp_path, ti
 @pytest.mark.process
 def test_cli_rejects_a_bad_config_with_exit_2_and_queues_nothing(tmp_path, tiny_data):
     out = subprocess.run(
-        [sys.executable, str(REPO / "launch" / "submit.py"), "preset=tiny", "stage=all", "nodes=3",
-         "train.global_batch=40", f"data.root={tiny_data}", "data.synthetic.generate=false",
-         f"run_dir={tmp_path}/run"], capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            str(REPO / "launch" / "submit.py"),
+            "preset=tiny",
+            "stage=all",
+            "nodes=3",
+            "train.global_batch=40",
+            f"data.root={tiny_data}",
+            "data.synthetic.generate=false",
+            f"run_dir={tmp_path}/run",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 2, out.stderr
     assert "train.global_batch=40" in out.stderr
     assert not (tmp_path / "run").exists()
 
 
 def test_sbatch_script_requeues_signals_and_chains(tmp_path):
-    cfg = submit.plan_stages(compose_cfg("stage=2", "nodes=2", "gpus_per_node=2", "time=2",
-                                         "signal_delay_s=60", "partition=debug", f"run_dir={tmp_path}"))[0]
+    cfg = submit.plan_stages(
+        compose_cfg(
+            "stage=2",
+            "nodes=2",
+            "gpus_per_node=2",
+            "time=2",
+            "signal_delay_s=60",
+            "partition=debug",
+            f"run_dir={tmp_path}",
+        )
+    )[0]
     executor = jobs.build_executor(cfg, tmp_path, "afterok:123", use_gpus=False)
     script = executor._executor._make_submission_file_text("CMD", "uid")  # what sbatch receives
-    for line in ("--requeue", "--signal=USR2@60", "--dependency=afterok:123", "--nodes=2",
-                 "--ntasks-per-node=2", "--time=2", "--partition=debug", "--cpus-per-task=1"):
+    for line in (
+        "--requeue",
+        "--signal=USR2@60",
+        "--dependency=afterok:123",
+        "--nodes=2",
+        "--ntasks-per-node=2",
+        "--time=2",
+        "--partition=debug",
+        "--cpus-per-task=1",
+    ):
         assert f"#SBATCH {line}\n" in script
     assert "gpus" not in script  # a CPU cluster: tasks, not GPUs
     assert "PYTHONPATH" not in script  # the installed package is importable wherever the job starts

@@ -134,7 +134,8 @@ def test_param_groups_put_the_teacher_classifier_at_its_own_lr():
     grouped = [id(p) for g in groups.values() for p in g["params"]]
     assert sorted(grouped) == sorted(id(p) for p in model.trainable_parameters())  # each exactly once
     assert {id(p) for p in groups["teacher_classifier"]["params"]} == {
-        id(p) for p in model.teacher_classifier.parameters()}
+        id(p) for p in model.teacher_classifier.parameters()
+    }
 
 
 def test_unknown_teacher_classifier_mode_is_refused():

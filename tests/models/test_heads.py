@@ -8,10 +8,10 @@ import torch
 from burn.models.heads import Classifier
 
 
-@pytest.mark.parametrize("side,in_dim,count", [("student_classifier", 1024, 6_056_000),
-                                               ("teacher_classifier", 2048, 8_104_000)])
-def test_paper_classifiers_match_original_layout_and_size(side, in_dim, count, official_layouts,
-                                                          as_layout):
+@pytest.mark.parametrize(
+    "side,in_dim,count", [("student_classifier", 1024, 6_056_000), ("teacher_classifier", 2048, 8_104_000)]
+)
+def test_paper_classifiers_match_original_layout_and_size(side, in_dim, count, official_layouts, as_layout):
     head = Classifier(in_dim)
     assert as_layout(head.state_dict()) == [tuple(e) for e in official_layouts[side]]
     assert sum(p.numel() for p in head.parameters()) == count

@@ -24,8 +24,10 @@ def test_width_one_state_dict_equals_original_release(precision, official_layout
     model = ReActNetA(precision=precision, width=1.0)
     assert as_layout(model.state_dict()) == [tuple(e) for e in official_layouts["stage1_backbone_binact"]]
     # Hence an original checkpoint loads strictly; shown with layout-shaped random tensors.
-    original = {n: torch.rand(s) if t == "float32" else torch.tensor(7) for n, s, t in
-                official_layouts["stage1_backbone_binact"]}
+    original = {
+        n: torch.rand(s) if t == "float32" else torch.tensor(7)
+        for n, s, t in official_layouts["stage1_backbone_binact"]
+    }
     model.load_state_dict(original, strict=True)
     assert torch.equal(model.feature[13].binary_pw.weight, original["feature.13.binary_pw.weight"])
 
@@ -70,8 +72,10 @@ def test_unknown_precision_is_rejected():
 def _record_block_conv_io(model):
     records, handles = [], []
     for name, conv in _block_convs(model):
+
         def hook(module, inputs, output, name=name):
             records.append((name, module, inputs[0].detach(), output.detach()))
+
         handles.append(conv.register_forward_hook(hook))
     return records, handles
 

@@ -94,8 +94,11 @@ def test_missing_and_unexpected_keys_are_listed(tmp_path):
     trunk.pop("layer2.0.bn1.weight")
     trunk["layer9.extra"] = torch.zeros(1)
     torch.save(trunk, tmp_path / "edited.pth")
-    with pytest.raises(WeightsError, match=r"1 missing \['layer2.0.bn1.weight'\].*1 unexpected "
-                                           r"\['layer9.extra'\]"):
+    with pytest.raises(
+        WeightsError,
+        match=r"1 missing \['layer2.0.bn1.weight'\].*1 unexpected "
+        r"\['layer9.extra'\]",
+    ):
         Teacher("resnet18").load_weights(tmp_path / "edited.pth")
 
 

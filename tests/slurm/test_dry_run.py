@@ -25,9 +25,23 @@ def test_dry_run_prints_plan_and_sbatch_scripts_and_queues_nothing(slurm_cluster
     before = queued()
     run_dir = tmp_path / "run"
     out = subprocess.run(
-        [sys.executable, str(REPO / "launch" / "submit.py"), "preset=tiny", "stage=all", "nodes=2", "steps=4",
-         f"data.root={tiny_data}", "data.synthetic.generate=false", f"run_dir={run_dir}", "dry_run=true"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            str(REPO / "launch" / "submit.py"),
+            "preset=tiny",
+            "stage=all",
+            "nodes=2",
+            "steps=4",
+            f"data.root={tiny_data}",
+            "data.synthetic.generate=false",
+            f"run_dir={run_dir}",
+            "dry_run=true",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     text = out.stdout
     assert "dry run: stage=all on SLURM, 2 node(s) x 1 task(s); nothing queued, run or written" in text

@@ -19,9 +19,24 @@ STEPS = 40
 
 def submit(data: Path, run_dir: Path, nodes: int) -> str:
     out = subprocess.run(
-        [sys.executable, str(REPO / "launch" / "submit.py"), "preset=tiny", f"data.root={data}", "stage=1",
-         "data.synthetic.generate=false", "log.progress_bar=off", f"run_dir={run_dir}", f"nodes={nodes}",
-         f"steps={STEPS}", "monitor.knn=false"], cwd=REPO, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            str(REPO / "launch" / "submit.py"),
+            "preset=tiny",
+            f"data.root={data}",
+            "stage=1",
+            "data.synthetic.generate=false",
+            "log.progress_bar=off",
+            f"run_dir={run_dir}",
+            f"nodes={nodes}",
+            f"steps={STEPS}",
+            "monitor.knn=false",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     return json.loads((run_dir / "slurm" / "jobs.jsonl").read_text().splitlines()[-1])["job_id"]
 
@@ -44,8 +59,14 @@ def cancelled(slurm_cluster, job: str) -> bool:
 def test_two_node_stage_preempted_is_resubmitted_on_one_node_and_completes(slurm_cluster, tiny_data, tmp_path):
     stage_dir = tmp_path / "elastic"
     job = submit(tiny_data, stage_dir, nodes=2)
-    wait_for("2-node stage training", lambda: progress(stage_dir).get("state") == "running"
-             and progress(stage_dir)["step"] >= 3 and progress(stage_dir)["world_size"] == 2)
+    wait_for(
+        "2-node stage training",
+        lambda: (
+            progress(stage_dir).get("state") == "running"
+            and progress(stage_dir)["step"] >= 3
+            and progress(stage_dir)["world_size"] == 2
+        ),
+    )
     subprocess.run(["scancel", "--signal=USR2", job], check=True)  # the preemption notice
     wait_for("preemption checkpoint", lambda: progress(stage_dir).get("state") == "preempted")
     # The job requeued itself and waits for 2 nodes again; its user takes the 1 node free instead.
@@ -63,8 +84,9 @@ def test_two_node_stage_preempted_is_resubmitted_on_one_node_and_completes(slurm
     assert "Traceback" not in logs, logs
     assert "written by 2 ranks, this job has 1" in logs and "not bit-identical" in logs, logs
     assert "1 ranks x 16 images x 2 accumulation = 32 per step" in logs, logs
-    status = subprocess.run([sys.executable, str(REPO / "launch" / "status.py"), str(stage_dir)],
-                            capture_output=True, text=True)
+    status = subprocess.run(
+        [sys.executable, str(REPO / "launch" / "status.py"), str(stage_dir)], capture_output=True, text=True
+    )
     assert status.returncode == 0, status.stdout + status.stderr
     assert f"job {resumed} COMPLETED" in status.stdout and f"earlier: {job}" in status.stdout, status.stdout
     assert f"ranks 2->1 (resized at step {stopped})" in status.stdout and f"step {STEPS}/{STEPS}" in status.stdout

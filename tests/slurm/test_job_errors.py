@@ -22,8 +22,10 @@ REPO = Path(__file__).resolve().parents[2]
 
 def planned(*overrides: str):
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
-        cfg = compose("config", overrides=["preset=tiny", "data.synthetic.generate=false", "log.progress_bar=off",
-                                           "steps=2", *overrides])
+        cfg = compose(
+            "config",
+            overrides=["preset=tiny", "data.synthetic.generate=false", "log.progress_bar=off", "steps=2", *overrides],
+        )
     return submit.plan_stages(cfg)
 
 
@@ -44,14 +46,20 @@ def test_the_job_reports_bad_input_in_one_line_and_exits_2(slurm_cluster, tiny_d
     first = (data / "meta" / "train.txt").read_text().split()[0]
     (data / "train" / first).write_bytes(b"")
     stage_dir = tmp_path / "zero" / "stage1"
-    (zero_job,) = (item.job_id for item in jobs.submit_stages(
-        planned("stage=1", f"data.root={data}", f"run_dir={stage_dir}"), max_requeues=0))
+    (zero_job,) = (
+        item.job_id
+        for item in jobs.submit_stages(planned("stage=1", f"data.root={data}", f"run_dir={stage_dir}"), max_requeues=0)
+    )
 
     assert slurm_cluster.wait(s1, timeout=180) == "FAILED"
     assert slurm_cluster.wait(s2, timeout=60) == "CANCELLED" and slurm_cluster.wait(lin, timeout=60) == "CANCELLED"
     assert slurm_cluster.wait(zero_job, timeout=180) == "FAILED"
-    exit_codes = subprocess.run(["sacct", "-n", "-P", "-X", "-j", f"{s1},{zero_job}", "-o", "ExitCode"],
-                                capture_output=True, text=True, check=True).stdout.split()
+    exit_codes = subprocess.run(
+        ["sacct", "-n", "-P", "-X", "-j", f"{s1},{zero_job}", "-o", "ExitCode"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     assert exit_codes == ["2:0", "2:0"], exit_codes
 
     fp8_dir = tmp_path / "fp8" / "stage1"
@@ -62,8 +70,9 @@ def test_the_job_reports_bad_input_in_one_line_and_exits_2(slurm_cluster, tiny_d
         assert sorted(p.name for p in folder.iterdir()) == ["slurm"], "nothing but Submitit's logs"
         assert "Traceback" not in "".join(p.read_text() for p in folder.glob("slurm/*/*_log.*"))
 
-    status = subprocess.run([sys.executable, str(REPO / "launch" / "status.py"), str(tmp_path / "fp8")],
-                            capture_output=True, text=True)
+    status = subprocess.run(
+        [sys.executable, str(REPO / "launch" / "status.py"), str(tmp_path / "fp8")], capture_output=True, text=True
+    )
     assert status.returncode == 1, status.stdout
     assert f"FAILED stage1: job {s1} FAILED (exit code 2:0)" in status.stdout, status.stdout
     assert "  error: burn job: train.precision='fp8'" in status.stdout

@@ -30,9 +30,24 @@ TIME_LIMIT_STEPS = 200
 
 def submit(data: Path, run_dir: Path, *overrides: str) -> str:
     out = subprocess.run(
-        [sys.executable, str(REPO / "launch" / "submit.py"), "preset=tiny", f"data.root={data}",
-         "data.synthetic.generate=false", "log.progress_bar=off", f"steps={STEPS}", "linear.epochs=1", "nodes=2",
-         f"run_dir={run_dir}", *overrides], cwd=REPO, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            str(REPO / "launch" / "submit.py"),
+            "preset=tiny",
+            f"data.root={data}",
+            "data.synthetic.generate=false",
+            "log.progress_bar=off",
+            f"steps={STEPS}",
+            "linear.epochs=1",
+            "nodes=2",
+            f"run_dir={run_dir}",
+            *overrides,
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     return out.stdout
 
@@ -57,8 +72,11 @@ def preempt_twice(stage_dir: Path, first: list[str], second: list[str]) -> None:
     wait_progress(stage_dir, "step 3 of the first run", lambda p: p["state"] == "running" and p["step"] >= 3)
     subprocess.run(first, check=True)
     stopped = wait_progress(stage_dir, "checkpoint after the 1st signal", lambda p: p["state"] == "preempted")
-    wait_progress(stage_dir, "training again after the 1st requeue", lambda p: p["restarts"] == 1
-                  and p["state"] == "running" and p["step"] > stopped["step"])
+    wait_progress(
+        stage_dir,
+        "training again after the 1st requeue",
+        lambda p: p["restarts"] == 1 and p["state"] == "running" and p["step"] > stopped["step"],
+    )
     subprocess.run(second, check=True)
 
 
@@ -71,6 +89,7 @@ def weights(path: Path) -> dict:
                 walk(value, f"{prefix}{key}.")
             elif isinstance(value, torch.Tensor):
                 flat[prefix + key] = value
+
     walk(torch.load(path, weights_only=True), "")
     return flat
 
@@ -90,12 +109,29 @@ def runs(slurm_cluster, tiny_data, tmp_path_factory):
     (broken / "stage1" / "config.yaml").mkdir(parents=True)  # rank 0 cannot write its config: a crash
     submit(tiny_data, root / "all", "stage=all")
     submit(tiny_data, broken, "stage=all")
-    submit(tiny_data, root / "timeout", "stage=1", "nodes=1", "time=2", "signal_delay_s=60",
-           f"steps={TIME_LIMIT_STEPS}")
-    subprocess.run([str(REPO / "slurm" / "chain.sh"), str(root / "chain"), "--nodes=2", "--ntasks-per-node=1",
-                    "--cpus-per-task=1", "--time=10", "--", "preset=tiny", "steps=2", "linear.epochs=1", f"data.root={tiny_data}",
-                    "data.synthetic.generate=false", "log.progress_bar=off"],
-                   env={**os.environ, "BURN_PYTHON": sys.executable}, check=True, capture_output=True)
+    submit(
+        tiny_data, root / "timeout", "stage=1", "nodes=1", "time=2", "signal_delay_s=60", f"steps={TIME_LIMIT_STEPS}"
+    )
+    subprocess.run(
+        [
+            str(REPO / "slurm" / "chain.sh"),
+            str(root / "chain"),
+            "--nodes=2",
+            "--ntasks-per-node=1",
+            "--cpus-per-task=1",
+            "--time=10",
+            "--",
+            "preset=tiny",
+            "steps=2",
+            "linear.epochs=1",
+            f"data.root={tiny_data}",
+            "data.synthetic.generate=false",
+            "log.progress_bar=off",
+        ],
+        env={**os.environ, "BURN_PYTHON": sys.executable},
+        check=True,
+        capture_output=True,
+    )
     yield root
     ids = [r["job_id"] for f in root.glob("**/slurm/jobs.jsonl") for r in map(json.loads, f.read_text().splitlines())]
     subprocess.run(["scancel", *ids], capture_output=True)
@@ -110,7 +146,8 @@ def reference(runs, slurm_cluster) -> Path:
 
 
 def test_submitit_job_preempted_twice_requeues_itself_and_matches_uninterrupted_run(
-        runs, reference, slurm_cluster, tiny_data):
+    runs, reference, slurm_cluster, tiny_data
+):
     stage_dir = runs / "preempted"
     submit(tiny_data, stage_dir, "stage=1")
     (record,) = job_records(stage_dir)
@@ -137,10 +174,28 @@ def test_sbatch_template_preempted_twice_matches_uninterrupted_run(runs, referen
     stage_dir.mkdir(parents=True)
     env = {**os.environ, "BURN_REPO": str(REPO), "BURN_PYTHON": sys.executable}
     job = subprocess.run(
-        ["sbatch", "--parsable", "--nodes=2", "--ntasks-per-node=1", "--cpus-per-task=1", "--time=10",
-         f"--output={stage_dir}/slurm-%j.out", str(REPO / "slurm" / "stage.sbatch"), "stage=1", "preset=tiny",
-         f"steps={STEPS}", f"data.root={tiny_data}", "data.synthetic.generate=false", "log.progress_bar=off",
-         f"run_dir={stage_dir}"], env=env, check=True, capture_output=True, text=True).stdout.strip()
+        [
+            "sbatch",
+            "--parsable",
+            "--nodes=2",
+            "--ntasks-per-node=1",
+            "--cpus-per-task=1",
+            "--time=10",
+            f"--output={stage_dir}/slurm-%j.out",
+            str(REPO / "slurm" / "stage.sbatch"),
+            "stage=1",
+            "preset=tiny",
+            f"steps={STEPS}",
+            f"data.root={tiny_data}",
+            "data.synthetic.generate=false",
+            "log.progress_bar=off",
+            f"run_dir={stage_dir}",
+        ],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
 
     # First only to the batch shell (its trap forwards to the tasks), then to the tasks directly.
     preempt_twice(stage_dir, ["scancel", "--batch", "--signal=USR2", job], ["scancel", "--signal=USR2", job])
@@ -168,8 +223,9 @@ def test_stage_all_chains_three_two_node_jobs_with_afterok(runs, reference, slur
     result = json.loads((root / "linear" / "linear_eval.json").read_text())
     assert 0 <= result["top1"] <= 100
 
-    status = subprocess.run([sys.executable, str(REPO / "launch" / "status.py"), str(root)],
-                            capture_output=True, text=True)
+    status = subprocess.run(
+        [sys.executable, str(REPO / "launch" / "status.py"), str(root)], capture_output=True, text=True
+    )
     assert status.returncode == 0, status.stdout
     assert f"job {lin['job_id']} COMPLETED" in status.stdout and f"top-1 {result['top1']:.2f}%" in status.stdout
 
@@ -184,8 +240,9 @@ def test_chain_sh_runs_the_three_sbatch_stages_with_afterok(runs, slurm_cluster)
     assert s2["dependency"] == f"afterok:{s1['job_id']}" and lin["dependency"] == f"afterok:{s2['job_id']}"
     assert slurm_cluster.wait(lin["job_id"], timeout=400) == "COMPLETED"
     assert "pretrained=" + str(root / "stage2" / "backbone.pth") in Path(lin["log"]).read_text()
-    status = subprocess.run([sys.executable, str(REPO / "launch" / "status.py"), str(root)],
-                            capture_output=True, text=True)
+    status = subprocess.run(
+        [sys.executable, str(REPO / "launch" / "status.py"), str(root)], capture_output=True, text=True
+    )
     assert status.returncode == 0 and status.stdout.count("DONE") == 3 and "top-1" in status.stdout
 
 
@@ -196,8 +253,9 @@ def test_failing_stage1_cancels_its_dependants_and_status_names_it(runs, slurm_c
     assert slurm_cluster.wait(s2["job_id"], timeout=60) == "CANCELLED"
     assert slurm_cluster.wait(lin["job_id"], timeout=60) == "CANCELLED"
 
-    status = subprocess.run([sys.executable, str(REPO / "launch" / "status.py"), str(root)],
-                            capture_output=True, text=True)
+    status = subprocess.run(
+        [sys.executable, str(REPO / "launch" / "status.py"), str(root)], capture_output=True, text=True
+    )
     assert status.returncode == 1
     assert f"FAILED stage1: job {s1['job_id']} FAILED (exit code 1:0)" in status.stdout
     assert f"log: {root}/stage1/slurm/{s1['job_id']}/{s1['job_id']}_0_log.err" in status.stdout

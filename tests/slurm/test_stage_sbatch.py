@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slurm
 
 REPO = Path(__file__).resolve().parents[2]
 
-FAKE_RUN = textwrap.dedent('''
+FAKE_RUN = textwrap.dedent("""
     import os, pathlib, signal, sys, time
     got = []
     signal.signal(signal.SIGUSR2, lambda signum, frame: got.append(signum))
@@ -30,7 +30,7 @@ FAKE_RUN = textwrap.dedent('''
     if got:
         (out / f"signal-{tag}").touch()
         sys.exit(75)
-''')
+""")
 
 
 @pytest.fixture
@@ -42,12 +42,31 @@ def fake_repo(tmp_path):
 
 
 def submit(repo: Path, *extra: str, run_s: float = 60, max_requeues: int = 5) -> str:
-    env = {**os.environ, "BURN_REPO": str(repo), "FAKE_OUT": str(repo / "out"), "FAKE_RUN_S": str(run_s),
-           "BURN_MAX_REQUEUES": str(max_requeues)}
+    env = {
+        **os.environ,
+        "BURN_REPO": str(repo),
+        "FAKE_OUT": str(repo / "out"),
+        "FAKE_RUN_S": str(run_s),
+        "BURN_MAX_REQUEUES": str(max_requeues),
+    }
     out = subprocess.run(
-        ["sbatch", "--parsable", "--nodes=2", "--ntasks-per-node=1", "--time=5",
-         f"--output={repo}/batch-%j.out", *extra, str(REPO / "slurm" / "stage.sbatch"), "stage=1", "x=y"],
-        check=True, capture_output=True, text=True, env=env)
+        [
+            "sbatch",
+            "--parsable",
+            "--nodes=2",
+            "--ntasks-per-node=1",
+            "--time=5",
+            f"--output={repo}/batch-%j.out",
+            *extra,
+            str(REPO / "slurm" / "stage.sbatch"),
+            "stage=1",
+            "x=y",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     return out.stdout.strip().split(";")[0]
 
 

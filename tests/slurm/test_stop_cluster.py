@@ -21,9 +21,21 @@ REPO = Path(__file__).resolve().parents[2]
 
 def submit(data: Path, run_dir: Path, *overrides: str) -> None:
     out = subprocess.run(
-        [sys.executable, str(REPO / "launch" / "submit.py"), "preset=tiny", f"data.root={data}",
-         "data.synthetic.generate=false", "log.progress_bar=off", f"run_dir={run_dir}", *overrides],
-        cwd=REPO, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            str(REPO / "launch" / "submit.py"),
+            "preset=tiny",
+            f"data.root={data}",
+            "data.synthetic.generate=false",
+            "log.progress_bar=off",
+            f"run_dir={run_dir}",
+            *overrides,
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
 
 
@@ -41,8 +53,12 @@ def task_pids(job: str) -> list[int]:
         except (OSError, ValueError):
             continue
         argv = cmdline.split(b"\0")
-        if argv[:1] and not argv[0].endswith(b"srun") and b"submitit.core._submit" in argv \
-                and f"SLURM_JOB_ID={job}".encode() in environ:  # the tasks, not srun itself
+        if (
+            argv[:1]
+            and not argv[0].endswith(b"srun")
+            and b"submitit.core._submit" in argv
+            and f"SLURM_JOB_ID={job}".encode() in environ
+        ):  # the tasks, not srun itself
             pids.append(int(proc.name))
     return pids
 
@@ -62,8 +78,11 @@ def test_usr2_during_start_up_requeues_and_the_stage_completes(slurm_cluster, ti
     job = job_id(stage_dir)
     # Both tasks have a handler for USR2 (burn's recorder, installed while unpickling) but the
     # stage has not started: they are still importing torch and the training code.
-    wait_for("both tasks catching USR2", lambda: len(pids := task_pids(job)) == 2
-             and all(catches(p, signal.SIGUSR2) for p in pids), poll=0.01)
+    wait_for(
+        "both tasks catching USR2",
+        lambda: len(pids := task_pids(job)) == 2 and all(catches(p, signal.SIGUSR2) for p in pids),
+        poll=0.01,
+    )
     assert not (stage_dir / "config.yaml").exists(), "the stage started before the signal"
     subprocess.run(["scancel", "--signal=USR2", job], check=True)
 
@@ -94,8 +113,9 @@ def test_plain_scancel_saves_stays_cancelled_and_cancels_dependants(slurm_cluste
     assert not slurm_cluster.in_queue(s1) and slurm_cluster.restarts(s1) == 0
     assert not (root / "stage1" / "slurm" / "requeues.jsonl").exists()
 
-    status = subprocess.run([sys.executable, str(REPO / "launch" / "status.py"), str(root)],
-                            capture_output=True, text=True)
+    status = subprocess.run(
+        [sys.executable, str(REPO / "launch" / "status.py"), str(root)], capture_output=True, text=True
+    )
     assert status.returncode == 0, status.stdout + status.stderr
     assert f"CANCELLED stage1: job {s1} was stopped by its user (cancelled)" in status.stdout, status.stdout
     assert f"checkpoint at step {state['step']}" in status.stdout and "FAILED" not in status.stdout
