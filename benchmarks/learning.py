@@ -83,7 +83,7 @@ def run(cmd: list, log_path: Path, threads: int) -> None:
         raise SystemExit(f"{' '.join(cmd)} failed with {code}; log {log_path}:\n{tail}")
 
 
-KL_TAG = "pretrain/loss/kl"  # burn/engine/logging.py: tag_of("pretrain", "kl")
+KL_TAG = "pretrain/loss/kl"  # burn/engine/reporting.py: tag_of("pretrain", "kl")
 
 
 def final_kl(stage_dir: Path) -> float | None:

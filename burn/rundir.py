@@ -18,7 +18,7 @@ and each stage folder holds::
     DONE                the stage is complete (its product is written before it)
     progress.json       where the stage is (state, step, loss, ...), replaced atomically
     config.yaml         the resolved config of the run, for the identity check on resume
-    .lock               flock'ed by the one process that writes here (burn/engine/rundir.py)
+    .lock               flock'ed by the one process that writes here (burn/engine/run_lock.py)
     checkpoints/        ckpt-<step>.pt + .sha256 sidecars (burn/engine/checkpoint.py)
     tb/                 TensorBoard events
     slurm/              Submitit's job folders (<job id>/) or slurm/chain.sh's logs (<job id>.out)
@@ -45,7 +45,7 @@ DONE = "DONE"
 PROGRESS = "progress.json"
 #: The run's resolved config, compared with a resuming command's.
 CONFIG = "config.yaml"
-#: The run directory's lock file (never deleted: see burn/engine/rundir.py).
+#: The run directory's lock file (never deleted: see burn/engine/run_lock.py).
 LOCK = ".lock"
 #: The stage's checkpoint folder.
 CHECKPOINTS = "checkpoints"

@@ -55,9 +55,9 @@ def _backend(data_cfg):
             ) from err
         return dali.DaliTrainLoader, dali.DaliValLoader
     if name == "torchvision":
-        from burn.data import torchvision
+        from burn.data import torchvision_backend
 
-        return torchvision.TorchvisionTrainLoader, torchvision.TorchvisionValLoader
+        return torchvision_backend.TorchvisionTrainLoader, torchvision_backend.TorchvisionValLoader
     raise ValueError(f"data.backend must be one of {', '.join(_BACKENDS)}, not {name!r}")
 
 

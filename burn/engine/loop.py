@@ -21,8 +21,8 @@ from burn.engine import elastic
 from burn.engine.background_save import BackgroundCheckpointWriter, snapshot
 from burn.engine.checkpoint import CheckpointError, CheckpointManager
 from burn.engine.distributed import DistInfo, all_gather_objects, barrier
-from burn.engine.logging import MetricLogger
 from burn.engine.nonfinite import Applied, BadStepStreak
+from burn.engine.reporting import MetricLogger
 from burn.engine.signals import (
     EXIT_CODES,
     REQUEUE_EXIT_CODE,

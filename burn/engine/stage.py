@@ -24,8 +24,8 @@ from burn.engine.distributed import (
 )
 from burn.engine.gpu import configure_backends
 from burn.engine.identity import check_resume_config
-from burn.engine.logging import configure_console_logging, record_failure
-from burn.engine.rundir import ConfigMismatchError, RunDirBusyError, RunDirLock, write_config_if_changed
+from burn.engine.reporting import configure_console_logging, record_failure
+from burn.engine.run_lock import ConfigMismatchError, RunDirBusyError, RunDirLock, write_config_if_changed
 from burn.engine.signals import PreemptionHandler
 from burn.environment import Environment
 from burn.errors import UsageError

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from burn.config import compose_config
 from burn.engine.identity import check_resume_config, check_teacher_unchanged
-from burn.engine.rundir import ConfigMismatchError
+from burn.engine.run_lock import ConfigMismatchError
 
 SHORT = ["steps=3", "checkpoint.every_steps=2", "monitor.knn=false"]
 

@@ -141,7 +141,7 @@ def test_readme_sequence_make_demo_then_run_stage1(tiny_data, tmp_path):
 def test_the_identity_check_compares_resolved_paths(tmp_path, monkeypatch):
     from omegaconf import OmegaConf
 
-    from burn.engine.rundir import ConfigMismatchError
+    from burn.engine.run_lock import ConfigMismatchError
     from burn.engine.stage import check_resume_config
 
     (tmp_path / "data" / "synthetic-tiny").mkdir(parents=True)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from burn.data.loaders import build_pretrain_loader
-from burn.data.torchvision import random_resized_crop_box
+from burn.data.torchvision_backend import random_resized_crop_box
 
 
 @pytest.mark.process

@@ -1,7 +1,7 @@
-"""One writer per run directory: an OS lock held for a stage's life, atomic files, the identity check.
+"""One writer per run directory: an OS lock held for a stage's life, and config.yaml written once.
 
 Only rank 0 touches the run directory at start-up. It takes the lock, compares the saved
-`config.yaml` with the new command, writes `config.yaml` (atomically, and only when its text
+`config.yaml` with the new command (burn/engine/identity.py), writes `config.yaml` (atomically, and only when its text
 changes), and tells the other ranks what it decided; they never read the directory's files
 themselves, so none of them can see a file another process is rewriting.
 
