@@ -95,6 +95,7 @@ class LinearEvalTrainer(StageLoop):
             default_epochs=lin.epochs,
             batches_per_epoch=self.loader.steps_per_epoch,
             accumulation=self.accum,
+            short_epoch_is_one_step=True,  # as before the shared function: small labelled lists stay usable
         )
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.SGD(

@@ -27,11 +27,21 @@ class StageLength(NamedTuple):
 
 
 def stage_length(
-    *, steps: int | None, epochs: float | None, default_epochs: float, batches_per_epoch: int, accumulation: int
+    *,
+    steps: int | None,
+    epochs: float | None,
+    default_epochs: float,
+    batches_per_epoch: int,
+    accumulation: int,
+    short_epoch_is_one_step: bool = False,
 ) -> StageLength:
     """The length of a stage whose loader gives ``batches_per_epoch`` batches per rank per epoch, one
-    optimizer step reading ``accumulation`` of them. Raises ValueError when an epoch is shorter than a step."""
+    optimizer step reading ``accumulation`` of them. An epoch shorter than one step raises ValueError,
+    or counts as one step with ``short_epoch_is_one_step`` (linear evaluation on a small labelled subset,
+    e.g. a 1% list, whose steps then read on into the next epoch)."""
     steps_per_epoch = batches_per_epoch // accumulation
+    if short_epoch_is_one_step:
+        steps_per_epoch = max(1, steps_per_epoch)
     if steps_per_epoch < 1:
         raise ValueError(
             f"the training list gives {batches_per_epoch} batches per rank, fewer than the "

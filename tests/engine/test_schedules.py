@@ -118,3 +118,8 @@ def test_stage_length_has_one_definition():
     assert stage_length(steps=None, epochs=0.0, default_epochs=10, batches_per_epoch=4, accumulation=4).total_steps == 1
     with pytest.raises(ValueError, match="3 batches per rank, fewer than the 4 micro-batches of one optimizer step"):
         stage_length(steps=5, epochs=None, default_epochs=1, batches_per_epoch=3, accumulation=4)
+    # Linear evaluation on a labelled list shorter than one step (a small labelled fraction): one step per epoch.
+    short = stage_length(
+        steps=None, epochs=3, default_epochs=1, batches_per_epoch=1, accumulation=2, short_epoch_is_one_step=True
+    )
+    assert (short.steps_per_epoch, short.total_steps) == (1, 3)
