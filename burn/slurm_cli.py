@@ -8,6 +8,21 @@ from __future__ import annotations
 
 import subprocess
 
+#: Queue states in which a job will still run (or is running): launch/jobs.py does not submit such a job twice.
+ACTIVE_STATES = {
+    "PENDING",
+    "RUNNING",
+    "REQUEUED",
+    "REQUEUE_HOLD",
+    "REQUEUE_FED",
+    "CONFIGURING",
+    "COMPLETING",
+    "SUSPENDED",
+    "RESIZING",
+    "SIGNALING",
+    "STAGE_OUT",
+}
+
 
 def _stdout(cmd: list[str]) -> str | None:
     """stdout of a SLURM command, or None when SLURM is not reachable or the command failed."""

@@ -19,21 +19,6 @@ from omegaconf import DictConfig, OmegaConf
 from burn import rundir, slurm_cli
 from launch.job_entry import StageJob
 
-#: Queue states in which a job will still run (or is running): do not submit it twice.
-ACTIVE_STATES = {
-    "PENDING",
-    "RUNNING",
-    "REQUEUED",
-    "REQUEUE_HOLD",
-    "REQUEUE_FED",
-    "CONFIGURING",
-    "COMPLETING",
-    "SUSPENDED",
-    "RESIZING",
-    "SIGNALING",
-    "STAGE_OUT",
-}
-
 
 @dataclass
 class SubmittedStage:
@@ -49,7 +34,7 @@ class SubmittedStage:
 def active_job(stage_dir: Path) -> str | None:
     """The newest recorded job of this stage dir that is still pending or running, if any."""
     for record in reversed(rundir.read_jsonl(rundir.jobs_file(stage_dir))):
-        if slurm_cli.queue_state(record["job_id"]) in ACTIVE_STATES:
+        if slurm_cli.queue_state(record["job_id"]) in slurm_cli.ACTIVE_STATES:
             return record["job_id"]
     return None
 

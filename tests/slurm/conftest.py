@@ -14,20 +14,8 @@ from pathlib import Path
 
 import pytest
 
-#: Queue states of a job that will still run, or is running.
-ACTIVE_STATES = {
-    "PENDING",
-    "RUNNING",
-    "REQUEUED",
-    "REQUEUE_HOLD",
-    "REQUEUE_FED",
-    "CONFIGURING",
-    "COMPLETING",
-    "SUSPENDED",
-    "RESIZING",
-    "SIGNALING",
-    "STAGE_OUT",
-}
+from burn.slurm_cli import ACTIVE_STATES
+
 #: Job states after which SLURM will not run the job again (on its own).
 FINAL_STATES = {
     "COMPLETED",
