@@ -2,7 +2,7 @@
 
     python benchmarks/data_throughput.py [--images 640] [--cores 2] [--batch 64] [--reps 3]
 
-Generates ~27 KB, 240-px JPEGs (burn.data.synthetic), pins this process (and so DALI's threads and
+Generates ~27 KB, 240-px JPEGs (burn.demo.synthetic), pins this process (and so DALI's threads and
 the DataLoader workers) to ``--cores`` cores, and times the full two-view recipe (224-px crops, the
 paper's augmentations) of each backend, interleaving the repetitions so that drifting machine load
 hits both alike. With a GPU it also times DALI's mixed (GPU) pipeline; ``--stock`` adds a plain
@@ -29,7 +29,7 @@ from omegaconf import OmegaConf
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from burn.config import DataConfig  # noqa: E402
 from burn.data.loaders import build_pretrain_loader  # noqa: E402
-from burn.data.synthetic import generate_dataset  # noqa: E402
+from burn.demo.synthetic import generate_dataset  # noqa: E402
 
 IMAGE_SIDE, JPEG_QUALITY = 240, 96  # about 27 KB per image, like ImageNet's smaller files
 

@@ -7,7 +7,7 @@
 1. Generates a dataset with the project's generator (classes differ in shape and texture; hues are
    shared between classes, so colour alone does not name a class).
 2. Trains a small supervised teacher (ResNet-18) on its labelled train split and saves it as a
-   torchvision state dict (burn/tiny_teacher.py; the tiny preset's ``model.teacher_weights=auto``).
+   torchvision state dict (burn/demo/auto_teacher.py; the tiny preset's ``model.teacher_weights=auto``).
 3. Runs, with the same linear-evaluation recipe and seeds:
    - ``burn``: stage 1 -> stage 2 -> linear with that teacher, the suite's defaults;
    - ``baseline``: linear evaluation of a randomly initialised student (``pretrained=random``);
@@ -38,7 +38,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from burn import rundir  # noqa: E402  (torch-free: the run directory's names)
+from burn.runtime import rundir  # noqa: E402  (torch-free: the run directory's names)
 
 DATA = {"classes": 16, "per_class": 80, "val_per_class": 25, "size": 48}
 #: The pretraining and linear recipe of every run (tiny preset underneath).
@@ -83,7 +83,7 @@ def run(cmd: list, log_path: Path, threads: int) -> None:
         raise SystemExit(f"{' '.join(cmd)} failed with {code}; log {log_path}:\n{tail}")
 
 
-KL_TAG = "pretrain/loss/kl"  # burn/engine/reporting.py: tag_of("pretrain", "kl")
+KL_TAG = "pretrain/loss/kl"  # burn/monitor/reporting.py: tag_of("pretrain", "kl")
 
 
 def final_kl(stage_dir: Path) -> float | None:
@@ -130,7 +130,7 @@ def train_teacher_once(data_root: Path, extra: list) -> Path:
     from hydra import compose, initialize_config_dir
 
     from burn.config import register_configs
-    from burn.tiny_teacher import ensure_teacher
+    from burn.demo.auto_teacher import ensure_teacher
 
     register_configs()
     with initialize_config_dir(str(REPO / "conf"), version_base=None):
@@ -169,7 +169,7 @@ def main() -> int:
     workdir = args.workdir.absolute()
     data_root = workdir / "data"
     started = time.time()
-    from burn.data.synthetic import generate_atomically
+    from burn.demo.synthetic import generate_atomically
 
     if not data_root.is_dir():
         generate_atomically(data_root, **DATA, seed=0)

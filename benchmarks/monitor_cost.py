@@ -25,8 +25,8 @@ sys.path.insert(0, str(REPO))
 from burn.config import MonitorConfig, register_configs  # noqa: E402
 from burn.data.loaders import ensure_synthetic  # noqa: E402
 from burn.engine.distributed import init_distributed, seed_everything  # noqa: E402
-from burn.engine.signals import PreemptionHandler  # noqa: E402
 from burn.engine.trainer import PretrainTrainer  # noqa: E402
+from burn.resume.signals import PreemptionHandler  # noqa: E402
 
 
 class TimedMonitor:

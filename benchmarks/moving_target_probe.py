@@ -24,9 +24,9 @@ from omegaconf import OmegaConf
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from burn.data.loaders import build_eval_loader  # noqa: E402
-from burn.engine.checkpoint import CheckpointManager  # noqa: E402
 from burn.models.burn import build_burn_model  # noqa: E402
-from burn.rundir import CHECKPOINTS  # noqa: E402
+from burn.resume.checkpoint import CheckpointManager  # noqa: E402
+from burn.runtime.rundir import CHECKPOINTS  # noqa: E402
 
 
 def spread(out: torch.Tensor) -> float:

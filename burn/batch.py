@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from burn.errors import UsageError
+from burn.runtime.errors import UsageError
 
 
 class BatchSplitError(UsageError):

@@ -23,7 +23,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 #: out of sweep run-directory names; the stage runner reads none of them but signal_delay_s).
 LAUNCH = "launch"
 #: IDENTITY: a run directory belongs to one value of it: a resume with another value is refused unless
-#: checkpoint.force=true (burn/engine/identity.py). Either it changes the model or the data, or a restored
+#: checkpoint.force=true (burn/resume/identity.py). Either it changes the model or the data, or a restored
 #: checkpoint would silently override the new value (the optimizer state holds the learning rates).
 IDENTITY = "identity"
 
@@ -33,7 +33,7 @@ STAGES = ("1", "2", "linear", "all")
 RANDOM_BACKBONE = "random"
 #: model.teacher_classifier: trained with the student (the paper's moving target) or frozen at init.
 TEACHER_CLASSIFIER_MODES = ("joint", "frozen")
-#: model.teacher_weights=auto (burn/tiny_teacher.py): the symbolic values a path-valued key may hold.
+#: model.teacher_weights=auto (burn/demo/auto_teacher.py): the symbolic values a path-valued key may hold.
 AUTO_TEACHER = "auto"
 #: Keys that name files or folders: made absolute at the entry points, compared resolved on resume.
 PATH_KEYS = ("data.root", "model.teacher_weights", "pretrained")
@@ -87,7 +87,7 @@ class ModelConfig:
     teacher_weights: str | None = None
     """Teacher weights file (MoCo v2 release, original BURN teacher or torchvision state dict).
     ``auto``: a small supervised teacher trained once on data.root's labelled train split and cached
-    beside the data (burn/tiny_teacher.py; the tiny preset's choice). None keeps a random teacher
+    beside the data (burn/demo/auto_teacher.py; the tiny preset's choice). None keeps a random teacher
     trunk: a control for experiments and tests, not a way to learn anything. Its sha256 is kept in
     every checkpoint; a resume with another file's content is refused unless checkpoint.force=true."""
     center_target: bool = True

@@ -1,7 +1,7 @@
 """Checks of a stage config that can fail before any work: the same code for launch/submit.py (before
 queueing), launch/run.py and the SLURM job (rank 0, before the run directory is touched).
 
-Each failure is a :class:`burn.errors.UsageError` naming the key and the value: one line, exit 2.
+Each failure is a :class:`burn.runtime.errors.UsageError` naming the key and the value: one line, exit 2.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from burn.config import RANDOM_BACKBONE, closed_choices
-from burn.errors import UsageError
+from burn.runtime.errors import UsageError
 
 RUNNABLE_STAGES = ("1", "2", "linear")
 
@@ -106,7 +106,7 @@ def check_stage(cfg: DictConfig, world_size: int, run_dir: Path) -> None:
 
 def check_teacher(cfg: DictConfig) -> None:
     """A pretraining stage's model.teacher_weights (None keeps a random teacher trunk). Resolve
-    ``auto`` first (burn.tiny_teacher.resolve_auto_teacher): this checks the file it names."""
+    ``auto`` first (burn.demo.auto_teacher.resolve_auto_teacher): this checks the file it names."""
     if str(cfg.stage) != "linear" and cfg.model.teacher_weights:
         check_weights(cfg.model.teacher_weights, "model.teacher_weights", str(cfg.stage))
 

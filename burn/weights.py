@@ -41,8 +41,8 @@ from typing import Any
 
 import torch
 
-from burn.files import state_nbytes
-from burn.rundir import CHECKPOINT_FORMAT, atomic_write
+from burn.runtime.files import state_nbytes
+from burn.runtime.rundir import CHECKPOINT_FORMAT, atomic_write
 
 StateDict = dict[str, torch.Tensor]
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from burn.config import PATH_KEYS, RENAMED_KEYS, absolute_path
-from burn.errors import UsageError, reported_as_one_line
+from burn.runtime.errors import UsageError, reported_as_one_line
 from burn.validation import RUNNABLE_STAGES, check_closed_choices
 
 CONF = Path(__file__).resolve().parents[1] / "conf"

@@ -5,7 +5,7 @@ signal handlers; the stage code (torch, DALI, the models) takes seconds to impor
 node. So this module imports nothing heavy: on import inside a job, and again first thing in
 `__call__` (over Submitit's handlers), it installs burn's flag-only recorder, and only then imports
 the stage code. A preemption notice during any of that is recorded and ends in a checkpoint at step
-boundary 0 and a requeue, not in a FAILED job (see burn/signal_flags.py for which signal means what).
+boundary 0 and a requeue, not in a FAILED job (see burn/runtime/signal_flags.py for which signal means what).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Any
 
 import submitit
 
-from burn.environment import Environment
-from burn.signal_flags import ignore_once_complete, install_early
+from burn.runtime.environment import Environment
+from burn.runtime.signal_flags import ignore_once_complete, install_early
 
 if Environment.read().submitit_folder:  # unpickling inside a job (not submit.py importing us)
     install_early()
@@ -30,7 +30,7 @@ class StageJob(submitit.helpers.Checkpointable):
 
     def __call__(self) -> dict[str, Any]:
         install_early()  # Submitit replaced the handlers after unpickling; the heavy imports follow
-        from burn.errors import reported_as_one_line
+        from burn.runtime.errors import reported_as_one_line
         from launch.task import run_task
 
         # Bad input (exit 2) or a fault (exit 1): one line, the last of the job's log, no traceback;

@@ -16,7 +16,7 @@ from typing import Any
 import submitit
 from omegaconf import DictConfig, OmegaConf
 
-from burn import rundir, slurm_cli
+from burn.runtime import rundir, slurm_cli
 from launch.job_entry import StageJob
 
 

@@ -9,7 +9,7 @@ import sys
 
 # Before the heavy imports (seconds, more on a loaded node): a preemption notice, scancel or Ctrl-C
 # that arrives meanwhile is recorded, not fatal; the stage acts on it at start-up.
-from burn.signal_flags import ignore_once_complete, install_early
+from burn.runtime.signal_flags import ignore_once_complete, install_early
 
 install_early()
 
@@ -63,7 +63,7 @@ from omegaconf import DictConfig  # noqa: E402
 
 from burn.config import register_configs  # noqa: E402
 from burn.engine.stage import run_stage  # noqa: E402
-from burn.errors import reported_as_one_line  # noqa: E402
+from burn.runtime.errors import reported_as_one_line  # noqa: E402
 
 register_configs()
 

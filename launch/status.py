@@ -9,8 +9,8 @@ the log's last line), its log file and the log's last lines.
 
 Exit status: 0 when nothing failed (a stage its user cancelled, with scancel or Ctrl-C, says
 "CANCELLED" and is not a failure), 1 when a stage or job failed, 2 when RUN_DIR holds no stage.
-Reads files and asks SLURM; imports neither torch nor the training code (only burn/rundir.py and
-burn/slurm_cli.py), so it answers fast.
+Reads files and asks SLURM; imports neither torch nor the training code (only burn/runtime/rundir.py and
+burn/runtime/slurm_cli.py), so it answers fast.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from burn import rundir, slurm_cli
+from burn.runtime import rundir, slurm_cli
 
 FAILED_STATES = {"FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE", "PREEMPTED"}
 LOG_TAIL_LINES = 8

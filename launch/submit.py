@@ -75,13 +75,13 @@ from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from burn import rundir, slurm_cli  # noqa: E402
 from burn.config import LAUNCH, PATH_KEYS, RANDOM_BACKBONE, STAGES, absolute_path, keys_with_role, register_configs  # noqa: E402
-from burn.engine.identity import check_resume_config  # noqa: E402
-from burn.environment import Environment  # noqa: E402
-from burn.errors import UsageError, reported_as_one_line  # noqa: E402
-from burn.tiny_teacher import AUTO as AUTO_TEACHER  # noqa: E402
-from burn.tiny_teacher import resolve_auto_teacher  # noqa: E402
+from burn.demo.auto_teacher import AUTO as AUTO_TEACHER  # noqa: E402
+from burn.demo.auto_teacher import resolve_auto_teacher  # noqa: E402
+from burn.resume.identity import check_resume_config  # noqa: E402
+from burn.runtime import rundir, slurm_cli  # noqa: E402
+from burn.runtime.environment import Environment  # noqa: E402
+from burn.runtime.errors import UsageError, reported_as_one_line  # noqa: E402
 from burn.validation import (  # noqa: E402
     check_batch,
     check_choices,

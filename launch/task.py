@@ -6,7 +6,7 @@ preemption/time-limit signal came, a checkpoint was written). On 75, global rank
 under the same id (``scontrol requeue``, as Submitit itself does) and every task exits *without* a
 Submitit result, so whoever waits on the job keeps waiting for the requeued run.
 
-Signals (which means what: burn/signal_flags.py). The job unpickles launch/job_entry.py's StageJob,
+Signals (which means what: burn/runtime/signal_flags.py). The job unpickles launch/job_entry.py's StageJob,
 which imports nothing heavy and installs burn's flag-only recorder before the stage code is imported,
 so a signal during start-up is recorded, never fatal. Submitit installs its own handlers after
 unpickling (SIGUSR2 -> checkpoint() on global rank 0 and requeue mid-step; SIGTERM -> ignore);
@@ -34,12 +34,12 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from burn import rundir, slurm_cli
 from burn.config import BurnConfig, load_saved_config
-from burn.engine.checkpoint import CheckpointManager
-from burn.engine.signals import CANCEL_EXIT_CODE, INTERRUPT_EXIT_CODE, REQUEUE_EXIT_CODE, STOP_SIGNALS
 from burn.engine.stage import run_stage
-from burn.environment import Environment
+from burn.resume.checkpoint import CheckpointManager
+from burn.resume.signals import CANCEL_EXIT_CODE, INTERRUPT_EXIT_CODE, REQUEUE_EXIT_CODE, STOP_SIGNALS
+from burn.runtime import rundir, slurm_cli
+from burn.runtime.environment import Environment
 
 log = logging.getLogger("burn.launch")
 

@@ -9,7 +9,7 @@
 # stage2/backbone.pth. steps=/epochs= apply to the two pretraining stages (linear evaluation keeps
 # linear.epochs), as with submit.py stage=all. A stage whose dir holds DONE is skipped. Logs: <stage dir>/slurm/<job id>.out.
 # Each job is recorded in <stage dir>/slurm/jobs.jsonl for launch/status.py. Prints the job ids.
-# The run directory's names are burn/rundir.py's (tests/test_layout.py keeps them equal).
+# The run directory's names are burn/runtime/rundir.py's (tests/test_layout.py keeps them equal).
 # The time-limit warning comes signal_delay_s seconds before the end (--signal=B:USR2@<s>): the value the
 # overrides give the stages (burn/config.py), so the stage's slow-checkpoint warning knows it too. Set it
 # with signal_delay_s=<s> after the --, not with an sbatch --signal option. BURN_PYTHON: the interpreter

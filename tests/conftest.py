@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -22,7 +23,7 @@ def tiny_data(tmp_path_factory) -> Path:
         [
             sys.executable,
             "-m",
-            "burn.data.synthetic",
+            "burn.demo.synthetic",
             "--out",
             str(root),
             "--classes",
@@ -44,13 +45,25 @@ def tiny_data(tmp_path_factory) -> Path:
     from hydra import compose, initialize_config_dir
 
     from burn.config import register_configs
-    from burn.tiny_teacher import ensure_teacher
+    from burn.demo.auto_teacher import ensure_teacher
 
     register_configs()
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
         cfg = compose("config", overrides=["preset=tiny", f"data.root={root}"])
     ensure_teacher(cfg.data, cfg.model.teacher_arch)
     return root
+
+
+@pytest.fixture(autouse=True)
+def _restore_stop_signal_handlers():
+    """An in-process stage that completes sets USR2/TERM to SIG_IGN (burn.runtime.signal_flags.
+    ignore_once_complete, for the real process's shutdown): put the handlers back for the next test."""
+    stop_signals = (signal.SIGUSR2, signal.SIGTERM, signal.SIGINT)
+    before = {signum: signal.getsignal(signum) for signum in stop_signals}
+    yield
+    for signum, handler in before.items():
+        if signal.getsignal(signum) != handler:
+            signal.signal(signum, handler)
 
 
 def free_port() -> int:

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 import burn.config as config
 from burn.config import IDENTITY, LAUNCH, closed_choices, compose_config, keys_with_role, load_saved_config
-from burn.errors import UsageError
+from burn.runtime.errors import UsageError
 from burn.validation import check_closed_choices
 from launch.entry import refuse_renamed_keys
 

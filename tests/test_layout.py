@@ -1,23 +1,24 @@
-"""The run directory's layout has one home (burn/rundir.py): the shell chain agrees with it, the light
+"""The run directory's layout has one home (burn/runtime/rundir.py): the shell chain agrees with it, the light
 modules stay torch-free, the ledgers and the atomic writer behave."""
 
 from __future__ import annotations
 
 import os
+import pkgutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from burn import rundir
-from burn.environment import Environment
+from burn.runtime import rundir
+from burn.runtime.environment import Environment
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def test_chain_sh_uses_the_layout_of_burn_rundir():
-    """slurm/chain.sh is shell and spells the names itself: they must be burn/rundir.py's."""
+    """slurm/chain.sh is shell and spells the names itself: they must be burn/runtime/rundir.py's."""
     text = (REPO / "slurm" / "chain.sh").read_text()
     stage1, stage2, linear = (rundir.stage_dir_name(s) for s in ("1", "2", "linear"))
     expected = [
@@ -30,13 +31,21 @@ def test_chain_sh_uses_the_layout_of_burn_rundir():
         f"[[ -e $dir/{rundir.DONE} ]]",
     ]
     missing = [line for line in expected if line not in text]
-    assert not missing, f"slurm/chain.sh no longer matches burn/rundir.py: {missing}"
+    assert not missing, f"slurm/chain.sh no longer matches burn/runtime/rundir.py: {missing}"
+
+
+def torch_free_modules() -> list[str]:
+    """burn.runtime is torch-free by definition (every module in it), plus the two launch modules
+    that must answer before torch loads."""
+    import burn.runtime
+
+    runtime = [f"burn.runtime.{m.name}" for m in pkgutil.iter_modules(burn.runtime.__path__)]
+    assert len(runtime) >= 6, runtime
+    return ["launch.status", "launch.job_entry", *runtime]
 
 
 @pytest.mark.process
-@pytest.mark.parametrize(
-    "module", ["launch.status", "launch.job_entry", "burn.rundir", "burn.environment", "burn.slurm_cli"]
-)
+@pytest.mark.parametrize("module", torch_free_modules())
 def test_light_modules_do_not_import_torch(module):
     """launch/status.py answers fast and a Submitit job records signals before the heavy imports."""
     code = f"import sys, {module}; assert 'torch' not in sys.modules, 'torch imported'"

@@ -11,11 +11,11 @@ import torchvision
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-import burn.tiny_teacher
+import burn.demo.auto_teacher
 from burn.config import register_configs
+from burn.demo.auto_teacher import teacher_path
 from burn.engine.stage import _claim_run_dir
-from burn.errors import UsageError
-from burn.tiny_teacher import teacher_path
+from burn.runtime.errors import UsageError
 from burn.validation import check_choices, check_pretrained, check_stage, stage_splits
 
 REPO = Path(__file__).resolve().parents[1]
@@ -79,7 +79,7 @@ def test_start_up_trains_the_missing_auto_teacher_before_checking_it_and_saves_i
         torch.save(torchvision.models.resnet18(num_classes=10).state_dict(), out)
         return {"val_top1": 0.0, "epochs": 0, "seconds": 0.0}
 
-    monkeypatch.setattr(burn.tiny_teacher, "train_teacher", fake_train)
+    monkeypatch.setattr(burn.demo.auto_teacher, "train_teacher", fake_train)
     overrides = ["stage=1", f"data.root={own_data}", "data.synthetic.generate=false", "model.teacher_weights=auto"]
     cfg = compose_cfg(*overrides)
     expected = str(teacher_path(cfg.data, cfg.model.teacher_arch))
@@ -96,7 +96,7 @@ def test_start_up_trains_the_missing_auto_teacher_before_checking_it_and_saves_i
 
 @pytest.mark.process
 def test_start_up_of_a_linear_stage_neither_trains_an_auto_teacher_nor_loads_random(tmp_path, own_data, monkeypatch):
-    monkeypatch.setattr(burn.tiny_teacher, "train_teacher", lambda *a, **k: pytest.fail("trained a teacher"))
+    monkeypatch.setattr(burn.demo.auto_teacher, "train_teacher", lambda *a, **k: pytest.fail("trained a teacher"))
     cfg = compose_cfg(
         "stage=linear",
         "pretrained=random",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from burn.errors import FaultError
+from burn.runtime.errors import FaultError
 
 
 class DatasetError(ValueError):

@@ -13,7 +13,7 @@ import torch
 
 from burn.data.errors import DataError, DatasetError
 from burn.data.lists import balanced_subset, resolve_split, validate_dataset
-from burn.data.synthetic import ensure_synthetic
+from burn.demo.synthetic import ensure_synthetic
 
 __all__ = [
     "build_pretrain_loader",

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from burn.data.errors import DatasetError
-from burn.files import umask_mode
+from burn.runtime.files import umask_mode
 
 WNID = re.compile(r"^n\d{8}$")
 JPEG_EXTENSIONS = (".jpeg", ".jpg")

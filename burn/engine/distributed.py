@@ -2,7 +2,7 @@
 
 The launcher's job is to start N copies of the same command; this module turns its environment into
 one small `DistInfo` object and an initialised process group. Everything that needs a rank asks
-`DistInfo`, never the environment (read once, by burn/environment.py).
+`DistInfo`, never the environment (read once, by burn/runtime/environment.py).
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from burn.environment import Environment
-from burn.slurm_cli import first_host
+from burn.runtime.environment import Environment
+from burn.runtime.slurm_cli import first_host
 
 log = logging.getLogger(__name__)
 

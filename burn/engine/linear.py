@@ -20,7 +20,7 @@ from burn.engine.precision import build_amp
 from burn.engine.schedules import build_step_decay, stage_length
 from burn.engine.state import ModuleParts, Stateful
 from burn.models.reactnet import ReActNetA
-from burn.rundir import LINEAR_RESULTS, write_json
+from burn.runtime.rundir import LINEAR_RESULTS, write_json
 from burn.weights import load_backbone
 
 log = logging.getLogger("burn")

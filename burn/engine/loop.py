@@ -17,13 +17,14 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from burn.data.record import SampleRecord
-from burn.engine import elastic
-from burn.engine.background_save import BackgroundCheckpointWriter, snapshot
-from burn.engine.checkpoint import CheckpointError, CheckpointManager
 from burn.engine.distributed import DistInfo, all_gather_objects, barrier
 from burn.engine.nonfinite import Applied, BadStepStreak
-from burn.engine.reporting import MetricLogger
-from burn.engine.signals import (
+from burn.engine.state import ProcessRng, Stateful
+from burn.monitor.reporting import MetricLogger
+from burn.resume import elastic
+from burn.resume.background_save import BackgroundCheckpointWriter, snapshot
+from burn.resume.checkpoint import CheckpointError, CheckpointManager
+from burn.resume.signals import (
     EXIT_CODES,
     REQUEUE_EXIT_CODE,
     STATES,
@@ -31,14 +32,13 @@ from burn.engine.signals import (
     stop_code,
     warn_if_slow_checkpoint,
 )
-from burn.engine.state import ProcessRng, Stateful
-from burn.rundir import CHECKPOINT_FORMAT, CHECKPOINTS, DONE
+from burn.runtime.rundir import CHECKPOINT_FORMAT, CHECKPOINTS, DONE
 
 log = logging.getLogger("burn")
 
 PER_RANK = ("data", "rng")
 """Entries of `states` that every rank holds its own of (data position, RNG streams): a checkpoint keeps
-one per rank, in a list indexed by rank; another number of ranks maps them (burn.engine.elastic)."""
+one per rank, in a list indexed by rank; another number of ranks maps them (burn.resume.elastic)."""
 
 
 class StageLoop:

@@ -15,6 +15,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from burn.data.loaders import ensure_synthetic
+from burn.demo.auto_teacher import AUTO as AUTO_TEACHER
+from burn.demo.auto_teacher import ensure_teacher, resolve_auto_teacher
 from burn.engine.distributed import (
     DistInfo,
     all_gather_objects,
@@ -23,15 +25,13 @@ from burn.engine.distributed import (
     shutdown_distributed,
 )
 from burn.engine.gpu import configure_backends
-from burn.engine.identity import check_resume_config
-from burn.engine.reporting import configure_console_logging, record_failure
-from burn.engine.run_lock import ConfigMismatchError, RunDirBusyError, RunDirLock, write_config_if_changed
-from burn.engine.signals import PreemptionHandler
-from burn.environment import Environment
-from burn.errors import UsageError
-from burn.rundir import CONFIG, DONE, stage_dir_name
-from burn.tiny_teacher import AUTO as AUTO_TEACHER
-from burn.tiny_teacher import ensure_teacher, resolve_auto_teacher
+from burn.monitor.reporting import configure_console_logging, record_failure
+from burn.resume.identity import check_resume_config
+from burn.resume.run_lock import ConfigMismatchError, RunDirBusyError, RunDirLock, write_config_if_changed
+from burn.resume.signals import PreemptionHandler
+from burn.runtime.environment import Environment
+from burn.runtime.errors import UsageError
+from burn.runtime.rundir import CONFIG, DONE, stage_dir_name
 from burn.validation import check_choices, check_data, check_stage
 
 log = logging.getLogger("burn")

@@ -13,22 +13,22 @@ import torch
 from burn.batch import split_global_batch
 from burn.config import RANDOM_BACKBONE, STAGE_PRECISION
 from burn.data.loaders import build_pretrain_loader
-from burn.engine.checkpoint import sha256_of_file
+from burn.demo.auto_teacher import resolve_auto_teacher
 from burn.engine.distributed import all_gather_objects, wrap_ddp
 from burn.engine.gpu import compile_enabled, compile_in_place, teacher_to_half, to_channels_last
-from burn.engine.identity import check_teacher_unchanged
-from burn.engine.knn import KnnMonitor
 from burn.engine.loop import StageLoop
-from burn.engine.monitors import CollapseAlarm, collapse_metrics
 from burn.engine.nonfinite import Applied
 from burn.engine.precision import AmpSettings, LazyScale, build_amp
 from burn.engine.schedules import build_warmup_cosine, stage_length
-from burn.engine.signals import warn_if_slow_checkpoint
 from burn.engine.state import ModuleParts, Record, Stateful
 from burn.models.burn import build_burn_model
+from burn.monitor.diagnostics import CollapseAlarm, collapse_metrics
+from burn.monitor.knn import KnnMonitor
 from burn.objective import lambda_at
-from burn.rundir import BACKBONE, STAGE1_EXTRACTION
-from burn.tiny_teacher import resolve_auto_teacher
+from burn.resume.checkpoint import sha256_of_file
+from burn.resume.identity import check_teacher_unchanged
+from burn.resume.signals import warn_if_slow_checkpoint
+from burn.runtime.rundir import BACKBONE, STAGE1_EXTRACTION
 from burn.weights import load_stage1_init, write_backbone_extraction, write_stage1_extraction
 
 log = logging.getLogger("burn")

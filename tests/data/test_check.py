@@ -12,7 +12,7 @@ from PIL import Image
 
 from burn.data.check import inspect_image
 from burn.data.check import main as check_main
-from burn.data.synthetic import render_image
+from burn.demo.synthetic import render_image
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -15,7 +15,7 @@ from PIL import Image
 
 from burn.data.lists import validate_dataset
 from burn.data.prepare import main as prepare_main
-from burn.data.synthetic import render_image
+from burn.demo.synthetic import render_image
 
 # Real WNIDs (tench, goldfish, great white shark, tiger shark); devkit ids deliberately not in sorted
 # order, as in the real meta.mat, so reading them by position would mislabel.

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from burn.data.sharding import batch_positions, stream_indices
-from burn.engine.checkpoint import CheckpointManager
-from burn.files import DiskFullError
+from burn.resume.checkpoint import CheckpointManager
+from burn.runtime.files import DiskFullError
 
 REPO = Path(__file__).resolve().parents[2]
 BASE = ["preset=tiny", "data.synthetic.generate=false", "log.progress_bar=off", "monitor.knn=false"]

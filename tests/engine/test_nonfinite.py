@@ -11,8 +11,8 @@ from hydra import compose, initialize_config_dir
 
 from burn.config import register_configs
 from burn.engine.distributed import init_distributed, seed_everything
-from burn.engine.signals import PreemptionHandler
 from burn.engine.trainer import PretrainTrainer
+from burn.resume.signals import PreemptionHandler
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 # Every test here uses tiny_data, whose set-up runs the dataset generator in a subprocess.

@@ -20,7 +20,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from burn.config import register_configs
 from burn.engine.distributed import init_distributed, seed_everything
 from burn.engine.linear import LinearEvalTrainer
-from burn.engine.signals import REQUEUE_EXIT_CODE, PreemptionHandler
+from burn.resume.signals import REQUEUE_EXIT_CODE, PreemptionHandler
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 

@@ -12,7 +12,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from burn.config import register_configs
-from burn.errors import UsageError
+from burn.runtime.errors import UsageError
 from launch.entry import apply_synthetic_rule
 
 REPO = Path(__file__).resolve().parents[2]
@@ -141,8 +141,8 @@ def test_readme_sequence_make_demo_then_run_stage1(tiny_data, tmp_path):
 def test_the_identity_check_compares_resolved_paths(tmp_path, monkeypatch):
     from omegaconf import OmegaConf
 
-    from burn.engine.run_lock import ConfigMismatchError
     from burn.engine.stage import check_resume_config
+    from burn.resume.run_lock import ConfigMismatchError
 
     (tmp_path / "data" / "synthetic-tiny").mkdir(parents=True)
     (tmp_path / "link").symlink_to(tmp_path / "data")

@@ -5,8 +5,8 @@ import json
 import pytest
 from omegaconf import OmegaConf
 
-from burn.engine.checkpoint import CheckpointManager
-from burn.environment import Environment
+from burn.resume.checkpoint import CheckpointManager
+from burn.runtime.environment import Environment
 from launch import task
 
 

@@ -77,8 +77,8 @@ def test_the_checkpoint_warning_gets_the_key_and_the_measured_step_time(tiny_dat
 
     from burn.engine import loop
     from burn.engine.distributed import init_distributed, seed_everything
-    from burn.engine.signals import PreemptionHandler
     from burn.engine.trainer import PretrainTrainer
+    from burn.resume.signals import PreemptionHandler
 
     cfg = compose_config(
         [

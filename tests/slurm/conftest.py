@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from burn.slurm_cli import ACTIVE_STATES
+from burn.runtime.slurm_cli import ACTIVE_STATES
 
 #: Job states after which SLURM will not run the job again (on its own).
 FINAL_STATES = {

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from burn.data.sharding import derive_seed
-from burn.engine.checkpoint import CheckpointError
+from burn.resume.checkpoint import CheckpointError
 
 _RNG_STREAM = 0xE1A5  # separates the re-derived process RNG from every other derived seed
 

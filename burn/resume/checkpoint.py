@@ -39,8 +39,8 @@ from typing import IO, Any
 
 import torch
 
-from burn.files import raise_if_disk_full, state_nbytes
-from burn.rundir import fsync_directory, write_temp_beside
+from burn.runtime.files import raise_if_disk_full, state_nbytes
+from burn.runtime.rundir import fsync_directory, write_temp_beside
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +172,7 @@ class CheckpointManager:
     def save(self, state: Mapping[str, Any], step: int) -> Path:
         """Write ``state`` as the checkpoint of ``step`` atomically, then prune; return its path.
 
-        A full disk raises :class:`burn.files.DiskFullError` (one line: directory, size, the checkpoint
+        A full disk raises :class:`burn.runtime.files.DiskFullError` (one line: directory, size, the checkpoint
         that is still intact); nothing earlier is touched."""
         try:
             return self._save(state, step)

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from burn.engine import checkpoint as checkpoint_module
-from burn.engine.checkpoint import (
+from burn.resume import checkpoint as checkpoint_module
+from burn.resume.checkpoint import (
     CheckpointError,
     CheckpointIntegrityError,
     CheckpointManager,
@@ -125,7 +125,7 @@ def test_damaged_newest_is_skipped_with_warning(tmp_path, caplog, damage, reason
         manager.load(newest)
     assert str(newest) in str(raised.value)
 
-    with caplog.at_level(logging.WARNING, logger="burn.engine.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="burn.resume.checkpoint"):
         state, path = CheckpointManager(tmp_path).load_latest()
     assert path == manager.path_for(10)
     assert state["step"] == 10 and torch.equal(state["weights"], _small_state(10)["weights"])
@@ -141,7 +141,7 @@ def test_all_damaged_or_empty_directory_gives_none(tmp_path, caplog):
     _truncate(manager.path_for(1))
     _flip_middle_byte(manager.path_for(2))
     _drop_sidecar(manager.path_for(3))
-    with caplog.at_level(logging.WARNING, logger="burn.engine.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="burn.resume.checkpoint"):
         assert manager.load_latest() is None
     skipped = " ".join(record.getMessage() for record in caplog.records)
     for step in (1, 2, 3):
@@ -290,7 +290,7 @@ def test_rejects_bad_arguments(tmp_path):
 _WRITER = textwrap.dedent(
     """
     import sys, torch
-    from burn.engine.checkpoint import CheckpointManager
+    from burn.resume.checkpoint import CheckpointManager
 
     directory, mode, numel = sys.argv[1], sys.argv[2], int(sys.argv[3])
     manager = CheckpointManager(directory, keep_last=1)

@@ -18,8 +18,8 @@ and each stage folder holds::
     DONE                the stage is complete (its product is written before it)
     progress.json       where the stage is (state, step, loss, ...), replaced atomically
     config.yaml         the resolved config of the run, for the identity check on resume
-    .lock               flock'ed by the one process that writes here (burn/engine/run_lock.py)
-    checkpoints/        ckpt-<step>.pt + .sha256 sidecars (burn/engine/checkpoint.py)
+    .lock               flock'ed by the one process that writes here (burn/resume/run_lock.py)
+    checkpoints/        ckpt-<step>.pt + .sha256 sidecars (burn/resume/checkpoint.py)
     tb/                 TensorBoard events
     slurm/              Submitit's job folders (<job id>/) or slurm/chain.sh's logs (<job id>.out)
     slurm/jobs.jsonl    one JSON line per job submitted for the stage
@@ -35,7 +35,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from burn.files import raise_if_disk_full, umask_mode
+from burn.runtime.files import raise_if_disk_full, umask_mode
 
 # ---- names inside a stage's folder ---------------------------------------------------------------
 
@@ -45,7 +45,7 @@ DONE = "DONE"
 PROGRESS = "progress.json"
 #: The run's resolved config, compared with a resuming command's.
 CONFIG = "config.yaml"
-#: The run directory's lock file (never deleted: see burn/engine/run_lock.py).
+#: The run directory's lock file (never deleted: see burn/resume/run_lock.py).
 LOCK = ".lock"
 #: The stage's checkpoint folder.
 CHECKPOINTS = "checkpoints"
@@ -143,7 +143,7 @@ def atomic_write(
     ``data`` is bytes, text, or a function that writes into a binary stream (``torch.save``). The
     temp file is fsynced before the rename, so a crash cannot leave an empty file under the real
     name; ``sync_dir`` also makes the rename itself durable. A full disk raises
-    :class:`burn.files.DiskFullError` naming the file, ``size`` (the bytes a writer function meant
+    :class:`burn.runtime.files.DiskFullError` naming the file, ``size`` (the bytes a writer function meant
     to write) and ``intact`` (default: "the previous <name> is intact")."""
     path = Path(path)
     if isinstance(data, str):

@@ -1,6 +1,6 @@
 """A generated ImageNet-style dataset of real JPEGs with learnable classes (demo, tests, benchmarks).
 
-    python -m burn.data.synthetic --out DIR --classes K --per-class N --size S [--val-per-class M] [--seed 0]
+    python -m burn.demo.synthetic --out DIR --classes K --per-class N --size S [--val-per-class M] [--seed 0]
 
 Each class has its own shape, surface texture and colour; every image varies the nuisances (position,
 scale, rotation, background colour and gradient, pixel noise, a small colour shift), so a linear
@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from burn.data.lists import dataset_root
-from burn.files import umask_mode
+from burn.runtime.files import umask_mode
 
 log = logging.getLogger(__name__)
 
@@ -223,7 +223,7 @@ def _warn_if_different(root: Path, params: dict) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m burn.data.synthetic", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m burn.demo.synthetic", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, type=Path, help="dataset root to create")
     parser.add_argument("--classes", type=int, default=10)
     parser.add_argument("--per-class", type=int, default=40, help="training images per class")

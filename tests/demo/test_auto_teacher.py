@@ -9,8 +9,8 @@ import torch
 from omegaconf import OmegaConf
 
 from burn.config import BurnConfig
+from burn.demo.auto_teacher import AUTO, ensure_teacher, resolve_auto_teacher, teacher_path, train_teacher
 from burn.models.teacher import Teacher
-from burn.tiny_teacher import AUTO, ensure_teacher, resolve_auto_teacher, teacher_path, train_teacher
 
 # Every test here uses tiny_data, whose set-up runs the dataset generator in a subprocess.
 pytestmark = pytest.mark.process
@@ -50,7 +50,7 @@ def test_auto_resolves_to_one_cached_file(tiny_data, tmp_path, monkeypatch):
         out.write_bytes(b"x")
         return {"val_top1": 0.0, "epochs": 0, "seconds": 0.0}
 
-    monkeypatch.setattr("burn.tiny_teacher.train_teacher", count_and_write)
+    monkeypatch.setattr("burn.demo.auto_teacher.train_teacher", count_and_write)
     fake_root = tmp_path / "other"
     fake_root.mkdir()
     other = _cfg(fake_root)

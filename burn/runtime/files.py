@@ -1,5 +1,5 @@
 """Small file-system helpers: the umask, and a full disk reported in one line (kept free of heavy
-imports: the data tools and the stage start-up both use them). The atomic writer: burn/rundir.py."""
+imports: the data tools and the stage start-up both use them). The atomic writer: burn/runtime/rundir.py."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import os
 import shutil
 from typing import Any
 
-from burn.errors import FaultError
+from burn.runtime.errors import FaultError
 
 
 class DiskFullError(FaultError):

@@ -1,4 +1,4 @@
-"""The identity check (burn/engine/identity.py): what a resume may not change without checkpoint.force=true,
+"""The identity check (burn/resume/identity.py): what a resume may not change without checkpoint.force=true,
 declared by the schema's IDENTITY role; the teacher file by its sha256; old config.yaml files still resume."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import torch
 from omegaconf import OmegaConf
 
 from burn.config import compose_config
-from burn.engine.identity import check_resume_config, check_teacher_unchanged
-from burn.engine.run_lock import ConfigMismatchError
+from burn.resume.identity import check_resume_config, check_teacher_unchanged
+from burn.resume.run_lock import ConfigMismatchError
 
 SHORT = ["steps=3", "checkpoint.every_steps=2", "monitor.knn=false"]
 
@@ -100,7 +100,7 @@ def test_a_teacher_file_with_other_content_is_refused_unless_forced(tmp_path):
 @pytest.mark.slow
 def test_resume_refuses_a_changed_lr_or_teacher_file_unless_forced_and_reads_an_old_config(cli, tmp_path):
     """The stage runner on a real run directory: a stage resumed from its last checkpoint (DONE removed)."""
-    from burn.tiny_teacher import teacher_path
+    from burn.demo.auto_teacher import teacher_path
 
     teacher = tmp_path / "teacher.pth"
     shutil.copy(teacher_path(tiny(f"data.root={cli.data_root}").data, "resnet18"), teacher)

@@ -1,7 +1,7 @@
 """Diagnostics of pretraining as pure functions: output collapse of the two classifiers, and weighted
 k-NN classification of features. No process group, no state, no host syncs (results stay tensors).
 
-The k-NN runner that extracts features during training is :mod:`burn.engine.knn`.
+The k-NN runner that extracts features during training is :mod:`burn.monitor.knn`.
 """
 
 from __future__ import annotations

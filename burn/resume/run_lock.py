@@ -1,7 +1,7 @@
 """One writer per run directory: an OS lock held for a stage's life, and config.yaml written once.
 
 Only rank 0 touches the run directory at start-up. It takes the lock, compares the saved
-`config.yaml` with the new command (burn/engine/identity.py), writes `config.yaml` (atomically, and only when its text
+`config.yaml` with the new command (burn/resume/identity.py), writes `config.yaml` (atomically, and only when its text
 changes), and tells the other ranks what it decided; they never read the directory's files
 themselves, so none of them can see a file another process is rewriting.
 
@@ -22,9 +22,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from burn.environment import Environment
-from burn.errors import UsageError
-from burn.rundir import CONFIG, LOCK, atomic_write
+from burn.runtime.environment import Environment
+from burn.runtime.errors import UsageError
+from burn.runtime.rundir import CONFIG, LOCK, atomic_write
 
 
 class RunDirBusyError(UsageError):

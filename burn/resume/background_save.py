@@ -1,5 +1,5 @@
 """Periodic checkpoints that do not hold training up: snapshot the state into (pinned) CPU memory,
-then write it with :class:`~burn.engine.checkpoint.CheckpointManager` in a thread.
+then write it with :class:`~burn.resume.checkpoint.CheckpointManager` in a thread.
 
 The write itself is unchanged (same atomic protocol, same pruning, same files), and there is only
 ever one writer: a new save, synchronous or not, first waits for the previous one. The preemption
@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from burn.engine.checkpoint import CheckpointError, CheckpointManager
+from burn.resume.checkpoint import CheckpointError, CheckpointManager
 
 log = logging.getLogger("burn")
 

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from burn.data.lists import validate_dataset
-from burn.data.synthetic import generate_dataset
+from burn.demo.synthetic import generate_dataset
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -32,7 +32,7 @@ def test_cli_output_is_byte_identical_for_a_seed(tiny_data, tmp_path):
         [
             sys.executable,
             "-m",
-            "burn.data.synthetic",
+            "burn.demo.synthetic",
             "--out",
             str(again),
             "--classes",
@@ -96,7 +96,7 @@ _RACE = """
 import sys
 from omegaconf import OmegaConf
 from burn.config import DataConfig, SyntheticConfig
-from burn.data.synthetic import ensure_synthetic
+from burn.demo.synthetic import ensure_synthetic
 cfg = OmegaConf.structured(DataConfig(root=sys.argv[1], synthetic=SyntheticConfig(
     generate=True, classes=3, per_class=4, val_per_class=2, size=32, seed=3)))
 print(ensure_synthetic(cfg))

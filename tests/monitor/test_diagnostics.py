@@ -7,7 +7,14 @@ import math
 import pytest
 import torch
 
-from burn.engine.monitors import CollapseAlarm, collapse_metrics, collapse_stats, collapsed_sides, knn_predict, mi_floor
+from burn.monitor.diagnostics import (
+    CollapseAlarm,
+    collapse_metrics,
+    collapse_stats,
+    collapsed_sides,
+    knn_predict,
+    mi_floor,
+)
 
 T = 0.2  # the loss temperature of the paper's recipe
 

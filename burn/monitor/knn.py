@@ -5,7 +5,7 @@ features (``ReActNetA.forward_features``: the 14 entries the linear evaluation f
 head it retrains) are extracted for a class-balanced capped subset of ``data.train_labeled_list`` (the
 memory bank) and of ``data.val_list`` (the queries), with the deterministic evaluation transform
 (resize + center crop). Each rank extracts its shard; bank features are all-gathered; each rank
-classifies its queries (:func:`burn.engine.monitors.knn_predict`) and the hit counts are summed.
+classifies its queries (:func:`burn.monitor.diagnostics.knn_predict`) and the hit counts are summed.
 
 Training is left exactly as it was: the student runs in eval mode under ``no_grad`` (BatchNorm
 statistics untouched) and returns to its previous mode; the process's python / numpy / torch / CUDA
@@ -24,7 +24,7 @@ from torch import nn
 
 from burn.data.loaders import DatasetError, build_subset_eval_loader
 from burn.engine.distributed import DistInfo, rng_state, set_rng_state
-from burn.engine.monitors import knn_predict
+from burn.monitor.diagnostics import knn_predict
 
 
 def gather_rows(info: DistInfo, rows: torch.Tensor) -> torch.Tensor:

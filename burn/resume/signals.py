@@ -2,7 +2,7 @@
 
 SLURM announces preemption or the time limit with SIGUSR2 some seconds before the kill
 (``--signal=USR2@<signal_delay_s>``); a user's ``scancel`` sends SIGTERM, Ctrl-C SIGINT (which signal means what:
-burn/signal_flags.py). The handler here only records what came; the training loop polls
+burn/runtime/signal_flags.py). The handler here only records what came; the training loop polls
 :func:`stop_code` at step boundaries, writes a checkpoint and exits with :data:`REQUEUE_EXIT_CODE`
 (requeue me), :data:`CANCEL_EXIT_CODE` or :data:`INTERRUPT_EXIT_CODE` (stay stopped).
 
@@ -25,7 +25,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from burn.signal_flags import (  # (which signal means what: see burn/signal_flags.py)
+from burn.runtime.signal_flags import (  # (which signal means what: see burn/runtime/signal_flags.py)
     CANCEL_EXIT_CODE,
     EXIT_CODES,
     INTERRUPT_EXIT_CODE,
@@ -61,7 +61,7 @@ class PreemptionHandler:
     """Records the first preemption signal; restores the previous handlers on :meth:`restore`.
 
     Use as a context manager (installs :data:`STOP_SIGNALS`), or call :meth:`install`. Signals that
-    :func:`burn.signal_flags.install_early` recorded before it are adopted on install.
+    :func:`burn.runtime.signal_flags.install_early` recorded before it are adopted on install.
     Must be installed from the main thread (a CPython rule for ``signal.signal``).
     """
 

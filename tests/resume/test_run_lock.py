@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from burn.engine.run_lock import RunDirBusyError, RunDirLock, write_config_if_changed
-from burn.rundir import atomic_write
+from burn.resume.run_lock import RunDirBusyError, RunDirLock, write_config_if_changed
+from burn.runtime.rundir import atomic_write
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -81,7 +81,7 @@ def test_atomic_write_respects_the_umask(tmp_path):
 
 _HOLDER = r"""
 import sys, time
-from burn.engine.run_lock import RunDirLock
+from burn.resume.run_lock import RunDirLock
 RunDirLock(sys.argv[1]).acquire()
 print("locked", flush=True)
 time.sleep(600)

@@ -17,8 +17,8 @@ from omegaconf import OmegaConf
 from burn.config import AugmentConfig, DataConfig, MonitorConfig
 from burn.data.errors import DatasetError
 from burn.engine.distributed import DistInfo
-from burn.engine.knn import KnnMonitor
 from burn.models.reactnet import ReActNetA
+from burn.monitor.knn import KnnMonitor
 
 LONE = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), backend=None)
 

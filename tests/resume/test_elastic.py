@@ -20,7 +20,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from burn.batch import split_global_batch
 from burn.data.record import read_records, samples_by_position
-from burn.engine.signals import REQUEUE_EXIT_CODE
+from burn.resume.signals import REQUEUE_EXIT_CODE
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLES, GLOBAL_BATCH = 400, 16  # the tiny dataset's training list

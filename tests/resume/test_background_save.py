@@ -12,11 +12,11 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from burn.config import register_configs
-from burn.engine.background_save import BackgroundCheckpointWriter, snapshot
-from burn.engine.checkpoint import CheckpointError, CheckpointManager
 from burn.engine.distributed import init_distributed, seed_everything
-from burn.engine.signals import PreemptionHandler
 from burn.engine.trainer import PretrainTrainer
+from burn.resume.background_save import BackgroundCheckpointWriter, snapshot
+from burn.resume.checkpoint import CheckpointError, CheckpointManager
+from burn.resume.signals import PreemptionHandler
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from burn.signal_flags import CANCEL_EXIT_CODE, INTERRUPT_EXIT_CODE, REQUEUE_EXIT_CODE
+from burn.runtime.signal_flags import CANCEL_EXIT_CODE, INTERRUPT_EXIT_CODE, REQUEUE_EXIT_CODE
 
 STEPS = 12
 RUN = [f"steps={STEPS}", "checkpoint.every_steps=100", "log.every_steps=1"]

@@ -30,7 +30,7 @@ from torchvision.transforms.v2 import functional as TF
 from burn.config import AUTO_TEACHER
 from burn.data.errors import DataError
 from burn.data.lists import dataset_root, resolve_split
-from burn.rundir import atomic_write
+from burn.runtime.rundir import atomic_write
 
 log = logging.getLogger("burn")
 
@@ -151,7 +151,7 @@ def ensure_teacher(data_cfg, arch: str) -> Path:
     path = teacher_path(data_cfg, arch)
     if path.is_file():
         return path
-    from burn.data.synthetic import ensure_synthetic  # the tiny preset's data may not exist yet
+    from burn.demo.synthetic import ensure_synthetic  # the tiny preset's data may not exist yet
 
     ensure_synthetic(data_cfg)
     log.info(

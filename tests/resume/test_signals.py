@@ -16,8 +16,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from burn.engine.checkpoint import CheckpointManager
-from burn.engine.signals import (
+from burn.resume.checkpoint import CheckpointManager
+from burn.resume.signals import (
     PREEMPTION_SIGNALS,
     REQUEUE_EXIT_CODE,
     PreemptionHandler,
@@ -176,7 +176,7 @@ def test_should_stop_spreads_a_rank0_signal_to_every_rank(tmp_path, monkeypatch)
 
 
 def test_warn_if_slow_checkpoint(caplog):
-    with caplog.at_level(logging.WARNING, logger="burn.engine.signals"):
+    with caplog.at_level(logging.WARNING, logger="burn.resume.signals"):
         assert warn_if_slow_checkpoint(save_seconds=10.0, lead_seconds=120.0) is False
         assert caplog.records == []
         # 50 s fits alone but not with the x2 safety factor.

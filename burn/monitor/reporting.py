@@ -14,9 +14,9 @@ from pathlib import Path
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from burn.errors import FaultError, UsageError, one_line
-from burn.files import DiskFullError
-from burn.rundir import PROGRESS, TENSORBOARD, read_json, write_json
+from burn.runtime.errors import FaultError, UsageError, one_line
+from burn.runtime.files import DiskFullError
+from burn.runtime.rundir import PROGRESS, TENSORBOARD, read_json, write_json
 
 log = logging.getLogger("burn")
 

@@ -19,7 +19,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from burn.config import IDENTITY, PATH_KEYS, absolute_path, keys_with_role, load_saved_config
-from burn.engine.run_lock import ConfigMismatchError
+from burn.resume.run_lock import ConfigMismatchError
 
 log = logging.getLogger("burn")
 

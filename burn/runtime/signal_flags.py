@@ -10,7 +10,7 @@
 Importing torch and the training code takes seconds (tens on a loaded node); a signal in that window
 used to meet the default action and kill the task (a FAILED job). This module imports nothing heavy:
 `install_early()` records signals from the first lines of launch/run.py and of the Submitit job, and
-`burn.engine.signals.PreemptionHandler` adopts what it recorded.
+`burn.resume.signals.PreemptionHandler` adopts what it recorded.
 """
 
 from __future__ import annotations
