@@ -471,8 +471,9 @@ def register_configs() -> None:
     ConfigStore.instance().store(name="burn_schema", node=BurnConfig)
 
 
-#: The entry config of launch/run.py and launch/submit.py.
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+#: The Hydra config tree (config.yaml, preset/) of launch/run.py and launch/submit.py: inside the package,
+#: so that an installed copy (pip install ., not only an editable one) finds it (setup.cfg package_data).
+CONF_DIR = Path(__file__).resolve().parent / "conf"
 
 
 def compose_config(overrides: Sequence[str] = ()) -> DictConfig:

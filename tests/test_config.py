@@ -107,7 +107,7 @@ def test_every_closed_choice_is_read_from_the_schema_and_implemented():
     with pytest.raises(ValueError, match="binary, binact, fp"):
         ReActNetA("float")
     assert loaders.pipeline_on_gpu("cpu") is False  # auto and gpu: tests/data/test_loaders.py (they load CUDA)
-    with pytest.raises(ValueError, match="auto, gpu, cpu"):
+    with pytest.raises(ValueError, match="auto, gpu or cpu"):
         loaders.pipeline_on_gpu("tpu")
     assert loaders._backend(OmegaConf.create({"backend": "torchvision"}))
     with pytest.raises(ValueError, match="dali, torchvision"):

@@ -38,7 +38,7 @@ def pipeline_on_gpu(device: str) -> bool:
         return True
     if device == "cpu":
         return False
-    raise ValueError(f"data.device must be one of {', '.join(DATA_DEVICES)}, not {device!r}")
+    raise ValueError(f"data.device must be {', '.join(DATA_DEVICES[:-1])} or {DATA_DEVICES[-1]}, not {device!r}")
 
 
 def _backend(data_cfg):
