@@ -73,6 +73,9 @@ REQUEUES_FILE = "requeues.jsonl"
 
 #: The tag in every checkpoint (and stage product) this suite writes: ``state["format"]``.
 CHECKPOINT_FORMAT = "burn-suite/checkpoint"
+#: ``state["version"]``: raised by a change an older reader cannot follow; a checkpoint of another version
+#: is refused (burn/resume/checkpoint.py, burn/weights.py; docs/checkpoint-contract.md).
+CHECKPOINT_VERSION = 1
 
 # ---- the stage folders of a stage=all run --------------------------------------------------------
 
