@@ -50,7 +50,8 @@ def _temp_files(directory: Path) -> list[str]:
 def test_round_trip_keeps_tensors_nested_dicts_bytes_and_scalars(tmp_path):
     generator = torch.Generator().manual_seed(0)
     state = {
-        "format": "burn-suite/checkpoint",
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
         "step": 1234,
         "epoch": 3,
         "lr": 0.0125,
@@ -72,7 +73,7 @@ def test_round_trip_keeps_tensors_nested_dicts_bytes_and_scalars(tmp_path):
     assert path == tmp_path / "checkpoints" / "ckpt-00001234.pt"
     loaded = manager.load(path)
     assert loaded.keys() == state.keys()
-    for key in ("format", "step", "epoch", "lr", "config", "blob", "nothing", "data"):
+    for key in ("format", "version", "step", "epoch", "lr", "config", "blob", "nothing", "data"):
         assert loaded[key] == state[key], key
     assert torch.equal(loaded["model"]["student"]["w"], state["model"]["student"]["w"])
     assert loaded["model"]["student"]["n"].dtype == torch.int64
