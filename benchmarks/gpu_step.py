@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO))
 
 from hydra import compose, initialize_config_dir  # noqa: E402
 
-from burn.config import register_configs  # noqa: E402
+from burn.config import CONF_DIR, register_configs  # noqa: E402
 from burn.data.loaders import build_pretrain_loader, ensure_synthetic  # noqa: E402
 from burn.engine.distributed import DistInfo  # noqa: E402
 from burn.engine.trainer import PretrainTrainer  # noqa: E402
@@ -90,7 +90,7 @@ def compose_cfg(args, root: str, run_dir: Path):
             f"data.num_threads={args.workers}",
         ]
     )
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
         return compose(
             "config",
             overrides=[

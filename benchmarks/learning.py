@@ -108,7 +108,7 @@ def one(
     else:
         settings = ["stage=all", "model.teacher_weights=auto", *PRETRAIN, *extra, *overrides]
     # Reuse a finished run only when its command and the config defaults (schema, preset) were the same.
-    defaults = b"".join((REPO / f).read_bytes() for f in ("burn/config.py", "conf/preset/tiny.yaml"))
+    defaults = b"".join((REPO / f).read_bytes() for f in ("burn/config.py", "burn/conf/preset/tiny.yaml"))
     digest = hashlib.sha256(" ".join(COMMON + settings).encode() + defaults).hexdigest()[:8]
     run_dir = workdir / "runs" / f"{name}-s{seed}-{digest}"
     linear_dir = run_dir / rundir.stage_dir_name("linear")
@@ -129,11 +129,11 @@ def train_teacher_once(data_root: Path, extra: list) -> Path:
     otherwise race to train it side by side)."""
     from hydra import compose, initialize_config_dir
 
-    from burn.config import register_configs
+    from burn.config import CONF_DIR, register_configs
     from burn.demo.auto_teacher import ensure_teacher
 
     register_configs()
-    with initialize_config_dir(str(REPO / "conf"), version_base=None):
+    with initialize_config_dir(str(CONF_DIR), version_base=None):
         cfg = compose("config", overrides=[*COMMON, f"data.root={data_root}", *extra])
     return ensure_teacher(cfg.data, cfg.model.teacher_arch)
 

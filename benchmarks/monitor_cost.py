@@ -22,7 +22,7 @@ from hydra import compose, initialize_config_dir
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from burn.config import MonitorConfig, register_configs  # noqa: E402
+from burn.config import CONF_DIR, MonitorConfig, register_configs  # noqa: E402
 from burn.data.loaders import ensure_synthetic  # noqa: E402
 from burn.engine.distributed import init_distributed, seed_everything  # noqa: E402
 from burn.engine.trainer import PretrainTrainer  # noqa: E402
@@ -64,7 +64,7 @@ def main() -> None:
         ]
         overrides += [f"steps={args.steps}"] if args.steps else []
         overrides += [f"monitor.knn_every={args.every}"] if args.every else []
-        with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
             cfg = compose("config", overrides=overrides)
         ensure_synthetic(cfg.data)
         info = init_distributed()

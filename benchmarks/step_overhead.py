@@ -23,7 +23,7 @@ from hydra import compose, initialize_config_dir
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from burn.config import register_configs  # noqa: E402
+from burn.config import CONF_DIR, register_configs  # noqa: E402
 from burn.data.loaders import ensure_synthetic  # noqa: E402
 from burn.engine.distributed import init_distributed, seed_everything  # noqa: E402
 from burn.engine.trainer import PretrainTrainer  # noqa: E402
@@ -56,7 +56,7 @@ def main() -> None:
     torch.set_num_threads(2)
     work = Path(tempfile.mkdtemp(prefix="burn-overhead-"))
     register_configs()
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
         cfg = compose(
             "config",
             overrides=[

@@ -33,6 +33,16 @@ STAGES = ("1", "2", "linear", "all")
 RANDOM_BACKBONE = "random"
 #: model.teacher_classifier: trained with the student (the paper's moving target) or frozen at init.
 TEACHER_CLASSIFIER_MODES = ("joint", "frozen")
+#: The other closed sets of values, declared once here: the schema's ``choices`` below and the code that
+#: acts on each value (burn/engine/precision.py, burn/data/loaders.py, burn/models/reactnet.py) read them.
+#: train.precision: mixed-precision mode of a stage.
+TRAIN_PRECISIONS = ("fp16", "bf16", "fp32")
+#: data.backend: who decodes and augments.
+DATA_BACKENDS = ("dali", "torchvision")
+#: data.device: where DALI decodes and augments.
+DATA_DEVICES = ("auto", "gpu", "cpu")
+#: linear.precision: the student's precision (which convolution and input activation its blocks use).
+STUDENT_PRECISIONS = ("binary", "binact", "fp")
 #: model.teacher_weights=auto (burn/demo/auto_teacher.py): the symbolic values a path-valued key may hold.
 AUTO_TEACHER = "auto"
 #: Keys that name files or folders: made absolute at the entry points, compared resolved on resume.
@@ -160,9 +170,9 @@ class DataConfig:
     """Labelled training list (linear evaluation, the k-NN monitor's memory bank), relative to root."""
     val_list: str | None = setting("meta/val_labeled.txt", role=IDENTITY)
     """Labelled validation list (linear evaluation's score, the k-NN monitor's queries), relative to root."""
-    backend: str = setting("dali", choices=("dali", "torchvision"))
+    backend: str = setting("dali", choices=DATA_BACKENDS)
     """dali | torchvision (fallback with the same contract)."""
-    device: str = setting("auto", choices=("auto", "gpu", "cpu"))
+    device: str = setting("auto", choices=DATA_DEVICES)
     """Where DALI decodes and augments: auto | gpu | cpu."""
     num_threads: int = 4
     """DALI CPU threads (or DataLoader workers) per process."""
@@ -219,7 +229,7 @@ class TrainConfig:
     per_gpu_batch: int = setting(256, role=IDENTITY, stages=PRETRAINING)
     """Most images per forward on one rank; a smaller one is used when it does not divide the global
     batch over the job's ranks (burn/batch.py)."""
-    precision: str = setting("fp16", choices=("fp16", "bf16", "fp32"))
+    precision: str = setting("fp16", choices=TRAIN_PRECISIONS)
     """fp16 (AMP + GradScaler, CUDA) | bf16 | fp32. On CPU fp16 falls back to fp32."""
     channels_last: bool = True
     """Use channels_last memory format on CUDA."""
@@ -259,7 +269,7 @@ class LinearConfig:
     eval_every_epochs: int = 10
     """Evaluate on data.val_list every N epochs (TensorBoard linear/val/top1, top5) as well as at the
     end; 0: at the end only."""
-    precision: str = setting("binary", choices=("binary", "binact", "fp"), role=IDENTITY, stages=LINEAR)
+    precision: str = setting("binary", choices=STUDENT_PRECISIONS, role=IDENTITY, stages=LINEAR)
     """Student precision of the evaluated backbone: binary (stage-2 weights) | binact | fp."""
 
 
@@ -461,8 +471,9 @@ def register_configs() -> None:
     ConfigStore.instance().store(name="burn_schema", node=BurnConfig)
 
 
-#: The entry config of launch/run.py and launch/submit.py.
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+#: The Hydra config tree (config.yaml, preset/) of launch/run.py and launch/submit.py: inside the package,
+#: so that an installed copy (pip install ., not only an editable one) finds it (setup.cfg package_data).
+CONF_DIR = Path(__file__).resolve().parent / "conf"
 
 
 def compose_config(overrides: Sequence[str] = ()) -> DictConfig:

@@ -42,7 +42,7 @@ from typing import Any
 import torch
 
 from burn.runtime.files import state_nbytes
-from burn.runtime.rundir import CHECKPOINT_FORMAT, atomic_write
+from burn.runtime.rundir import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, atomic_write
 
 StateDict = dict[str, torch.Tensor]
 
@@ -127,6 +127,11 @@ def detect_layout(obj: Any) -> str:
     :class:`WeightsError` describing its keys when it is none of them."""
     if isinstance(obj, Mapping):
         if obj.get("format") == CHECKPOINT_FORMAT:
+            if obj.get("version") != CHECKPOINT_VERSION:
+                raise WeightsError(
+                    f"a burn-suite checkpoint of version {obj.get('version')!r}; this burn-suite reads "
+                    f"version {CHECKPOINT_VERSION} only"
+                )
             return SUITE
         if all(k in obj for k in ("backbone", "classifier", "teacher_classifier")):
             return STAGE1

@@ -13,11 +13,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from burn.config import CONF_DIR as CONF
 from burn.config import PATH_KEYS, RENAMED_KEYS, absolute_path
 from burn.runtime.errors import UsageError, reported_as_one_line
 from burn.validation import RUNNABLE_STAGES, check_closed_choices
-
-CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
 def print_help_if_asked(text: str, argv: Iterable[str] = ()) -> None:

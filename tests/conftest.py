@@ -44,11 +44,11 @@ def tiny_data(tmp_path_factory) -> Path:
     # that needs it (which may be one rank of several, or a SLURM job with a time limit).
     from hydra import compose, initialize_config_dir
 
-    from burn.config import register_configs
+    from burn.config import CONF_DIR, register_configs
     from burn.demo.auto_teacher import ensure_teacher
 
     register_configs()
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
         cfg = compose("config", overrides=["preset=tiny", f"data.root={root}"])
     ensure_teacher(cfg.data, cfg.model.teacher_arch)
     return root

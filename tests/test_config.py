@@ -8,10 +8,14 @@ from dataclasses import is_dataclass
 from pathlib import Path
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 import burn.config as config
 from burn.config import IDENTITY, LAUNCH, closed_choices, compose_config, keys_with_role, load_saved_config
+from burn.data import loaders
+from burn.engine.precision import build_amp
+from burn.models.reactnet import PRECISIONS, ReActNetA
 from burn.runtime.errors import UsageError
 from burn.validation import check_closed_choices
 from launch.entry import refuse_renamed_keys
@@ -88,3 +92,23 @@ def test_an_old_saved_config_reads_with_the_moved_keys():
     assert upgraded.loss.temperature == 0.5 and "temperature" not in upgraded.optim
     assert "signal_lead_s" not in upgraded.checkpoint and upgraded.signal_delay_s == new.signal_delay_s
     assert OmegaConf.to_container(upgraded) == OmegaConf.to_container(new)
+
+
+def test_every_closed_choice_is_read_from_the_schema_and_implemented():
+    """The closed sets are declared once (burn/config.py); the code acting on each value reads them there
+    and has an implementation for every one."""
+    choices = config.closed_choices()
+    assert choices["train.precision"] is config.TRAIN_PRECISIONS
+    assert choices["data.backend"] is config.DATA_BACKENDS and choices["data.device"] is config.DATA_DEVICES
+    assert choices["linear.precision"] is config.STUDENT_PRECISIONS
+    for precision in config.TRAIN_PRECISIONS:
+        build_amp(precision, torch.device("cpu"))
+    assert tuple(PRECISIONS) == config.STUDENT_PRECISIONS
+    with pytest.raises(ValueError, match="binary, binact, fp"):
+        ReActNetA("float")
+    assert loaders.pipeline_on_gpu("cpu") is False  # auto and gpu: tests/data/test_loaders.py (they load CUDA)
+    with pytest.raises(ValueError, match="auto, gpu or cpu"):
+        loaders.pipeline_on_gpu("tpu")
+    assert loaders._backend(OmegaConf.create({"backend": "torchvision"}))
+    with pytest.raises(ValueError, match="dali, torchvision"):
+        loaders._backend(OmegaConf.create({"backend": "pil"}))

@@ -92,6 +92,35 @@ def test_a_failed_writer_leaves_the_old_file_and_no_temp(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["x"] and (tmp_path / "x").read_text() == "old"
 
 
+def test_files_written_together_are_all_replaced_or_none(tmp_path):
+    """atomic_write_all (burn/data/prepare.py's lists): a failure writing the last file replaces none."""
+    for name in "abc":
+        (tmp_path / name).write_text("old")
+
+    def broken(stream):
+        raise OSError("disk failed")
+
+    with pytest.raises(OSError, match="disk failed"):
+        rundir.atomic_write_all({tmp_path / "a": "new", tmp_path / "b": b"new", tmp_path / "c": broken})
+    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == {"a": "old", "b": "old", "c": "old"}  # no temps
+    rundir.atomic_write_all({tmp_path / "a": "new", tmp_path / "b": b"new"}, sync_dir=True)
+    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == {"a": "new", "b": "new", "c": "old"}
+
+
+SPELLED_NAMES = ('"compile-cache"', '"samples"')
+
+
+def test_the_run_directory_names_have_one_home():
+    """compile-cache/ and samples/ are spelled in burn/runtime/rundir.py only; their users import them."""
+    from burn.data import record
+    from burn.engine import gpu
+
+    assert gpu.COMPILE_CACHE is rundir.COMPILE_CACHE and record.SAMPLES_DIR is rundir.SAMPLES_DIR
+    sources = sorted((REPO / "burn").rglob("*.py")) + sorted((REPO / "launch").rglob("*.py"))
+    spelled = [str(p.relative_to(REPO)) for p in sources if any(n in p.read_text() for n in SPELLED_NAMES)]
+    assert spelled == ["burn/runtime/rundir.py"], spelled
+
+
 def test_environment_precedence_torchrun_then_slurm_then_alone():
     slurm = {
         "SLURM_PROCID": "3",

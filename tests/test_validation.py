@@ -12,7 +12,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 import burn.demo.auto_teacher
-from burn.config import register_configs
+from burn.config import CONF_DIR, register_configs
 from burn.demo.auto_teacher import teacher_path
 from burn.engine.stage import _claim_run_dir
 from burn.runtime.errors import UsageError
@@ -23,7 +23,7 @@ register_configs()
 
 
 def compose_cfg(*overrides: str):
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
         return compose("config", overrides=["preset=tiny", *overrides])
 
 

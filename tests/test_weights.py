@@ -219,3 +219,11 @@ def test_linear_suite_checkpoint_gives_its_backbone(tmp_path, parts):
     assert _same(weights.load_backbone(tmp_path / "linear.pt"), parts["student"])
     layout, got = weights.read_parts(tmp_path / "linear.pt")
     assert layout == weights.SUITE and set(got) == {"student", "linear_classifier"}
+
+
+def test_a_suite_checkpoint_of_another_version_is_not_read():
+    from burn.runtime.rundir import CHECKPOINT_FORMAT, CHECKPOINT_VERSION
+
+    assert weights.detect_layout({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION}) == weights.SUITE
+    with pytest.raises(WeightsError, match="a burn-suite checkpoint of version 2; this burn-suite reads version 1"):
+        weights.detect_layout({"format": CHECKPOINT_FORMAT, "version": 2})

@@ -1,1 +1,1 @@
-"""Dataset lists, DALI and torchvision pipelines, generated data, pre-flight scan."""
+"""Dataset lists, the DALI and torchvision pipelines, ImageNet list preparation, the pre-flight scan."""

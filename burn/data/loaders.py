@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from burn.config import DATA_BACKENDS, DATA_DEVICES
 from burn.data.errors import DataError, DatasetError
 from burn.data.lists import balanced_subset, resolve_split, validate_dataset
 from burn.demo.synthetic import ensure_synthetic
@@ -26,8 +27,6 @@ __all__ = [
     "pipeline_on_gpu",
 ]
 
-_BACKENDS = ("dali", "torchvision")
-
 
 def pipeline_on_gpu(device: str) -> bool:
     """Resolve ``data.device``: "auto" -> GPU when torch sees CUDA; "gpu" insists; "cpu" never."""
@@ -39,7 +38,7 @@ def pipeline_on_gpu(device: str) -> bool:
         return True
     if device == "cpu":
         return False
-    raise ValueError(f"data.device must be auto, gpu or cpu, not {device!r}")
+    raise ValueError(f"data.device must be {', '.join(DATA_DEVICES[:-1])} or {DATA_DEVICES[-1]}, not {device!r}")
 
 
 def _backend(data_cfg):
@@ -58,7 +57,7 @@ def _backend(data_cfg):
         from burn.data import torchvision_backend
 
         return torchvision_backend.TorchvisionTrainLoader, torchvision_backend.TorchvisionValLoader
-    raise ValueError(f"data.backend must be one of {', '.join(_BACKENDS)}, not {name!r}")
+    raise ValueError(f"data.backend must be one of {', '.join(DATA_BACKENDS)}, not {name!r}")
 
 
 def build_pretrain_loader(

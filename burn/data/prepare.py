@@ -23,7 +23,6 @@ import csv
 import os
 import re
 import sys
-import tempfile
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -32,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from burn.data.errors import DatasetError
-from burn.runtime.files import umask_mode
+from burn.runtime.rundir import atomic_write_all
 
 WNID = re.compile(r"^n\d{8}$")
 JPEG_EXTENSIONS = (".jpeg", ".jpg")
@@ -295,27 +294,6 @@ def subset_name(fraction: float) -> str:
     return f"train_labeled_{fraction * 100:g}pct.txt"
 
 
-def write_atomically(out: Path, files: dict[str, list[str]]) -> None:
-    """Write every file to a temporary beside it first, then rename each into place: no reader ever sees
-    a half-written list, and a failure while writing leaves the previous lists untouched."""
-    out.mkdir(parents=True, exist_ok=True)
-    staged = []
-    try:
-        for name, lines in files.items():
-            with tempfile.NamedTemporaryFile("w", dir=out, prefix=f".{name}.", delete=False) as tmp:
-                staged.append((tmp.name, out / name))
-                tmp.write("".join(line + "\n" for line in lines))
-                tmp.flush()
-                os.fsync(tmp.fileno())
-            os.chmod(tmp.name, umask_mode())  # mkstemp makes it private; lists are not
-        for tmp_name, final in staged:
-            os.replace(tmp_name, final)
-    finally:
-        for tmp_name, _ in staged:
-            if os.path.exists(tmp_name):
-                os.unlink(tmp_name)
-
-
 def prepare(
     root: Path,
     out: Path,
@@ -362,7 +340,9 @@ def prepare(
                 short,
             )
         files[subset_name(fraction)] = [f"{wnid}/{name} {label[wnid]}" for wnid in synsets for name in chosen[wnid]]
-    write_atomically(out, files)
+    out.mkdir(parents=True, exist_ok=True)
+    # All lists or none: a failure while writing leaves the previous lists untouched.
+    atomic_write_all({out / name: "".join(line + "\n" for line in lines) for name, lines in files.items()})
     report.written = [(out / name, len(lines)) for name, lines in files.items()]
     return report
 

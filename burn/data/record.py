@@ -15,14 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
-RECORD_DIR = "samples"
+from burn.runtime.rundir import SAMPLES_DIR
 
 
 class SampleRecord:
     """This rank's record file for one start of the stage (``attempt``: the same id on every rank)."""
 
     def __init__(self, run_dir: Path, *, rank: int, world_size: int, attempt: str):
-        directory = Path(run_dir) / RECORD_DIR
+        directory = Path(run_dir) / SAMPLES_DIR
         directory.mkdir(parents=True, exist_ok=True)
         self.rank, self.world_size = rank, world_size
         self._file = open(directory / f"{attempt}-rank{rank:04d}.jsonl", "a", buffering=1)  # line-buffered
@@ -48,7 +48,7 @@ class SampleRecord:
 def read_records(run_dir: Path) -> list[dict]:
     """Every line of every record file of a run directory, oldest start first."""
     lines = []
-    for path in sorted((Path(run_dir) / RECORD_DIR).glob("*.jsonl")):
+    for path in sorted((Path(run_dir) / SAMPLES_DIR).glob("*.jsonl")):
         lines += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     return lines
 

@@ -14,10 +14,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-log = logging.getLogger("burn")
+from burn.runtime.rundir import COMPILE_CACHE
 
-#: Default compile-cache folder inside a stage's run directory (shared storage: a requeued job reuses it).
-COMPILE_CACHE = "compile-cache"
+log = logging.getLogger("burn")
 
 
 def configure_backends(device: torch.device, deterministic: bool) -> None:

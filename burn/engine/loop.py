@@ -32,7 +32,7 @@ from burn.resume.signals import (
     stop_code,
     warn_if_slow_checkpoint,
 )
-from burn.runtime.rundir import CHECKPOINT_FORMAT, CHECKPOINTS, DONE
+from burn.runtime.rundir import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, CHECKPOINTS, DONE
 
 log = logging.getLogger("burn")
 
@@ -263,7 +263,7 @@ class StageLoop:
         `per_rank` holds the PER_RANK entries gathered from every rank."""
         progress = {
             "format": CHECKPOINT_FORMAT,
-            "version": 1,
+            "version": CHECKPOINT_VERSION,
             "stage": self.stage,
             "step": self.step,
             "epoch": self.epoch(),

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 
 import torch
 
-log = logging.getLogger("burn")
+from burn.config import TRAIN_PRECISIONS
 
-PRECISIONS = ("fp16", "bf16", "fp32")
+log = logging.getLogger("burn")
 
 
 @dataclass(frozen=True)
@@ -36,8 +36,8 @@ class AmpSettings:
 
 
 def build_amp(precision: str, device: torch.device) -> AmpSettings:
-    if precision not in PRECISIONS:
-        raise ValueError(f"train.precision={precision!r}; expected one of {PRECISIONS}")
+    if precision not in TRAIN_PRECISIONS:
+        raise ValueError(f"train.precision={precision!r}; expected one of {', '.join(TRAIN_PRECISIONS)}")
     if precision == "fp16" and device.type != "cuda":
         log.warning("train.precision=fp16 needs CUDA; training in fp32 on %s", device)
         precision = "fp32"

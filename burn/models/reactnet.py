@@ -17,13 +17,17 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from burn.config import STUDENT_PRECISIONS
 from burn.models.binary import BinaryActivation, BinaryConv2d, LearnableBias
 
-PRECISIONS: dict[str, tuple[type[nn.Conv2d], type[nn.Module]]] = {
+_BLOCK_LAYERS: dict[str, tuple[type[nn.Conv2d], type[nn.Module]]] = {
     "fp": (nn.Conv2d, nn.Identity),
     "binact": (nn.Conv2d, BinaryActivation),
     "binary": (BinaryConv2d, BinaryActivation),
 }
+#: The block convs' convolution and input activation per precision. The set of precisions is the
+#: schema's (burn/config.py: STUDENT_PRECISIONS); one without layers above fails here, at import.
+PRECISIONS = {name: _BLOCK_LAYERS[name] for name in STUDENT_PRECISIONS}
 
 #: Channels of the 14 feature entries as multiples of the stem width (32 at width 1.0):
 #: 32, 64, 128, 128, 256, 256, 512 x6, 1024, 1024.
@@ -132,7 +136,7 @@ class ReActNetA(nn.Module):
     def __init__(self, precision: str = "binact", width: float = 1.0):
         super().__init__()
         if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+            raise ValueError(f"precision must be one of {', '.join(STUDENT_PRECISIONS)}, got {precision!r}")
         self.precision = precision
         self.width = width
         conv_layer, act_layer = PRECISIONS[precision]

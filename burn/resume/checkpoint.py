@@ -39,8 +39,9 @@ from typing import IO, Any
 
 import torch
 
+from burn.runtime.errors import UsageError
 from burn.runtime.files import raise_if_disk_full, state_nbytes
-from burn.runtime.rundir import fsync_directory, write_temp_beside
+from burn.runtime.rundir import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, fsync_directory, write_temp_beside
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,22 @@ class CheckpointIntegrityError(CheckpointError):
     This is what a killed writer or a damaged disk leaves behind;
     :meth:`CheckpointManager.load_latest` skips such files and falls back to older ones.
     """
+
+
+class CheckpointVersionError(CheckpointError, UsageError):
+    """A suite checkpoint of a version this code does not read: the run directory belongs to another
+    burn-suite. One line, exit status 2 (the entry points), like any run directory that does not fit."""
+
+
+def check_version(state: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
+    """Refuse a burn-suite checkpoint whose ``version`` is not :data:`CHECKPOINT_VERSION`, naming the
+    file and the version. A dict without the suite's ``format`` tag is not one and passes."""
+    if state.get("format") == CHECKPOINT_FORMAT and state.get("version") != CHECKPOINT_VERSION:
+        raise CheckpointVersionError(
+            f"{path}: checkpoint version {state.get('version')!r}, but this burn-suite reads version "
+            f"{CHECKPOINT_VERSION} only; continue it with the burn-suite that wrote it, or start the stage "
+            f"in a new run_dir"
+        )
 
 
 def checkpoint_name(step: int) -> str:
@@ -235,13 +252,15 @@ class CheckpointManager:
                 raise CheckpointError(f"{path}: torch.load failed: {type(err).__name__}: {err}") from err
         if not isinstance(state, dict):
             raise CheckpointError(f"{path}: expected a dict of state, found {type(state).__name__}")
+        check_version(state, path)
         return state
 
     def load_latest(self, map_location: Any = "cpu") -> tuple[dict[str, Any], Path] | None:
         """Load the newest valid checkpoint: ``(state, path)``, or None when there is none.
 
         Incomplete or corrupt files are skipped with a warning naming each one. A file that
-        verifies but is unsafe to load raises CheckpointError: that is not a crash artefact.
+        verifies but is unsafe to load, or is a suite checkpoint of another version, raises
+        CheckpointError: that is not a crash artefact.
         """
         for path in reversed(self.list_checkpoints()):
             try:

@@ -21,6 +21,8 @@ and each stage folder holds::
     .lock               flock'ed by the one process that writes here (burn/resume/run_lock.py)
     checkpoints/        ckpt-<step>.pt + .sha256 sidecars (burn/resume/checkpoint.py)
     tb/                 TensorBoard events
+    compile-cache/      torch.compile's artefacts on CUDA, reused after a requeue (burn/engine/gpu.py)
+    samples/            what every rank read, with log.sample_ids=true (burn/data/record.py)
     slurm/              Submitit's job folders (<job id>/) or slurm/chain.sh's logs (<job id>.out)
     slurm/jobs.jsonl    one JSON line per job submitted for the stage
     slurm/requeues.jsonl one JSON line per requeue (job id, restart count, checkpoint step)
@@ -31,7 +33,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -51,6 +53,11 @@ LOCK = ".lock"
 CHECKPOINTS = "checkpoints"
 #: The stage's TensorBoard folder.
 TENSORBOARD = "tb"
+#: Inductor's default cache folder (train.compile_cache_dir unset): on the run's shared storage, so a
+#: requeued job (and every rank of a node) reuses the compiled artefacts.
+COMPILE_CACHE = "compile-cache"
+#: The record of what every rank read (log.sample_ids=true): <attempt>-rank<r>.jsonl files.
+SAMPLES_DIR = "samples"
 #: Stage 1's product: what stage 2 starts from.
 STAGE1_EXTRACTION = "stage1_extraction.pth"
 #: Stage 2's product: what linear evaluation evaluates.
@@ -66,6 +73,9 @@ REQUEUES_FILE = "requeues.jsonl"
 
 #: The tag in every checkpoint (and stage product) this suite writes: ``state["format"]``.
 CHECKPOINT_FORMAT = "burn-suite/checkpoint"
+#: ``state["version"]``: raised by a change an older reader cannot follow; a checkpoint of another version
+#: is refused (burn/resume/checkpoint.py, burn/weights.py; docs/checkpoint-contract.md).
+CHECKPOINT_VERSION = 1
 
 # ---- the stage folders of a stage=all run --------------------------------------------------------
 
@@ -145,24 +155,41 @@ def atomic_write(
     name; ``sync_dir`` also makes the rename itself durable. A full disk raises
     :class:`burn.runtime.files.DiskFullError` naming the file, ``size`` (the bytes a writer function meant
     to write) and ``intact`` (default: "the previous <name> is intact")."""
-    path = Path(path)
-    if isinstance(data, str):
-        data = data.encode()
-    if isinstance(data, bytes):
-        size, payload = len(data), data
-        data = lambda stream: stream.write(payload)  # noqa: E731
-    temp = None
+    atomic_write_all({path: data}, size=size, intact=intact, sync_dir=sync_dir)
+
+
+def atomic_write_all(
+    files: Mapping[str | os.PathLike, bytes | str | Writer],
+    *,
+    size: int = 0,
+    intact: str | None = None,
+    sync_dir: bool = False,
+) -> None:
+    """:func:`atomic_write` for files that belong together (burn/data/prepare.py's lists): every one is
+    written and fsynced beside its target before the first rename, so a failure while writing (a full
+    disk) leaves all of them as they were; the renames follow, one per file."""
+    staged: list[tuple[Path, Path]] = []
+    path = None
     try:
-        temp = write_temp_beside(path, data)
-        os.replace(temp, path)
+        for path, data in ((Path(p), d) for p, d in files.items()):
+            if isinstance(data, str):
+                data = data.encode()
+            if isinstance(data, bytes):
+                size += len(data)
+                data = (lambda payload: lambda stream: stream.write(payload))(data)
+            staged.append((write_temp_beside(path, data), path))
+        for temp, path in staged:
+            os.replace(temp, path)
     except BaseException as err:
-        if temp is not None:
+        for temp, _ in staged:
             temp.unlink(missing_ok=True)
-        intact = f"the previous {path.name} is intact" if intact is None else intact
-        raise_if_disk_full(err, f"writing {path.name}", path.parent, size, intact)
+        if path is not None:
+            default = f"the previous {path.name} is intact" if len(files) == 1 else "the previous files are intact"
+            raise_if_disk_full(err, f"writing {path.name}", path.parent, size, default if intact is None else intact)
         raise
     if sync_dir:
-        fsync_directory(path.parent)
+        for directory in {path.parent for _, path in staged}:
+            fsync_directory(directory)
 
 
 def write_json(path: str | os.PathLike, data: dict[str, Any]) -> None:

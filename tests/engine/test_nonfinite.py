@@ -3,18 +3,16 @@ clear error and leave the last good checkpoint untouched."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from burn.config import register_configs
+from burn.config import CONF_DIR, register_configs
 from burn.engine.distributed import init_distributed, seed_everything
 from burn.engine.trainer import PretrainTrainer
 from burn.resume.signals import PreemptionHandler
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
+CONF = CONF_DIR
 # Every test here uses tiny_data, whose set-up runs the dataset generator in a subprocess.
 pytestmark = pytest.mark.process
 

@@ -17,12 +17,12 @@ import torch
 from hydra import compose, initialize_config_dir
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from burn.config import register_configs
+from burn.config import CONF_DIR, register_configs
 from burn.engine.distributed import init_distributed, seed_everything
 from burn.engine.linear import LinearEvalTrainer
 from burn.resume.signals import REQUEUE_EXIT_CODE, PreemptionHandler
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
+CONF = CONF_DIR
 
 STEPS = 24
 # 2 ranks x 2 images x 4 micro-batches = 16 per optimizer step: most of a step is mid-accumulation.

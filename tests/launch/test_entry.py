@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from burn.config import register_configs
+from burn.config import CONF_DIR, register_configs
 from burn.runtime.errors import UsageError
 from launch.entry import apply_synthetic_rule
 
@@ -20,7 +20,7 @@ register_configs()
 
 
 def compose_cfg(*overrides: str):
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
         return compose("config", overrides=["preset=tiny", *overrides])
 
 

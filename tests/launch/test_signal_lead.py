@@ -23,6 +23,7 @@ def test_the_sbatch_template_default_is_the_config_default():
 
 
 @pytest.mark.parametrize("overrides", [[], ["signal_delay_s=75"]])
+@pytest.mark.usefixtures("srun_on_path")
 def test_submitit_sbatch_line_is_the_key(tmp_path, overrides):
     cfg = compose_config(["preset=tiny", "stage=1", f"run_dir={tmp_path}", *overrides])
     stage_cfg = submit.plan_stages(cfg)[0]

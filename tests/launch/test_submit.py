@@ -9,13 +9,14 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from burn.config import CONF_DIR
 from launch import jobs, submit
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def compose_cfg(*overrides: str):
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
         return compose("config", overrides=["preset=tiny", *overrides])
 
 
@@ -197,6 +198,7 @@ def test_cli_rejects_a_bad_config_with_exit_2_and_queues_nothing(tmp_path, tiny_
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.usefixtures("srun_on_path")
 def test_sbatch_script_requeues_signals_and_chains(tmp_path):
     cfg = submit.plan_stages(
         compose_cfg(

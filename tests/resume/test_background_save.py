@@ -5,20 +5,19 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from pathlib import Path
 
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from burn.config import register_configs
+from burn.config import CONF_DIR, register_configs
 from burn.engine.distributed import init_distributed, seed_everything
 from burn.engine.trainer import PretrainTrainer
 from burn.resume.background_save import BackgroundCheckpointWriter, snapshot
 from burn.resume.checkpoint import CheckpointError, CheckpointManager
 from burn.resume.signals import PreemptionHandler
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
+CONF = CONF_DIR
 
 DEVICES = [
     "cpu",

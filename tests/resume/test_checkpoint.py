@@ -22,8 +22,11 @@ from burn.resume.checkpoint import (
     CheckpointError,
     CheckpointIntegrityError,
     CheckpointManager,
+    CheckpointVersionError,
     sidecar_path,
 )
+from burn.runtime.errors import UsageError
+from burn.runtime.rundir import CHECKPOINT_FORMAT, CHECKPOINT_VERSION
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -47,7 +50,8 @@ def _temp_files(directory: Path) -> list[str]:
 def test_round_trip_keeps_tensors_nested_dicts_bytes_and_scalars(tmp_path):
     generator = torch.Generator().manual_seed(0)
     state = {
-        "format": "burn-suite/checkpoint",
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
         "step": 1234,
         "epoch": 3,
         "lr": 0.0125,
@@ -69,7 +73,7 @@ def test_round_trip_keeps_tensors_nested_dicts_bytes_and_scalars(tmp_path):
     assert path == tmp_path / "checkpoints" / "ckpt-00001234.pt"
     loaded = manager.load(path)
     assert loaded.keys() == state.keys()
-    for key in ("format", "step", "epoch", "lr", "config", "blob", "nothing", "data"):
+    for key in ("format", "version", "step", "epoch", "lr", "config", "blob", "nothing", "data"):
         assert loaded[key] == state[key], key
     assert torch.equal(loaded["model"]["student"]["w"], state["model"]["student"]["w"])
     assert loaded["model"]["student"]["n"].dtype == torch.int64
@@ -175,6 +179,22 @@ def test_pickled_object_with_matching_sidecar_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match="weights_only"):
         manager.load_latest()
     assert not marker.exists()
+
+
+def test_a_checkpoint_of_another_version_is_refused_naming_file_and_version(tmp_path):
+    manager = CheckpointManager(tmp_path)
+    manager.save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **_small_state(1)}, 1)
+    assert manager.load(manager.path_for(1))["version"] == CHECKPOINT_VERSION
+    manager.save({"format": CHECKPOINT_FORMAT, "version": 2, **_small_state(2)}, 2)
+    # Not a crash artefact: no fallback to step 1, which this code could read but the run has moved past.
+    with pytest.raises(CheckpointVersionError) as raised:
+        manager.load_latest()
+    message = str(raised.value)
+    assert message.startswith(f"{manager.path_for(2)}: checkpoint version 2, but this burn-suite reads version 1")
+    assert "\n" not in message and isinstance(raised.value, UsageError)  # one line, exit 2 at the entry points
+    manager.save({"format": CHECKPOINT_FORMAT, **_small_state(3)}, 3)  # no version at all
+    with pytest.raises(CheckpointVersionError, match="checkpoint version None"):
+        manager.load(manager.path_for(3))
 
 
 def test_keep_last_prunes_oldest_with_their_sidecars(tmp_path):
@@ -359,3 +379,20 @@ def test_kill_9_during_write_never_yields_a_half_written_checkpoint(tmp_path, mo
         assert bool((state["weights"] == float(state["version"])).all())
     # Evidence the kills landed inside the write, not only between saves.
     assert kills_with_temp_file_left >= 1
+
+
+@pytest.mark.process
+def test_a_stage_refuses_to_resume_from_a_checkpoint_of_another_version(cli, tmp_path):
+    run_dir = tmp_path / "run"
+    base = cli.overrides(run_dir, "stage=1", "model.teacher_weights=null", "monitor.knn=false")
+    assert cli.run([*base, "steps=1"], "first") == [0], cli.log("first")
+    manager = CheckpointManager(run_dir / "checkpoints")
+    state = manager.load(manager.path_for(1))
+    manager.save({**state, "version": 99}, 1)  # what a later burn-suite would write
+    (run_dir / "DONE").unlink()  # so that a longer stage resumes from it
+    assert cli.run([*base, "steps=2"], "resumed") == [2], cli.log("resumed")
+    last = cli.log("resumed").strip().splitlines()[-1]
+    assert last == (
+        f"run.py: {manager.path_for(1)}: checkpoint version 99, but this burn-suite reads version 1 only; "
+        "continue it with the burn-suite that wrote it, or start the stage in a new run_dir"
+    )

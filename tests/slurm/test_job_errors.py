@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
+from burn.config import CONF_DIR
 from launch import jobs, submit
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -21,7 +22,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def planned(*overrides: str):
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
         cfg = compose(
             "config",
             overrides=["preset=tiny", "data.synthetic.generate=false", "log.progress_bar=off", "steps=2", *overrides],
