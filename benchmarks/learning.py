@@ -108,7 +108,7 @@ def one(
     else:
         settings = ["stage=all", "model.teacher_weights=auto", *PRETRAIN, *extra, *overrides]
     # Reuse a finished run only when its command and the config defaults (schema, preset) were the same.
-    defaults = b"".join((REPO / f).read_bytes() for f in ("burn/config.py", "burn/conf/preset/tiny.yaml"))
+    defaults = b"".join((REPO / f).read_bytes() for f in ("burn/config.py", "conf/preset/tiny.yaml"))
     digest = hashlib.sha256(" ".join(COMMON + settings).encode() + defaults).hexdigest()[:8]
     run_dir = workdir / "runs" / f"{name}-s{seed}-{digest}"
     linear_dir = run_dir / rundir.stage_dir_name("linear")

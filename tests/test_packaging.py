@@ -1,5 +1,5 @@
 """A plain (non-editable) install works on its own: the console scripts find the Hydra config tree
-(burn/conf/, package data) from any directory, without a checkout on sys.path."""
+(conf/, package data) from any directory, without a checkout on sys.path."""
 
 from __future__ import annotations
 
