@@ -1,1 +1,3 @@
-"""Distributed setup, training loops, checkpoints, signals and logging."""
+"""The stage loop (loop.py) and what a stage hands it (parts.py), the two stages that build those parts
+(pretraining: trainer.py; linear evaluation: linear.py), and what they share: distributed setup, GPU
+settings, precision, schedules, bad-step handling and checkpointed state."""
