@@ -115,12 +115,12 @@ def time_trainer(cfg, info, run_dir: Path, synthetic: bool, steps: int, warmup: 
     with PreemptionHandler() as preemption:
         trainer = PretrainTrainer(cfg, info, run_dir, preemption)
         trainer.prepare()
-        if synthetic:
-            trainer.loader = SyntheticViews(
+        if synthetic:  # the step reads its micro-batches from the parts' loader
+            trainer.parts.data = SyntheticViews(
                 cfg.train.per_gpu_batch,
                 cfg.data.aug.image_size,
                 info.device,
-                trainer.amp.input_dtype,
+                trainer.parts.step.amp.input_dtype,
                 info.device.type == "cuda",
             )
         try:

@@ -25,12 +25,12 @@ sys.path.insert(0, str(REPO))
 from burn.config import CONF_DIR, MonitorConfig, register_configs  # noqa: E402
 from burn.data.loaders import ensure_synthetic  # noqa: E402
 from burn.engine.distributed import init_distributed, seed_everything  # noqa: E402
-from burn.engine.trainer import PretrainTrainer  # noqa: E402
+from burn.engine.trainer import KnnEvaluation, PretrainTrainer  # noqa: E402
 from burn.resume.signals import PreemptionHandler  # noqa: E402
 
 
 class TimedMonitor:
-    """The trainer's KnnMonitor, with the wall time of each call recorded."""
+    """The trainer's KnnMonitor (in its KnnEvaluation), with the wall time of each call recorded."""
 
     def __init__(self, monitor):
         self.monitor, self.seconds, self.last = monitor, [], {}
@@ -72,20 +72,21 @@ def main() -> None:
         with PreemptionHandler() as preemption:
             trainer = PretrainTrainer(cfg, info, Path(run_dir), preemption)
             trainer.prepare()
-            trainer.knn = TimedMonitor(trainer.knn)
+            (evaluation,) = (m for m in trainer.parts.after_step if isinstance(m, KnnEvaluation))
+            timed = evaluation.monitor = TimedMonitor(evaluation.monitor)
             started = time.perf_counter()
             trainer.train_until(trainer.total_steps)
             stage = time.perf_counter() - started
             trainer.metrics.close()
 
-    knn = sum(trainer.knn.seconds)
-    evals = len(trainer.knn.seconds)
+    knn = sum(timed.seconds)
+    evals = len(timed.seconds)
     per_step = (stage - knn) / trainer.total_steps
     per_eval = knn / evals
     default_every = MonitorConfig().knn_every
     print(
         f"{trainer.total_steps} steps, k-NN every {cfg.monitor.knn_every} steps and at the last "
-        f"({evals} evaluations, bank {trainer.knn.last['bank']} / queries {trainer.knn.last['queries']} images)"
+        f"({evals} evaluations, bank {timed.last['bank']} / queries {timed.last['queries']} images)"
     )
     print(f"stage loop {stage:.1f} s, of which k-NN {knn:.1f} s: {100 * knn / stage:.1f}% at this cadence")
     print(f"{per_step:.3f} s per step, {per_eval:.2f} s per k-NN evaluation ({per_eval / per_step:.1f} steps)")

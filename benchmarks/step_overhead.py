@@ -33,15 +33,16 @@ from burn.resume.signals import PreemptionHandler  # noqa: E402
 
 def bare_steps(trainer: PretrainTrainer, n: int) -> None:
     """The minimum a training loop must do: data, forward, backward, Adam step, schedule."""
-    model, optimizer, loader = trainer.model, trainer.optimizer, trainer.loader
+    parts = trainer.parts
+    model, optimizer, loader, accum = parts.model, parts.optimizer, parts.data, parts.batch.accumulation
     for _ in range(n):
         optimizer.zero_grad(set_to_none=True)
-        for _ in range(trainer.accum):
+        for _ in range(accum):
             view1, view2 = next(loader)
-            out = model(view1, view2, lambda_at(trainer.step, trainer.total_steps), 0.2)
-            (out["loss"] / trainer.accum).backward()
+            out = model(view1, view2, lambda_at(trainer.step, parts.total_steps), 0.2)
+            (out["loss"] / accum).backward()
         optimizer.step()
-        trainer.scheduler.step()
+        parts.scheduler.step()
         trainer.step += 1
 
 

@@ -212,7 +212,8 @@ def _require(path, layout: str, parts: Mapping, needed: Iterable[str]) -> None:
 
 
 def read_teacher_trunk(path: str | os.PathLike) -> tuple[str, StateDict]:
-    """``(layout, trunk state dict)``; see :func:`load_teacher_trunk`."""
+    """``(layout, teacher ResNet trunk state dict)`` (torchvision names, no ``fc``) from a MoCo v2
+    release, an original teacher file, an original pretraining checkpoint or a torchvision state dict."""
     layout, parts = read_parts(path)
     if layout == SUITE:
         raise WeightsError(
@@ -221,12 +222,6 @@ def read_teacher_trunk(path: str | os.PathLike) -> tuple[str, StateDict]:
         )
     _require(path, layout, parts, ["teacher_trunk"])
     return layout, parts["teacher_trunk"]
-
-
-def load_teacher_trunk(path: str | os.PathLike) -> StateDict:
-    """Teacher ResNet trunk (torchvision names, no ``fc``) from a MoCo v2 release, an original
-    teacher file, an original pretraining checkpoint or a torchvision state dict."""
-    return read_teacher_trunk(path)[1]
 
 
 def load_stage1_init(path: str | os.PathLike) -> dict[str, StateDict]:

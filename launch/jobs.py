@@ -68,6 +68,17 @@ def build_executor(cfg: DictConfig, stage_dir: Path, dependency: str | None, use
     return executor
 
 
+def sbatch_script(executor: submitit.AutoExecutor) -> str:
+    """The script `executor.submit` hands to sbatch, made without submitting (the dry run prints it).
+
+    Submitit has no public call for it: this is the suite's one use of its private API (the SLURM
+    executor's ``_make_submission_file_text(command, uid)`` and ``_submitit_command_str``, the command a
+    submit runs). tests/launch/test_submit.py compares it with what a real submit hands sbatch, so a
+    Submitit version that changes either fails there."""
+    slurm = executor._executor
+    return slurm._make_submission_file_text(slurm._submitit_command_str, "dry-run")
+
+
 def submit_stages(stage_cfgs: list[DictConfig], max_requeues: int) -> list[SubmittedStage]:
     """Queue the stages in order, each after the previous one (afterok); skip complete stages and
     reuse a still-active job of the same run dir instead of starting a second writer."""

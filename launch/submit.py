@@ -322,10 +322,10 @@ def print_dry_run(cfg: DictConfig, planned: list[DictConfig], cluster: str) -> N
     for stage_cfg in todo:
         name = rundir.stage_dir_name(str(stage_cfg.stage))
         dependency = f"afterok:<job id of {previous}>" if previous else None
-        executor = jobs.build_executor(stage_cfg, Path(stage_cfg.run_dir), dependency, use_gpus)._executor
+        executor = jobs.build_executor(stage_cfg, Path(stage_cfg.run_dir), dependency, use_gpus)
         folder = Path(stage_cfg.run_dir) / rundir.SLURM_DIR
         print(f"\n# sbatch script of {name} (Submitit writes it into {folder}/<job id>/)")
-        print(executor._make_submission_file_text(executor._submitit_command_str, "dry-run").rstrip())
+        print(jobs.sbatch_script(executor).rstrip())
         previous = name
 
 

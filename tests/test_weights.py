@@ -94,10 +94,11 @@ def test_every_layout_is_detected_and_every_loader_takes_what_holds_its_parts(tm
     for layout, path in paths.items():
         assert weights.detect_layout(weights.load_weights_file(path)) == layout
         if layout in holds_trunk:
-            assert _same(weights.load_teacher_trunk(path), parts["teacher_trunk"]), layout
+            found, trunk = weights.read_teacher_trunk(path)  # what Teacher.load_weights reads
+            assert found == layout and _same(trunk, parts["teacher_trunk"]), layout
         else:
             with pytest.raises(WeightsError, match=rf"{path.name} \(layout {layout}\)"):
-                weights.load_teacher_trunk(path)
+                weights.read_teacher_trunk(path)
         if layout in holds_stage1:
             got = weights.load_stage1_init(path)
             assert all(_same(got[p], parts[p]) for p in weights.STAGE1_PARTS), layout

@@ -1,2 +1,4 @@
-"""The training loop: the stage runner, the loop and its trainers, what they checkpoint by name, schedules,
-precision, the process group and the CUDA settings (checkpoint files: burn/resume; reporting: burn/monitor)."""
+"""The stage loop (loop.py) and what a stage hands it (parts.py), the two stages that build those parts
+(pretraining: trainer.py; linear evaluation: linear.py), and what they share: distributed setup, GPU
+settings, precision, schedules, bad-step handling and checkpointed state (checkpoint files: burn/resume;
+reporting: burn/monitor)."""

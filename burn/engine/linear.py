@@ -1,25 +1,35 @@
-"""Linear evaluation: frozen feature entries (eval mode), trainable MLP head + linear classifier."""
+"""Linear evaluation: frozen feature entries (eval mode), trainable MLP head + linear classifier.
+
+`build_linear_evaluation` makes the stage's parts (burn.engine.parts) from small builders, in the
+order they draw from the RNG; `LinearEvalTrainer` is the loop (burn.engine.loop) that runs them.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from omegaconf import DictConfig
 from torch import nn
 
-from burn.batch import split_global_batch
+from burn.batch import BatchSplit, split_global_batch
 from burn.config import RANDOM_BACKBONE
 from burn.data.loaders import build_eval_loader
-from burn.engine.distributed import wrap_ddp
+from burn.data.stream import ResumableLoader
+from burn.engine.distributed import DistInfo, wrap_ddp
 from burn.engine.loop import StageLoop
-from burn.engine.precision import build_amp
+from burn.engine.parts import Finish, StageParts, StepContext, StepFn, StepHook, apply_update
+from burn.engine.precision import AmpSettings, build_amp
 from burn.engine.schedules import build_step_decay, stage_length
-from burn.engine.state import ModuleParts, Stateful
+from burn.engine.state import ModuleParts
 from burn.models.reactnet import ReActNetA
+from burn.monitor.reporting import MetricLogger
+from burn.resume.signals import PreemptionHandler
 from burn.runtime.rundir import LINEAR_RESULTS, write_json
 from burn.weights import load_backbone
 
@@ -56,128 +66,194 @@ class LinearEvalModel(nn.Module):
 
 
 class LinearEvalTrainer(StageLoop):
-    stage = "linear"
+    """Linear evaluation of a pretrained (or random) student backbone."""
 
-    def build(self, data_state: Any) -> dict[str, Stateful]:
-        cfg, info, lin = self.cfg, self.info, self.cfg.linear
-        if not cfg.pretrained:
-            raise ValueError(
-                "stage=linear needs pretrained=<backbone file> (e.g. a stage-2 run's backbone.pth), "
-                f"or pretrained={RANDOM_BACKBONE} for the no-pretraining baseline"
-            )
-        self.amp = build_amp(cfg.train.precision, info.device)
-        backbone = ReActNetA(precision=lin.precision, width=cfg.model.width)  # seeded by the stage runner
-        if cfg.pretrained == RANDOM_BACKBONE:
-            log.info(
-                "pretrained=%s: evaluating a randomly initialised student (the no-pretraining baseline)",
-                RANDOM_BACKBONE,
-            )
-        else:
-            backbone.load_state_dict(load_backbone(cfg.pretrained), strict=True)
-        self.model = LinearEvalModel(backbone, lin.num_classes).to(info.device)
-        self.ddp = wrap_ddp(self.model, info)
-        self.per_gpu_batch, self.accum = split_global_batch(
-            lin.global_batch, lin.per_gpu_batch, info.world_size, "linear"
-        )
-        self.loader = build_eval_loader(
-            cfg.data,
-            split="train",
-            batch_size=self.per_gpu_batch,
-            shard_id=info.rank,
-            num_shards=info.world_size,
-            seed=cfg.seed,
-            dtype=self.amp.input_dtype,
-            state=data_state,
-        )
-        epochs, self.steps_per_epoch, self.total_steps = stage_length(
-            steps=cfg.steps,
-            epochs=cfg.epochs,
-            default_epochs=lin.epochs,
-            batches_per_epoch=self.loader.steps_per_epoch,
-            accumulation=self.accum,
-            short_epoch_is_one_step=True,  # as before the shared function: small labelled lists stay usable
-        )
-        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.SGD(
-            self.trainable,
-            lr=lin.lr,
-            momentum=lin.momentum,
-            weight_decay=lin.weight_decay,
-            fused=info.device.type == "cuda",
-        )
-        self.scheduler = build_step_decay(self.optimizer, list(lin.milestones), epochs, self.total_steps)
-        self.scaler = self.amp.scaler()
+    def __init__(self, cfg: DictConfig, info: DistInfo, run_dir: Path, preemption: PreemptionHandler):
+        super().__init__(cfg, info, run_dir, preemption, build_linear_evaluation)
+
+
+def build_linear_evaluation(cfg: DictConfig, info: DistInfo, run_dir: Path, data_state: dict | None) -> StageParts:
+    """The linear evaluation's parts, the loader opened at `data_state`."""
+    lin = cfg.linear
+    require_pretrained(cfg)
+    amp = build_amp(cfg.train.precision, info.device)
+    model = build_model(cfg, info)
+    ddp = wrap_ddp(model, info)
+    batch = split_global_batch(lin.global_batch, lin.per_gpu_batch, info.world_size, "linear")
+    loader = build_loader(cfg, info, batch, amp, data_state)
+    epochs, steps_per_epoch, total_steps = count_steps(cfg, loader, batch)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = build_optimizer(cfg, info, trainable)
+    scheduler = build_step_decay(optimizer, list(lin.milestones), epochs, total_steps)
+    scaler = amp.scaler()
+    evaluate = partial(evaluate_top_k, cfg, info, amp, model)
+    return StageParts(
+        stage="linear",
+        model=model,
+        ddp=ddp,
         # "student": the backbone under the name burn.weights reads from a stage checkpoint.
-        return {
-            "model": ModuleParts({"student": self.model.backbone, "fc_cls": self.model.fc_cls}),
-            "optimizer": self.optimizer,
-            "scheduler": self.scheduler,
-            "scaler": self.scaler,
-            "data": self.loader,
-        }
+        trained=ModuleParts({"student": model.backbone, "fc_cls": model.fc_cls}),
+        optimizer=optimizer,
+        scheduler=scheduler,
+        scaler=scaler,
+        data=loader,
+        batch=batch,
+        total_steps=total_steps,
+        step=linear_step(info, ddp, amp, optimizer, scheduler, scaler, trainable, batch.accumulation),
+        finish=write_results(cfg, info, run_dir, evaluate),
+        after_step=[periodic_evaluation(lin.eval_every_epochs * steps_per_epoch, total_steps, evaluate, ddp)],
+    )
 
-    def train_step(self) -> tuple[dict[str, torch.Tensor], bool]:
-        self.optimizer.zero_grad(set_to_none=True)
-        loss_sum = torch.zeros((), device=self.info.device)
-        for _ in range(self.accum):
-            images, labels = self.next_batch()
-            labels = labels.to(self.info.device)
-            with self.amp.autocast():
-                loss = F.cross_entropy(self.ddp(images).float(), labels)
-            self.scaler.scale(loss / self.accum).backward()
-            loss_sum += loss.detach() / self.accum
-        grad_norm, applied, lr = self.apply_update()
+
+# ---- the builders ----------------------------------------------------------------------------------
+def require_pretrained(cfg: DictConfig) -> None:
+    if not cfg.pretrained:
+        raise ValueError(
+            "stage=linear needs pretrained=<backbone file> (e.g. a stage-2 run's backbone.pth), "
+            f"or pretrained={RANDOM_BACKBONE} for the no-pretraining baseline"
+        )
+
+
+def build_model(cfg: DictConfig, info: DistInfo) -> LinearEvalModel:
+    """The backbone (pretrained=: a file's, or a random one: the baseline) with a new classifier."""
+    backbone = ReActNetA(precision=cfg.linear.precision, width=cfg.model.width)  # seeded by the stage runner
+    if cfg.pretrained == RANDOM_BACKBONE:
+        log.info(
+            "pretrained=%s: evaluating a randomly initialised student (the no-pretraining baseline)",
+            RANDOM_BACKBONE,
+        )
+    else:
+        backbone.load_state_dict(load_backbone(cfg.pretrained), strict=True)
+    return LinearEvalModel(backbone, cfg.linear.num_classes).to(info.device)
+
+
+def build_loader(
+    cfg: DictConfig, info: DistInfo, batch: BatchSplit, amp: AmpSettings, data_state: dict | None
+) -> ResumableLoader:
+    """This rank's endless labelled stream (train_labeled), at `data_state`."""
+    return build_eval_loader(
+        cfg.data,
+        split="train",
+        batch_size=batch.per_gpu,
+        shard_id=info.rank,
+        num_shards=info.world_size,
+        seed=cfg.seed,
+        dtype=amp.input_dtype,
+        state=data_state,
+    )
+
+
+def count_steps(cfg: DictConfig, loader: ResumableLoader, batch: BatchSplit) -> tuple[int, int, int]:
+    """(epochs, optimizer steps per epoch, steps in the stage): steps=, else epochs= or linear.epochs."""
+    return stage_length(
+        steps=cfg.steps,
+        epochs=cfg.epochs,
+        default_epochs=cfg.linear.epochs,
+        batches_per_epoch=loader.steps_per_epoch,
+        accumulation=batch.accumulation,
+        short_epoch_is_one_step=True,  # as before the shared function: small labelled lists stay usable
+    )
+
+
+def build_optimizer(cfg: DictConfig, info: DistInfo, trainable: list[nn.Parameter]) -> torch.optim.SGD:
+    """SGD with momentum over the head and the classifier; fused on CUDA."""
+    lin = cfg.linear
+    return torch.optim.SGD(
+        trainable,
+        lr=lin.lr,
+        momentum=lin.momentum,
+        weight_decay=lin.weight_decay,
+        fused=info.device.type == "cuda",
+    )
+
+
+# ---- one optimizer step ----------------------------------------------------------------------------
+def linear_step(
+    info: DistInfo,
+    ddp: nn.Module,
+    amp: AmpSettings,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+    trainable: list[nn.Parameter],
+    accumulation: int,
+) -> StepFn:
+    """Cross-entropy over `accumulation` labelled micro-batches, then the update."""
+
+    def step(ctx: StepContext) -> tuple[dict[str, torch.Tensor], bool]:
+        optimizer.zero_grad(set_to_none=True)
+        loss_sum = torch.zeros((), device=info.device)
+        for _ in range(accumulation):
+            images, labels = ctx.next_batch()
+            labels = labels.to(info.device)
+            with amp.autocast():
+                loss = F.cross_entropy(ddp(images).float(), labels)
+            scaler.scale(loss / accumulation).backward()
+            loss_sum += loss.detach() / accumulation
+        grad_norm, applied, lr = apply_update(optimizer, scheduler, scaler, trainable)
         return {"loss": loss_sum, "lr": lr, "grad_norm": grad_norm}, applied
 
-    @torch.no_grad()
-    def evaluate(self) -> dict[str, float]:
-        """Top-1 / top-5 (percent) over the whole validation list; every rank scores its shard."""
-        cfg = self.cfg
-        val = build_eval_loader(
-            cfg.data,
-            split="val",
-            batch_size=cfg.linear.per_gpu_batch,
-            shard_id=self.info.rank,
-            num_shards=self.info.world_size,
-            seed=cfg.seed,
-            dtype=self.amp.input_dtype,
-        )
-        self.model.eval()
-        counts = torch.zeros(3, dtype=torch.float64, device=self.info.device)  # top1, top5, samples
-        for images, labels in val:
-            labels = labels.to(self.info.device)
-            with self.amp.autocast():
-                logits = self.model(images).float()
-            counts += topk_hits(logits, labels)
-        if self.info.distributed:
-            dist.all_reduce(counts)
-        top1, top5, n = counts.tolist()
-        return {"top1": 100.0 * top1 / n, "top5": 100.0 * top5 / n, "num_samples": int(n)}
+    return step
 
-    def after_step(self) -> None:
-        """Every linear.eval_every_epochs epochs (not at the last step: finish() evaluates): top-1/top-5
-        in TensorBoard. Eval mode and a separate loader leave the training state untouched."""
-        every = self.cfg.linear.eval_every_epochs * self.steps_per_epoch
-        if every and self.step % every == 0 and self.step < self.total_steps:
-            results = self.evaluate()
-            self.ddp.train()
-            self.metrics.scalars(self.step, {"top1": results["top1"], "top5": results["top5"]}, group="linear/val")
 
-    def finish(self) -> None:
-        self.results = self.evaluate()
-        if self.info.is_main:
-            self.results.update(step=self.step, pretrained=str(self.cfg.pretrained))
-            write_json(Path(self.run_dir) / LINEAR_RESULTS, self.results)
-            self.metrics.scalars(
-                self.step, {"top1": self.results["top1"], "top5": self.results["top5"]}, group="linear/val"
-            )
+# ---- evaluation: during training and at the end ----------------------------------------------------
+@torch.no_grad()
+def evaluate_top_k(cfg: DictConfig, info: DistInfo, amp: AmpSettings, model: LinearEvalModel) -> dict[str, float]:
+    """Top-1 / top-5 (percent) over the whole validation list; every rank scores its shard (a collective)."""
+    val = build_eval_loader(
+        cfg.data,
+        split="val",
+        batch_size=cfg.linear.per_gpu_batch,
+        shard_id=info.rank,
+        num_shards=info.world_size,
+        seed=cfg.seed,
+        dtype=amp.input_dtype,
+    )
+    model.eval()
+    counts = torch.zeros(3, dtype=torch.float64, device=info.device)  # top1, top5, samples
+    for images, labels in val:
+        labels = labels.to(info.device)
+        with amp.autocast():
+            logits = model(images).float()
+        counts += topk_hits(logits, labels)
+    if info.distributed:
+        dist.all_reduce(counts)
+    top1, top5, n = counts.tolist()
+    return {"top1": 100.0 * top1 / n, "top5": 100.0 * top5 / n, "num_samples": int(n)}
+
+
+def periodic_evaluation(
+    every: int, total_steps: int, evaluate: Callable[[], dict[str, float]], ddp: nn.Module
+) -> StepHook:
+    """Every `every` steps (linear.eval_every_epochs epochs; 0: never), not at the last step (the finish
+    evaluates): top-1/top-5 in TensorBoard. Eval mode and a separate loader leave the training state
+    untouched."""
+
+    def monitor(step: int, metrics: MetricLogger) -> None:
+        if every and step % every == 0 and step < total_steps:
+            results = evaluate()
+            ddp.train()
+            metrics.scalars(step, {"top1": results["top1"], "top5": results["top5"]}, group="linear/val")
+
+    return monitor
+
+
+def write_results(cfg: DictConfig, info: DistInfo, run_dir: Path, evaluate: Callable[[], dict[str, float]]) -> Finish:
+    """The final evaluation (every rank); rank 0 writes linear_results.json and logs it."""
+
+    def finish(step: int, metrics: MetricLogger) -> dict[str, float]:
+        results = evaluate()
+        if info.is_main:
+            results.update(step=step, pretrained=str(cfg.pretrained))
+            write_json(Path(run_dir) / LINEAR_RESULTS, results)
+            metrics.scalars(step, {"top1": results["top1"], "top5": results["top5"]}, group="linear/val")
             log.info(
                 "linear evaluation complete: top-1 %.2f%%, top-5 %.2f%% on %d images; results in %s",
-                self.results["top1"],
-                self.results["top5"],
-                self.results["num_samples"],
-                Path(self.run_dir) / LINEAR_RESULTS,
+                results["top1"],
+                results["top5"],
+                results["num_samples"],
+                Path(run_dir) / LINEAR_RESULTS,
             )
+        return {"top1": results["top1"], "top5": results["top5"]}
 
-    def final_summary(self) -> dict[str, Any]:
-        return {"top1": self.results["top1"], "top5": self.results["top5"]}
+    return finish

@@ -1,9 +1,10 @@
 """The skeleton every stage shares: resume, the optimizer-step loop, preemption, checkpoints, logging.
 
-A stage (pretraining, linear evaluation) subclasses `StageLoop` and supplies `build()`, which hands
-over the stage's checkpointed objects as one `states` mapping (burn.engine.state), `train_step()` and
-`finish()`; this class owns everything that must be identical between stages for resume to be exact,
-saving and restoring those objects by name. The control flow reads top to bottom in `run()`.
+A stage (pretraining, linear evaluation) is this loop given the stage's build function, which hands
+it one typed `StageParts` (burn.engine.parts): model, optimizer, schedule, scaler, loader, the step
+function, monitors and the last act. The loop owns everything that must be identical between stages
+for resume to be exact, saving and restoring the parts' `states` by name, and calls nothing of the
+stage but what the parts hold. The control flow reads top to bottom in `run()`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from burn.data.record import SampleRecord
 from burn.engine.distributed import DistInfo, all_gather_objects, barrier
 from burn.engine.nonfinite import Applied, BadStepStreak
+from burn.engine.parts import Build, StageParts, StepContext
 from burn.engine.state import ProcessRng, Stateful
 from burn.monitor.reporting import MetricLogger
 from burn.resume import elastic
@@ -42,14 +44,14 @@ one per rank, in a list indexed by rank; another number of ranks maps them (burn
 
 
 class StageLoop:
-    """Base class of a stage. Subclasses set `stage` and implement the hooks below."""
+    """One stage in this process: `build` makes its parts (in `prepare`), the loop runs them."""
 
-    stage: str = "?"
-
-    def __init__(self, cfg: DictConfig, info: DistInfo, run_dir: Path, preemption: PreemptionHandler):
+    def __init__(self, cfg: DictConfig, info: DistInfo, run_dir: Path, preemption: PreemptionHandler, build: Build):
         self.cfg, self.info, self.run_dir = cfg, info, Path(run_dir)
+        self.build = build
+        self.parts: StageParts
+        """What `build` handed over (set by `prepare`)."""
         self.step = 0
-        self.total_steps = 0
         self.ckpt = CheckpointManager(self.run_dir / CHECKPOINTS, keep_last=cfg.checkpoint.keep_last)
         self.ckpt_writer = BackgroundCheckpointWriter(self.ckpt)
         self.preemption = preemption
@@ -64,58 +66,49 @@ class StageLoop:
         """Every resume on another number of ranks: {"step", "from", "to"} (kept in checkpoints)."""
         self.sample_record: SampleRecord | None = None
         self.states: dict[str, Stateful] = {}
-        """What a checkpoint holds besides the loop's progress: build()'s mapping plus the process RNG."""
+        """What a checkpoint holds besides the loop's progress: the parts' states plus the process RNG."""
         self.step_seconds = 0.0
         """Mean wall time of an optimizer step in this process (its first step, which may compile, left
         out): what a stop signal waits for before the checkpoint is written."""
 
-    # ---- hooks -----------------------------------------------------------------------------------
-    def build(self, data_state: Any) -> dict[str, Stateful]:
-        """Build model, optimizer, schedule and the data loader (opened at `data_state`: the saved
-        position, or None), set total_steps. Returns the objects a checkpoint saves and restores, by
-        name: at least "model", "optimizer", "scheduler", "scaler" and "data" (the loader). They are
-        restored in this order, after build, except "data" (the loader starts where it was saved)."""
-        raise NotImplementedError
+    # ---- the parts' objects, by their usual names (tests and benchmarks read them) -----------------
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.parts.model
 
-    def train_step(self) -> tuple[dict[str, torch.Tensor], bool]:
-        """One optimizer step; returns (metrics on device, whether the update was applied: a bool, or a
-        0-dim bool tensor on the device when reading it would cost a host sync)."""
-        raise NotImplementedError
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        return self.parts.optimizer
 
-    # ---- shared by every stage: they all have self.optimizer, .scheduler, .scaler, .loader ---------
-    def apply_update(self) -> tuple[torch.Tensor, Applied, float]:
-        """Unscale, check, step the optimizer and the schedule. Returns (grad norm, applied, lr used).
+    @property
+    def scheduler(self) -> torch.optim.lr_scheduler.LRScheduler:
+        return self.parts.scheduler
 
-        A non-finite gradient skips the update, as GradScaler does; the schedule still advances so it
-        stays a function of the step count."""
-        self.scaler.unscale_(self.optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, float("inf"))
-        if self.scaler.is_enabled():
-            # Skips the update on inf/nan gradients; a fused optimizer does so on the device, so
-            # `applied` stays a device tensor and nothing here waits for the GPU.
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            applied = torch.isfinite(grad_norm)
-        else:
-            applied = bool(torch.isfinite(grad_norm))  # a host sync (free on CPU)
-            if applied:
-                self.optimizer.step()
-        lr = self.optimizer.param_groups[0]["lr"]
-        self.scheduler.step()
-        return grad_norm, applied, lr
+    @property
+    def total_steps(self) -> int:
+        return self.parts.total_steps
+
+    # ---- one optimizer step ------------------------------------------------------------------------
+    def train_step(self) -> tuple[dict[str, torch.Tensor], Applied]:
+        """One optimizer step: the parts' step function (metrics on the device, whether the update was
+        applied: a bool, or a 0-dim bool tensor on the device when reading it would cost a host sync)."""
+        return self.parts.step(StepContext(self.step, self.next_batch, self.notice_stop))
 
     def next_batch(self) -> Any:
         """The loader's next micro-batch (recorded with log.sample_ids)."""
-        batch = next(self.loader)
+        loader = self.parts.data
+        batch = next(loader)
         if self.sample_record is not None:
-            self.sample_record.write(self.step + 1, self.loader.last_positions, self.loader.last_indices)
+            self.sample_record.write(self.step + 1, loader.last_positions, loader.last_indices)
         return batch
 
-    def epoch(self) -> int:
-        return int(self.loader.epoch) if hasattr(self, "loader") else 0
+    def notice_stop(self, where: str) -> None:
+        """Note where this rank first saw a stop signal (for the log), if one has arrived."""
+        if self.preemption.requested and self.noticed_at is None:
+            self.noticed_at = where
 
-    def finish(self) -> None:
-        """Write the stage's products (extraction, evaluation) after the last step. Rank 0 writes."""
+    def epoch(self) -> int:
+        return int(self.parts.data.epoch)
 
     # ---- the loop --------------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -123,11 +116,10 @@ class StageLoop:
         info = self.info
         resume = self._load_resume_point()
         saved_world = resume["world_size"] if resume else info.world_size
+        data_state = elastic.data_state_for(resume["data"], info.rank, info.world_size) if resume else None
+        self.parts = self.build(self.cfg, info, self.run_dir, data_state)
         # The process RNG goes last: restored after building (which draws from it) and every other entry.
-        self.states = {
-            **self.build(elastic.data_state_for(resume["data"], info.rank, info.world_size) if resume else None),
-            "rng": ProcessRng(),
-        }
+        self.states = {**self.parts.states, "rng": ProcessRng()}
         if resume:
             self._restore(resume, resized=saved_world != info.world_size)
         if saved_world != info.world_size:
@@ -139,20 +131,20 @@ class StageLoop:
                         self.step,
                         saved_world,
                         info.world_size,
-                        self.loader,
-                        self.per_gpu_batch * info.world_size * self.accum,
-                        self.per_gpu_batch,
-                        self.accum,
+                        self.parts.data,
+                        self.parts.batch.per_gpu * info.world_size * self.parts.batch.accumulation,
+                        self.parts.batch.per_gpu,
+                        self.parts.batch.accumulation,
                     )
                 )
-        self.ddp.train()  # once: nothing switches to eval mode before the last step
+        self.parts.ddp.train()  # once: nothing switches to eval mode before the last step
         if self.cfg.log.sample_ids:
             attempt = all_gather_objects(info, f"{time.time_ns():020d}")[0]  # rank 0's: one id per start
             self.sample_record = SampleRecord(self.run_dir, rank=info.rank, world_size=info.world_size, attempt=attempt)
         self.metrics = MetricLogger(
             self.run_dir,
             enabled=info.is_main,
-            stage=self.stage,
+            stage=self.parts.stage,
             start_step=self.step,
             total_steps=self.total_steps,
             progress_bar=self.cfg.log.progress_bar,
@@ -184,11 +176,11 @@ class StageLoop:
         if stopped or self.train_until(self.total_steps):
             return self._stop(stopped or self._stop_code)
         self.save_checkpoint()
-        self.finish()
+        summary = self.parts.finish(self.step, self.metrics)
         barrier(self.info)
         if self.info.is_main:
             (self.run_dir / DONE).touch()
-            self.metrics.progress("done", self.step, self.epoch(), **self._last_logged, **self.final_summary())
+            self.metrics.progress("done", self.step, self.epoch(), **self._last_logged, **summary)
         return 0
 
     def _stop(self, code: int) -> int:
@@ -238,24 +230,19 @@ class StageLoop:
             self.metrics.advance()
             if stop and self.step < self.total_steps:  # at the last step, finishing beats a requeue
                 return True
-            self.after_step()
+            for monitor in self.parts.after_step:
+                monitor(self.step, self.metrics)
             if checkpoint_step:
                 self.save_checkpoint(background=True)
         return False
-
-    def final_summary(self) -> dict[str, Any]:
-        return {}
-
-    def after_step(self) -> None:
-        """Every rank, after each optimizer step and its logging, unless a stop signal (preemption,
-        scancel, Ctrl-C) ends the run at this step (the checkpoint goes first): monitors. Must leave the
-        training state untouched."""
 
     def _log(self, metrics: dict[str, torch.Tensor]) -> None:
         values = {k: float(v) for k, v in metrics.items()}  # host sync, on logging steps only
         self.metrics.scalars(self.step, values)
         self._last_logged = {k: values[k] for k in ("loss", "lambda", "lr", "images_per_s") if k in values}
         self.metrics.progress("running", self.step, self.epoch(), **self._last_logged)
+        for alarm in self.parts.after_log:
+            alarm(self.step, values)
 
     # ---- checkpoints -----------------------------------------------------------------------------
     def checkpoint_state(self, per_rank: dict[str, list]) -> dict[str, Any]:
@@ -264,7 +251,7 @@ class StageLoop:
         progress = {
             "format": CHECKPOINT_FORMAT,
             "version": CHECKPOINT_VERSION,
-            "stage": self.stage,
+            "stage": self.parts.stage,
             "step": self.step,
             "epoch": self.epoch(),
             "world_size": self.info.world_size,
@@ -320,7 +307,10 @@ class StageLoop:
         return {**state, "path": path}
 
     def _restore(self, state: dict[str, Any], resized: bool) -> None:
-        """Every entry of `states` from the checkpoint `state`, in the mapping's order."""
+        """Every entry of `states` from the checkpoint `state`, in the mapping's order, once the parts'
+        resume checks accepted it."""
+        for check in self.parts.resume_checks:
+            check(state)
         self.step = self._saved_step = state["step"]
         self.world_size_changes = list(state.get("world_size_changes", []))
         for name, entry in self.states.items():
@@ -328,7 +318,8 @@ class StageLoop:
                 continue  # build() opened the loader at its saved position
             if name not in state:
                 raise CheckpointError(
-                    f"{state['path']} has no {name!r} entry: it was not written by a {self.stage!r} stage of this code"
+                    f"{state['path']} has no {name!r} entry: it was not written by a {self.parts.stage!r} stage "
+                    "of this code"
                 )
             if name not in PER_RANK:
                 entry.load_state_dict(state[name])

@@ -1,13 +1,14 @@
 """What a stage checkpoints: a mapping name -> object with ``state_dict()`` / ``load_state_dict()``.
 
-A stage hands the loop one such mapping (torchtitan's "Stateful" objects); the loop saves each entry
-under its name and restores it from there, without knowing what the objects are (burn.engine.loop).
+A stage's parts hold such objects by name (`StageParts.states`, burn.engine.parts: torchtitan's
+"Stateful" objects); the loop saves each entry under its name and restores it from there, without
+knowing what the objects are (burn.engine.loop).
 Optimizers, GradScalers, schedulers and loaders are such objects already; this module adapts the rest.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 from torch import nn
@@ -46,20 +47,3 @@ class ProcessRng:
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         set_rng_state(state_dict)
-
-
-class Record:
-    """Facts written into every checkpoint that restore nothing, e.g. which frozen input the run used.
-    ``facts`` is called once, at the first save (a checksum of a large file costs nothing before)."""
-
-    def __init__(self, facts: Callable[[], Any]):
-        self._facts: Callable[[], Any] | None = facts
-        self._value: Any = None
-
-    def state_dict(self) -> Any:
-        if self._facts is not None:
-            self._value, self._facts = self._facts(), None
-        return self._value
-
-    def load_state_dict(self, state_dict: Any) -> None:
-        """Nothing to restore: the facts describe this run's own inputs."""

@@ -3,7 +3,7 @@ trainable teacher classifier (the paper's jointly trained "moving target")."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -72,11 +72,6 @@ class BurnModel(nn.Module):
 
     def trainable_modules(self) -> dict[str, nn.Module]:
         return {name: getattr(self, name) for name in TRAINABLE_PARTS}
-
-    def trainable_parameters(self) -> Iterator[nn.Parameter]:
-        """Parameters of the student, the student classifier and the teacher classifier."""
-        for module in self.trainable_modules().values():
-            yield from module.parameters()
 
     def param_groups(self, lr: float, teacher_classifier_lr_scale: float) -> list[dict[str, Any]]:
         """Optimizer groups: the student side at ``lr``, the teacher classifier (when it trains) at

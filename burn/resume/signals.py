@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-import time
 from collections.abc import Iterable
 from types import FrameType
 from typing import Any
@@ -48,7 +47,6 @@ __all__ = [
     "STOP_SIGNALS",
     "PREEMPTION_SIGNALS",
     "PreemptionHandler",
-    "should_stop",
     "stop_code",
 ]
 
@@ -66,10 +64,8 @@ class PreemptionHandler:
     """
 
     def __init__(self) -> None:
-        # (signal number, time.time()) of the first signal, written in one store so a nested
-        # signal arriving inside the handler cannot leave a half-updated record.
-        self._first: tuple[int, float] | None = None
-        self._count = 0
+        self._first: int | None = None
+        """The first signal's number."""
         self._code = 0
         self._interrupts = 0
         self._previous: dict[int, Any] = {}
@@ -85,7 +81,6 @@ class PreemptionHandler:
         first, code, interrupts = take_early()  # what came while the process was still importing
         if first is not None and self._first is None:
             self._first, self._code, self._interrupts = first, max(self._code, code), interrupts
-            self._count += 1
         return self
 
     def restore(self) -> None:
@@ -99,10 +94,9 @@ class PreemptionHandler:
         # Flag only: no logging, no I/O, no torch calls (see the module docstring).
         abort_on_second_interrupt(signum, self._interrupts)
         if self._first is None:
-            self._first = (signum, time.time())
+            self._first = signum
         self._code = max(self._code, STOP_CODES.get(signum, 1))
         self._interrupts += signum == signal.SIGINT
-        self._count += 1
 
     @property
     def requested(self) -> bool:
@@ -117,17 +111,7 @@ class PreemptionHandler:
     @property
     def reason(self) -> str | None:
         """Name of the first signal received (e.g. ``"SIGUSR2"``), or None."""
-        return None if self._first is None else signal.Signals(self._first[0]).name
-
-    @property
-    def received_at(self) -> float | None:
-        """``time.time()`` when the first signal arrived, or None."""
-        return None if self._first is None else self._first[1]
-
-    @property
-    def signal_count(self) -> int:
-        """How many installed signals arrived (repeats included)."""
-        return self._count
+        return None if self._first is None else signal.Signals(self._first).name
 
     def __enter__(self) -> PreemptionHandler:
         return self.install()
@@ -143,45 +127,14 @@ def _collective_device(group: Any) -> torch.device:
     return torch.device("cpu")
 
 
-def should_stop(
-    flag_local: bool,
-    process_group_available: bool,
-    *,
-    group: Any = None,
-    device: torch.device | str | None = None,
-) -> bool:
-    """Whether *any* rank has received a preemption signal (all-reduce MAX of the local flags).
-
-    SLURM may signal only some tasks (or the batch shell's child on one node). Reducing the flag
-    makes every rank stop, checkpoint and exit at the same step.
-
-    This is a COLLECTIVE when ``process_group_available`` is true: every rank of ``group`` must
-    call it at the same point of the loop (e.g. after each optimizer step), or the job hangs.
-    It synchronises with the host, so call it at step boundaries, not inside the step.
-
-    Args:
-        flag_local: this rank's flag, usually ``PreemptionHandler.requested``.
-        process_group_available: True when running distributed; then torch.distributed must be
-            initialised. False returns ``flag_local`` unchanged.
-        group: process group to reduce over (default: the world).
-        device: where the one-element tensor lives; default CUDA for an NCCL group, else CPU.
-    """
-    if not process_group_available:
-        return bool(flag_local)
-    if not (dist.is_available() and dist.is_initialized()):
-        raise RuntimeError(
-            "should_stop(process_group_available=True) but torch.distributed is not initialized; "
-            "call init_process_group first or pass process_group_available=False"
-        )
-    device = torch.device(device) if device is not None else _collective_device(group)
-    flag = torch.tensor([1 if flag_local else 0], dtype=torch.int32, device=device)
-    dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=group)
-    return bool(flag.item())
-
-
 def stop_code(code_local: int, process_group_available: bool, *, group: Any = None) -> int:
     """The stop decision of all ranks: MAX of the local codes (see :data:`STOP_CODES`), so a user's
-    cancel or Ctrl-C on any rank beats a preemption. A COLLECTIVE, like :func:`should_stop`."""
+    cancel or Ctrl-C on any rank beats a preemption.
+
+    A COLLECTIVE when ``process_group_available`` is true: every rank of ``group`` (default: the world)
+    must call it at the same point of the loop (after each optimizer step), or the job hangs. It
+    synchronises with the host: call it at step boundaries, not inside the step. False returns
+    ``code_local`` unchanged."""
     if not process_group_available:
         return int(code_local)
     flag = torch.tensor([int(code_local)], dtype=torch.int32, device=_collective_device(group))

@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import signal
 import threading
-import time
 
 REQUEUE_EXIT_CODE = 75
 """EX_TEMPFAIL: a preemption signal arrived and a checkpoint was written; requeue me."""
@@ -53,14 +52,14 @@ class _EarlyFlags:
     """Process-wide record of stop signals that came before the stage's own handler existed."""
 
     def __init__(self) -> None:
-        self.first: tuple[int, float] | None = None
+        self.first: int | None = None
         self.code = 0
         self.interrupts = 0
 
     def on_signal(self, signum: int, frame: object) -> None:
         abort_on_second_interrupt(signum, self.interrupts)
         if self.first is None:
-            self.first = (signum, time.time())
+            self.first = signum
         self.code = max(self.code, STOP_CODES.get(signum, 0))
         self.interrupts += signum == signal.SIGINT
 
@@ -91,8 +90,8 @@ def ignore_once_complete() -> None:
             signal.signal(signum, signal.SIG_IGN)
 
 
-def take_early() -> tuple[tuple[int, float] | None, int, int]:
-    """(first signal and its time, stop code, SIGINT count) recorded so far; clears the record."""
+def take_early() -> tuple[int | None, int, int]:
+    """(first signal, stop code, SIGINT count) recorded so far; clears the record."""
     global _early
     record = (_early.first, _early.code, _early.interrupts)
     _early = _EarlyFlags()

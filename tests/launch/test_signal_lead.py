@@ -27,9 +27,7 @@ def test_the_sbatch_template_default_is_the_config_default():
 def test_submitit_sbatch_line_is_the_key(tmp_path, overrides):
     cfg = compose_config(["preset=tiny", "stage=1", f"run_dir={tmp_path}", *overrides])
     stage_cfg = submit.plan_stages(cfg)[0]
-    script = jobs.build_executor(stage_cfg, tmp_path, None, use_gpus=False)._executor._make_submission_file_text(
-        "CMD", "uid"
-    )
+    script = jobs.sbatch_script(jobs.build_executor(stage_cfg, tmp_path, None, use_gpus=False))
     assert re.findall(r"^#SBATCH --signal=(.*)$", script, re.M) == [f"USR2@{cfg.signal_delay_s}"]
     assert cfg.signal_delay_s == (75 if overrides else 60)  # the tiny preset's
 

@@ -1,5 +1,8 @@
 """launch/submit.py before anything is queued: stage plans, validation errors, the sbatch script."""
 
+import inspect
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -212,7 +215,7 @@ def test_sbatch_script_requeues_signals_and_chains(tmp_path):
         )
     )[0]
     executor = jobs.build_executor(cfg, tmp_path, "afterok:123", use_gpus=False)
-    script = executor._executor._make_submission_file_text("CMD", "uid")  # what sbatch receives
+    script = jobs.sbatch_script(executor)  # what sbatch receives
     for line in (
         "--requeue",
         "--signal=USR2@60",
@@ -227,5 +230,37 @@ def test_sbatch_script_requeues_signals_and_chains(tmp_path):
     assert "gpus" not in script  # a CPU cluster: tasks, not GPUs
     assert "PYTHONPATH" not in script  # the installed package is importable wherever the job starts
     assert f"{tmp_path}/slurm/%j/%j_%t_log.out" in script
-    with_gpus = jobs.build_executor(cfg, tmp_path, None, use_gpus=True)._executor
-    assert "#SBATCH --gpus-per-node=2\n" in with_gpus._make_submission_file_text("CMD", "uid")
+    with_gpus = jobs.build_executor(cfg, tmp_path, None, use_gpus=True)
+    assert "#SBATCH --gpus-per-node=2\n" in jobs.sbatch_script(with_gpus)
+    # The job runs Submitit's entry on the pickled StageJob in the job's folder, with this interpreter.
+    command = f"{sys.executable} -u -m submitit.core._submit {tmp_path}/slurm/%j"
+    assert re.search(rf"^srun --unbuffered --output .* {re.escape(command)}$", script, re.M), script
+
+
+def test_the_dry_run_uses_submitits_private_calls_as_they_are():
+    """jobs.sbatch_script is the suite's one use of Submitit's private API: the names and signature it
+    calls. A Submitit that renames or changes them fails here (and in the test below)."""
+    from submitit.slurm.slurm import SlurmExecutor
+
+    make = inspect.getattr_static(SlurmExecutor, "_make_submission_file_text")
+    assert list(inspect.signature(make).parameters) == ["self", "command", "uid"]
+    assert isinstance(inspect.getattr_static(SlurmExecutor, "_submitit_command_str"), property)
+
+
+@pytest.mark.process
+def test_the_dry_run_script_is_what_a_submit_hands_sbatch(tmp_path):
+    """The dry run's script against a real `executor.submit` whose `sbatch` (a fake on PATH) keeps the
+    script it was given: byte for byte the same, so the dry run shows what would be queued."""
+    cfg = submit.plan_stages(compose_cfg("stage=1", "nodes=2", "partition=debug", f"run_dir={tmp_path / 'run'}"))[0]
+    bin_dir, received = tmp_path / "bin", tmp_path / "received.sh"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text(f'#!/bin/bash\ncp "$1" {received}\necho "Submitted batch job 4242"\n')
+    (bin_dir / "sbatch").chmod(0o755)
+    executor = jobs.build_executor(cfg, Path(cfg.run_dir), "afterok:123", use_gpus=True)
+    dry_run = jobs.sbatch_script(executor)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+        job = executor.submit(print, "hello")
+    assert job.job_id == "4242"
+    assert received.read_text() == dry_run
+    assert "#SBATCH --dependency=afterok:123\n" in dry_run and "#SBATCH --gpus-per-node=1\n" in dry_run

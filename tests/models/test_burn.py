@@ -15,6 +15,11 @@ def _tiny_model(precision="binact", seed=0):
     return build_burn_model(TINY, precision)
 
 
+def _trained(model):
+    """The parameters of the parts a checkpoint saves and the extractions write (trainable_modules)."""
+    return [p for module in model.trainable_modules().values() for p in module.parameters()]
+
+
 def _views(seed=1, n=4, size=32):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(n, 3, size, size, generator=g), torch.randn(n, 3, size, size, generator=g)
@@ -25,8 +30,10 @@ def test_one_training_step_trains_exactly_the_trainable_parts(precision):
     model = _tiny_model(precision)
     model.train()
     teacher_before = {k: v.clone() for k, v in model.teacher.state_dict().items()}
-    trainable = list(model.trainable_parameters())
-    optimizer = torch.optim.Adam(trainable, lr=1e-2)
+    trainable = _trained(model)
+    # As the trainer builds it: its groups, and the gradient norm's requires_grad parameters.
+    optimizer = torch.optim.Adam(model.param_groups(1e-2, 1.0), lr=1e-2)
+    assert [p for p in model.parameters() if p.requires_grad] == trainable
     params_before = [p.detach().clone() for p in trainable]
 
     out = model(*_views(), lam=0.2)
@@ -77,7 +84,7 @@ def test_forward_under_bf16_autocast_gives_float32_loss_and_gradients():
         out = model(*_views(), lam=0.1)
     assert all(out[k].dtype == torch.float32 and out[k].dim() == 0 for k in ("loss", "kl", "fs"))
     out["loss"].backward()
-    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.trainable_parameters())
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in _trained(model))
 
 
 def test_trainable_state_dicts_round_trip_strictly():
@@ -132,7 +139,7 @@ def test_param_groups_put_the_teacher_classifier_at_its_own_lr():
     groups = {g["name"]: g for g in model.param_groups(1e-3, 0.01)}
     assert groups["student"]["lr"] == 1e-3 and groups["teacher_classifier"]["lr"] == pytest.approx(1e-5)
     grouped = [id(p) for g in groups.values() for p in g["params"]]
-    assert sorted(grouped) == sorted(id(p) for p in model.trainable_parameters())  # each exactly once
+    assert sorted(grouped) == sorted(id(p) for p in _trained(model))  # each exactly once
     assert {id(p) for p in groups["teacher_classifier"]["params"]} == {
         id(p) for p in model.teacher_classifier.parameters()
     }

@@ -21,9 +21,10 @@ from burn.resume.signals import (
     PREEMPTION_SIGNALS,
     REQUEUE_EXIT_CODE,
     PreemptionHandler,
-    should_stop,
+    stop_code,
     warn_if_slow_checkpoint,
 )
+from burn.runtime.signal_flags import STOP_CODES
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -43,18 +44,17 @@ def test_requeue_exit_code_is_ex_tempfail():
 
 
 def test_sigusr2_sets_flag_and_a_second_signal_is_harmless():
-    before = time.time()
+    """What the loop reads (requested, code, reason): the first signal stays the reason; a later one
+    only raises the code (a cancel beats a preemption)."""
     with PreemptionHandler() as handler:
-        assert not handler.requested and handler.reason is None and handler.received_at is None
+        assert not handler.requested and handler.reason is None and handler.code == 0
         os.kill(os.getpid(), signal.SIGUSR2)
         assert _wait_for(lambda: handler.requested)
-        assert handler.reason == "SIGUSR2"
-        first_seen = handler.received_at
-        assert before <= first_seen <= time.time()
+        assert handler.reason == "SIGUSR2" and handler.code == STOP_CODES[signal.SIGUSR2] == 1
 
         os.kill(os.getpid(), signal.SIGTERM)  # would end pytest if the handler were not in place
-        assert _wait_for(lambda: handler.signal_count == 2)
-        assert handler.requested and handler.reason == "SIGUSR2" and handler.received_at == first_seen
+        assert _wait_for(lambda: handler.code == STOP_CODES[signal.SIGTERM] == 2)
+        assert handler.requested and handler.reason == "SIGUSR2"
 
 
 def test_restore_puts_back_the_previous_handlers():
@@ -113,7 +113,17 @@ def test_signals_during_checkpoint_writes_corrupt_nothing(tmp_path):
             time.sleep(0.002)
 
     sender = threading.Thread(target=send_signals)
+    handled = []
     with PreemptionHandler() as handler:
+        # Count the handler's runs: each one is a signal that landed while the saves ran.
+        installed = signal.getsignal(signal.SIGUSR2)
+
+        def counted(signum, frame):
+            handled.append(signum)
+            installed(signum, frame)
+
+        for signum in PREEMPTION_SIGNALS:
+            signal.signal(signum, counted)
         sender.start()
         try:
             for step in range(1, 4):
@@ -121,22 +131,33 @@ def test_signals_during_checkpoint_writes_corrupt_nothing(tmp_path):
         finally:
             stop_sending.set()
             sender.join()
-    assert handler.requested and handler.signal_count >= 4
+    assert len(handled) >= 4 and set(handled) == set(PREEMPTION_SIGNALS)
+    assert handler.requested and handler.code == STOP_CODES[signal.SIGTERM]
     for step in range(1, 4):
         state = manager.load(manager.path_for(step))
         assert state["step"] == step and bool((state["weights"] == float(step)).all())
 
 
-def test_should_stop_without_process_group_returns_the_local_flag():
-    assert should_stop(True, process_group_available=False) is True
-    assert should_stop(False, process_group_available=False) is False
+def test_stop_code_without_process_group_is_the_local_code():
     assert not dist.is_initialized()
-    with pytest.raises(RuntimeError, match="not initialized"):
-        should_stop(False, process_group_available=True)
+    assert [stop_code(code, process_group_available=False) for code in (0, 1, 2, 3)] == [0, 1, 2, 3]
+    assert stop_code(True, process_group_available=False) == 1 and type(stop_code(True, False)) is int
+    with pytest.raises(ValueError, match="not been initialized"):  # a collective needs its group
+        stop_code(0, process_group_available=True)
 
 
-def _should_stop_rank(rank: int, world_size: int, store_file: str, out_dir: str) -> None:
-    """One gloo rank: reduce a quiet flag, then one where only rank 0 got a real SIGUSR2."""
+def test_stop_code_over_a_one_rank_group_is_the_local_code():
+    """A real gloo group (of one rank, in this process): the collective path returns this rank's code."""
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        assert [stop_code(code, process_group_available=True) for code in (0, 1, 2, 3)] == [0, 1, 2, 3]
+    finally:
+        dist.destroy_process_group()
+
+
+def _stop_code_rank(rank: int, world_size: int, store_file: str, out_dir: str) -> None:
+    """One gloo rank, as the loop calls stop_code after each step: nothing yet; then a real SIGUSR2 on
+    rank 0 only; then a real SIGTERM (a cancel) on rank 1 only."""
     dist.init_process_group(
         "gloo",
         init_method=f"file://{store_file}",
@@ -146,33 +167,40 @@ def _should_stop_rank(rank: int, world_size: int, store_file: str, out_dir: str)
     )
     try:
         with PreemptionHandler() as handler:
-            before_signal = should_stop(handler.requested, process_group_available=True)
+            codes = {"quiet": stop_code(handler.code, process_group_available=True)}
             if rank == 0:
                 os.kill(os.getpid(), signal.SIGUSR2)
                 assert _wait_for(lambda: handler.requested)
-            after_signal = should_stop(handler.requested, process_group_available=True)
-            result = {"local": handler.requested, "before": before_signal, "after": after_signal}
-        Path(out_dir, f"rank{rank}.json").write_text(json.dumps(result))
+            codes["preempted"] = stop_code(handler.code, process_group_available=True)
+            if rank == 1:
+                os.kill(os.getpid(), signal.SIGTERM)
+                assert _wait_for(lambda: handler.requested)
+            codes["cancelled"] = stop_code(handler.code, process_group_available=True)
+            codes["local"] = handler.code
+        Path(out_dir, f"rank{rank}.json").write_text(json.dumps(codes))
     finally:
         dist.destroy_process_group()
 
 
 @pytest.mark.process
 @pytest.mark.timeout(120)
-def test_should_stop_spreads_a_rank0_signal_to_every_rank(tmp_path, monkeypatch):
+def test_stop_code_spreads_the_highest_code_to_every_rank(tmp_path, monkeypatch):
+    """A signal on one rank stops every rank at the same step, and a cancel on any rank beats a
+    preemption on another (MAX of the codes)."""
     # Spawned children import this module by name; make the repo root importable for them.
     monkeypatch.syspath_prepend(str(REPO_ROOT))
     world_size = 2
     mp.spawn(
-        _should_stop_rank,
+        _stop_code_rank,
         args=(world_size, str(tmp_path / "pg_store"), str(tmp_path)),
         nprocs=world_size,
         join=True,
     )
     results = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(world_size)]
-    assert [result["local"] for result in results] == [True, False]
-    assert [result["before"] for result in results] == [False, False]
-    assert [result["after"] for result in results] == [True, True]
+    assert [result["local"] for result in results] == [1, 2]
+    assert [result["quiet"] for result in results] == [0, 0]
+    assert [result["preempted"] for result in results] == [1, 1]
+    assert [result["cancelled"] for result in results] == [2, 2]
 
 
 def test_warn_if_slow_checkpoint(caplog):
