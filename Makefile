@@ -34,7 +34,7 @@ test: install cluster-up
 # Builds the image from container/Containerfile with Podman (installed with apt when missing, as root) and
 # runs 2-node stage=all jobs inside it on the local cluster: tests/container/, docs/containers.md.
 test-container: install cluster-up
-	BURN_CONTAINER_TESTS=1 $(PY) -m pytest -m container -v -p no:cacheprovider
+	BURN_CONTAINER_TESTS=1 $(PY) -m pytest -m container -v -p no:cacheprovider --basetemp=$${TMPDIR:-/tmp}/burn-test-container
 
 image:
 	$(ENGINE) build -f container/Containerfile --build-arg BASE=$(BASE) -t $(IMAGE) $(BUILD_ARGS) .

@@ -335,8 +335,9 @@ class ContainerConfig:
     """The image: pyxis ``nvcr.io#nvidia/pytorch:25.01-py3`` (``nvcr.io/nvidia/...`` is converted), podman a
     name such as ``localhost/burn-suite:latest``, apptainer a .sif file (or ``docker://...``)."""
     mounts: list[str] | None = None
-    """``SRC[:DST[:OPTIONS]]`` bind mounts; None: data.root, the run directory, the checkout and a teacher
-    weights file, each at its own path, so every path in the config stays valid inside."""
+    """``SRC[:DST[:OPTIONS]]`` bind mounts; None: data.root, the run directory, the checkout and the weight
+    files read from elsewhere (teacher, pretrained), each at its own path, so every path in the config stays
+    valid inside."""
     args: list[str] = field(default_factory=list)
     """Extra arguments of the runtime (podman run / apptainer exec; pyxis: extra srun arguments)."""
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from burn.config import AUTO_TEACHER, quote_image_override  # noqa: F401  (re-exported)
+from burn.config import AUTO_TEACHER, RANDOM_BACKBONE, quote_image_override  # noqa: F401  (re-exported)
 from burn.runtime.errors import UsageError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -95,12 +95,15 @@ def image_for(runtime: str, image: str) -> str:
 
 
 def default_mounts(cfg: DictConfig, run_dir: str | None) -> list[str]:
-    """data.root, the run directory (stage=all: the parent of the three), the checkout and a teacher
-    weights file outside them, each at its own path; a path inside another is covered by it."""
+    """data.root, the run directory, the checkout, and the weight files the stage reads from elsewhere
+    (model.teacher_weights; pretrained, or its folder while an earlier stage has yet to write it: stage=all's
+    stage 2 and linear read stage1/ and stage2/ beside their own), each at its own path; a path inside
+    another is covered by it."""
     paths = [OmegaConf.select(cfg, "data.root"), run_dir, str(REPO)]
-    teacher = OmegaConf.select(cfg, "model.teacher_weights")
-    if teacher and teacher != AUTO_TEACHER:
-        paths.append(teacher)
+    for key in ("model.teacher_weights", "pretrained"):
+        value = OmegaConf.select(cfg, key)
+        if value and value not in (AUTO_TEACHER, RANDOM_BACKBONE):
+            paths.append(value if Path(value).exists() else str(Path(value).parent))
     chosen: list[Path] = []
     for path in (Path(p).absolute() for p in paths if p):
         if any(path == c or c in path.parents for c in chosen):

@@ -24,7 +24,8 @@ from tests.container.conftest import CONTAINER_ARGS, image_stamp
 from tests.slurm.conftest import progress
 from tests.slurm.test_launch_cluster import assert_bit_identical, job_records, wait_progress
 
-pytestmark = [pytest.mark.container, pytest.mark.slurm, pytest.mark.slow]
+# The first test's set-up builds the image (5-10 min on 2 busy cores) and runs the stages.
+pytestmark = [pytest.mark.container, pytest.mark.slurm, pytest.mark.slow, pytest.mark.timeout(3600)]
 
 REPO = Path(__file__).resolve().parents[2]
 STEPS = 20

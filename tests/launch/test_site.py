@@ -77,7 +77,7 @@ def test_default_mounts_are_data_run_dir_checkout_and_teacher_at_their_own_paths
         "/data/imagenet:/data/imagenet",
         f"{tmp_path}/run:{tmp_path}/run",
         f"{REPO}:{REPO}",
-        "/models/moco.pth:/models/moco.pth",
+        "/models:/models",  # a file not there yet: its folder (a teacher file must exist: validate() says so)
     ]
     own = planned(tmp_path, "container.runtime=podman", "container.image=burn:1", "container.mounts=[/scratch:/s:ro]")
     assert [w for w in container_command(own).prefix if ":" in w and w.startswith("/")] == ["/scratch:/s:ro"]
@@ -290,3 +290,15 @@ def test_chain_sh_dry_run_prints_sbatch_and_srun_lines_and_queues_nothing(tmp_pa
         f"container.args={args}",
         'slurm.setup=["export MASTER_PORT=23456"]',
     ]
+
+
+def test_stage_all_mounts_the_stage_each_stage_starts_from(tmp_path):
+    cfg = compose_config(
+        ["preset=tiny", "stage=all", f"run_dir={tmp_path}", "container.runtime=podman", "container.image=b:1"]
+    )
+    binds = []
+    for stage_cfg in submit.plan_stages(cfg):
+        prefix = container_command(stage_cfg).prefix
+        binds.append([prefix[i + 1].split(":")[0] for i, word in enumerate(prefix) if word == "-v"])
+    assert binds[1][::2] == [f"{tmp_path}/stage2", f"{tmp_path}/stage1"]  # stage 2 reads stage1's extraction
+    assert binds[2][::2] == [f"{tmp_path}/linear", f"{tmp_path}/stage2"]  # linear evaluates stage2's backbone
