@@ -96,13 +96,16 @@ def image_for(runtime: str, image: str) -> str:
 
 def default_mounts(cfg: DictConfig, run_dir: str | None) -> list[str]:
     """data.root, the run directory, the checkout, and the weight files the stage reads from elsewhere
-    (model.teacher_weights; pretrained, or its folder while an earlier stage has yet to write it: stage=all's
-    stage 2 and linear read stage1/ and stage2/ beside their own), each at its own path; a path inside
-    another is covered by it."""
-    paths = [OmegaConf.select(cfg, "data.root"), run_dir, str(REPO)]
+    (model.teacher_weights, whose ``auto`` file lies beside data.root: its folder; pretrained, or its folder
+    while an earlier stage has yet to write it: stage=all's stage 2 and linear read stage1/ and stage2/
+    beside their own), each at its own path; a path inside another is covered by it."""
+    data_root = OmegaConf.select(cfg, "data.root")
+    paths = [data_root, run_dir, str(REPO)]
     for key in ("model.teacher_weights", "pretrained"):
         value = OmegaConf.select(cfg, key)
-        if value and value not in (AUTO_TEACHER, RANDOM_BACKBONE):
+        if value == AUTO_TEACHER and data_root:  # still to be resolved (chain.sh): it lives beside the data
+            paths.append(str(Path(data_root).absolute().parent))
+        elif value and value != RANDOM_BACKBONE:
             paths.append(value if Path(value).exists() else str(Path(value).parent))
     chosen: list[Path] = []
     for path in (Path(p).absolute() for p in paths if p):

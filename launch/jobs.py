@@ -17,11 +17,9 @@ import submitit
 from omegaconf import DictConfig, OmegaConf
 
 from burn.runtime import rundir, slurm_cli
+from burn.runtime.environment import REQUEUE_REQUEST_VARIABLE
 from launch.job_entry import StageJob
 from launch.site import site_settings
-
-#: Set in a container job's script: where rank 0 asks the batch shell for a requeue (burn/runtime/environment.py).
-REQUEUE_REQUEST_VARIABLE = "BURN_REQUEUE_REQUEST"
 
 
 @dataclass

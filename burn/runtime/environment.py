@@ -15,6 +15,9 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+#: Set in a container job's script (launch/jobs.py): where rank 0 asks the batch shell to requeue the job.
+REQUEUE_REQUEST_VARIABLE = "BURN_REQUEUE_REQUEST"
+
 
 def _int(value: str | None) -> int | None:
     return int(value) if value not in (None, "") else None
@@ -86,7 +89,7 @@ class Environment:
             cpus=_int(env.get("SLURM_CPUS_PER_TASK") or env.get("OMP_NUM_THREADS")),
             submitit_executor="SUBMITIT_EXECUTOR" in env,
             submitit_folder="SUBMITIT_FOLDER" in env,
-            requeue_request=env.get("BURN_REQUEUE_REQUEST") or None,
+            requeue_request=env.get(REQUEUE_REQUEST_VARIABLE) or None,
         )
 
     @property

@@ -302,3 +302,17 @@ def test_stage_all_mounts_the_stage_each_stage_starts_from(tmp_path):
         binds.append([prefix[i + 1].split(":")[0] for i, word in enumerate(prefix) if word == "-v"])
     assert binds[1][::2] == [f"{tmp_path}/stage2", f"{tmp_path}/stage1"]  # stage 2 reads stage1's extraction
     assert binds[2][::2] == [f"{tmp_path}/linear", f"{tmp_path}/stage2"]  # linear evaluates stage2's backbone
+
+
+def test_an_auto_teacher_still_to_resolve_mounts_the_folder_beside_the_data(tmp_path):
+    """slurm/chain.sh composes model.teacher_weights=auto unresolved: the file will lie beside data.root."""
+    cfg = compose_config(
+        ["preset=tiny", f"data.root={tmp_path}/sets/tiny", "container.runtime=podman", "container.image=b:1"]
+    )
+    assert cfg.model.teacher_weights == "auto"
+    prefix = container_command(cfg, run_dir=f"{tmp_path}/run").prefix
+    assert [prefix[i + 1] for i, word in enumerate(prefix) if word == "-v"] == [
+        f"{tmp_path}/run:{tmp_path}/run",
+        f"{REPO}:{REPO}",
+        f"{tmp_path}/sets:{tmp_path}/sets",
+    ]
