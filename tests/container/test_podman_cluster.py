@@ -59,12 +59,20 @@ def submit(*overrides: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def runs(podman_image, slurm_cluster, tiny_data, tmp_path_factory):
+def runs(podman_image, slurm_cluster, tiny_data, tmp_path_factory, request):
     """Queue the three runs at once: the reference stage 1, stage=all through Submitit and through chain.sh."""
     assert not Path(IMAGE_STAMP).exists(), f"this machine has {IMAGE_STAMP}: it could not tell inside from outside"
     root = tmp_path_factory.mktemp("container-runs")
     ports = random.sample(range(21000, 29000), 3)
     started = time.monotonic()
+
+    def cancel_leftovers():
+        print(f"container runs: {time.monotonic() - started:.0f} s")
+        records = root.glob("**/slurm/jobs.jsonl")
+        ids = [r["job_id"] for f in records for r in map(json.loads, f.read_text().splitlines())]
+        subprocess.run(["scancel", *ids], capture_output=True)
+
+    request.addfinalizer(cancel_leftovers)
     submit(*stage_overrides(podman_image, tiny_data, ports[0]), "stage=1", f"run_dir={root / 'reference'}")
     submit(*stage_overrides(podman_image, tiny_data, ports[1]), "stage=all", f"run_dir={root / 'submitit'}")
     subprocess.run(
@@ -83,10 +91,18 @@ def runs(podman_image, slurm_cluster, tiny_data, tmp_path_factory):
         capture_output=True,
         cwd=REPO,
     )
-    yield {"root": root, "ports": ports, "image": podman_image, "stamp": image_stamp(podman_image)}
-    print(f"container runs: {time.monotonic() - started:.0f} s")
-    ids = [r["job_id"] for f in root.glob("**/slurm/jobs.jsonl") for r in map(json.loads, f.read_text().splitlines())]
-    subprocess.run(["scancel", *ids], capture_output=True)
+    # Both stage 1s run side by side: each is preempted as soon as it trains (a Submitit one straight to the
+    # tasks; chain.sh's to the batch shell only, whose trap forwards USR2 to srun, srun to podman, podman
+    # into the container), so that both requeue and resume while the reference runs uninterrupted.
+    submitit_job = job_records(root / "submitit" / "stage1")[0]["job_id"]
+    chain_job = job_records(root / "chain" / "stage1")[0]["job_id"]
+    preempt_when_training(
+        {
+            root / "submitit" / "stage1": ["scancel", "--signal=USR2", submitit_job],
+            root / "chain" / "stage1": ["scancel", "--batch", "--signal=USR2", chain_job],
+        }
+    )
+    return {"root": root, "ports": ports, "image": podman_image, "stamp": image_stamp(podman_image)}
 
 
 @pytest.fixture(scope="module")
@@ -96,16 +112,26 @@ def reference(runs, slurm_cluster) -> Path:
     return stage1
 
 
-def preempt_once(stage_dir: Path, signal_cmd: list[str]) -> None:
-    wait_progress(stage_dir, "step 3", lambda p: p["state"] == "running" and p["step"] >= 3, timeout=600)
-    subprocess.run(signal_cmd, check=True)
-    wait_progress(stage_dir, "checkpoint after the signal", lambda p: p["state"] == "preempted", timeout=300)
+def preempt_when_training(signals: dict[Path, list[str]], timeout: float = 900) -> None:
+    """Send each stage its signal once it trains (step >= 3), then wait until each has checkpointed."""
+    pending, deadline = dict(signals), time.monotonic() + timeout
+    while pending and time.monotonic() < deadline:
+        for stage_dir, command in list(pending.items()):
+            state = progress(stage_dir)
+            if state.get("state") == "running" and state.get("step", 0) >= 3:
+                subprocess.run(command, check=True)
+                del pending[stage_dir]
+        time.sleep(0.2)
+    assert not pending, f"never saw training in {list(pending)} within {timeout} s"
+    for stage_dir in signals:
+        wait_progress(
+            stage_dir, "checkpoint after the signal", lambda p: p["restarts"] >= 1 or p["state"] == "preempted"
+        )
 
 
 def test_submitit_stage_all_in_podman_preempted_resumes_bit_identical(runs, reference, slurm_cluster):
     root = runs["root"] / "submitit"
     (s1,), (s2,), (lin,) = (job_records(root / d) for d in ("stage1", "stage2", "linear"))
-    preempt_once(root / "stage1", ["scancel", "--signal=USR2", s1["job_id"]])
     assert slurm_cluster.wait(lin["job_id"], timeout=900) == "COMPLETED"
     assert slurm_cluster.state(s1["job_id"]) == "COMPLETED" and slurm_cluster.restarts(s1["job_id"]) == 1
     assert progress(root / "stage1")["restarts"] == 1
@@ -130,8 +156,6 @@ def test_submitit_stage_all_in_podman_preempted_resumes_bit_identical(runs, refe
 def test_chain_sh_stage_all_in_podman_preempted_resumes_bit_identical(runs, reference, slurm_cluster):
     root = runs["root"] / "chain"
     (s1,), (s2,), (lin,) = (job_records(root / d) for d in ("stage1", "stage2", "linear"))
-    # To the batch shell only: its trap forwards USR2 to srun, srun to podman, podman into the container.
-    preempt_once(root / "stage1", ["scancel", "--batch", "--signal=USR2", s1["job_id"]])
     assert slurm_cluster.wait(lin["job_id"], timeout=900) == "COMPLETED"
     assert slurm_cluster.restarts(s1["job_id"]) == 1
 
