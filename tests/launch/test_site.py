@@ -23,7 +23,11 @@ NGC = "nvcr.io/nvidia/pytorch:25.01-py3"
 
 
 def planned(tmp_path: Path, *overrides: str):
-    cfg = compose_config(["preset=tiny", "stage=1", f"run_dir={tmp_path}/run", "data.root=/data/imagenet", *overrides])
+    # No teacher: an `auto` one, unresolved, would mount the folder beside data.root (tested on its own below).
+    cfg = compose_config(
+        ["preset=tiny", "stage=1", f"run_dir={tmp_path}/run", "data.root=/data/imagenet", "model.teacher_weights=null"]
+        + list(overrides)
+    )
     return submit.plan_stages(cfg)[0]
 
 
