@@ -6,7 +6,15 @@ DALI ?= dali-cuda130
 # Where `make gpu-wheels` puts the wheels benchmarks/gpu_check.sh installs on an air-gapped GPU node.
 WHEELS ?= .whl
 
-.PHONY: install demo test test-fast lint cluster-up cluster-down gpu-wheels
+# `make image`: container/Containerfile with podman, else docker (docs/containers.md). BASE= another base image
+# (a plain Python one gets PyTorch, torchvision and DALI from the index), IMAGE= the tag, BUILD_ARGS= more
+# build options (e.g. --secret id=ca,src=/etc/ssl/certs/ca-certificates.crt behind a TLS-intercepting proxy).
+BASE ?= nvcr.io/nvidia/pytorch:25.01-py3
+IMAGE ?= burn-suite:latest
+BUILD_ARGS ?=
+ENGINE ?= $(shell command -v podman >/dev/null 2>&1 && echo podman || echo docker)
+
+.PHONY: install demo test test-fast test-container lint cluster-up cluster-down gpu-wheels image
 
 install:
 	$(PY) -m pip install -q --root-user-action=ignore -e '.[test,$(DALI)]'
@@ -21,7 +29,15 @@ cluster-down:
 	bash slurm/local-cluster/stop.sh
 
 test: install cluster-up
-	$(PY) -m pytest
+	$(PY) -m pytest -m "not container"
+
+# Builds the image from container/Containerfile with Podman (installed with apt when missing, as root) and
+# runs 2-node stage=all jobs inside it on the local cluster: tests/container/, docs/containers.md.
+test-container: install cluster-up
+	BURN_CONTAINER_TESTS=1 $(PY) -m pytest -m container -v -p no:cacheprovider --basetemp=$${TMPDIR:-/tmp}/burn-test-container
+
+image:
+	$(ENGINE) build -f container/Containerfile --build-arg BASE=$(BASE) -t $(IMAGE) $(BUILD_ARGS) .
 
 # The edit loop: in-process tests only (no cluster, no GPU, nothing that starts a process or trains a
 # stage): about 40 s of CPU. tests/conftest.py fails a test that starts a process unmarked.

@@ -28,6 +28,8 @@ LAUNCH = "launch"
 IDENTITY = "identity"
 
 STAGES = ("1", "2", "linear", "all")
+#: container.runtime: how every task of a stage job enters the image (launch/container.py); none: no container.
+CONTAINER_RUNTIMES = ("none", "pyxis", "apptainer", "podman")
 #: ``pretrained=random`` with stage=linear: evaluate a freshly initialised (seeded) student, the
 #: no-pretraining baseline that BURN must beat.
 RANDOM_BACKBONE = "random"
@@ -332,6 +334,39 @@ class MonitorConfig:
 
 
 @dataclass
+class ContainerConfig:
+    """Run every task of a stage job inside a container image (launch keys, launch/container.py and
+    docs/containers.md); both launch paths, launch/submit.py and slurm/chain.sh, read them."""
+
+    runtime: str = setting("none", choices=CONTAINER_RUNTIMES)
+    """none | pyxis (srun --container-image, NVIDIA enroot) | apptainer (apptainer exec --nv) | podman
+    (podman run --rm --network host)."""
+    image: str | None = None
+    """The image: pyxis ``nvcr.io#nvidia/pytorch:25.01-py3`` (``nvcr.io/nvidia/...`` is converted), podman a
+    name such as ``localhost/burn-suite:latest``, apptainer a .sif file (or ``docker://...``)."""
+    mounts: list[str] | None = None
+    """``SRC[:DST[:OPTIONS]]`` bind mounts; None: data.root, the run directory, the checkout and the weight
+    files read from elsewhere (teacher, pretrained), each at its own path, so every path in the config stays
+    valid inside."""
+    args: list[str] = field(default_factory=list)
+    """Extra arguments of the runtime (podman run / apptainer exec; pyxis: extra srun arguments)."""
+
+
+@dataclass
+class SlurmSiteConfig:
+    """What a site needs that the suite does not model, on both launch paths (launch/site.py)."""
+
+    setup: list[str] = field(default_factory=list)
+    """Shell lines the job script runs before srun, e.g. ``module load cuda/12.4``."""
+    sbatch: dict[str, Any] = field(default_factory=dict)
+    """Any other sbatch option: ``{exclusive: true, reservation: gpu-week, gres: "gpu:a100:8"}`` (true: a
+    bare flag). An option the suite sets itself (signal, requeue, dependency, output, nodes, ...) is
+    refused naming the key that sets it."""
+    srun: list[str] = field(default_factory=list)
+    """Extra srun arguments, e.g. ``--mpi=none``."""
+
+
+@dataclass
 class BurnConfig:
     """The whole configuration of a stage (and of launch/submit.py)."""
 
@@ -403,6 +438,10 @@ class BurnConfig:
     dry_run: bool = setting(False, role=LAUNCH)
     """launch/submit.py: validate, then print the planned stages, their run directories and the sbatch
     script(s) Submitit would submit; queue, run and write nothing."""
+    container: ContainerConfig = setting(factory=ContainerConfig, role=LAUNCH)
+    """Run the stage jobs inside a container image (docs/containers.md)."""
+    slurm: SlurmSiteConfig = setting(factory=SlurmSiteConfig, role=LAUNCH)
+    """Site set-up lines, sbatch options and srun arguments the suite does not model."""
     compare_baseline: bool = setting(False, role=LAUNCH)
     """stage=all with cluster=local: also run linear evaluation of a randomly initialised student
     (pretrained=random, same recipe and seed) in <run_dir>/baseline and print both top-1s. On SLURM,
@@ -468,12 +507,29 @@ def absolute_path(path: str | None) -> str | None:
 
 
 def register_configs() -> None:
-    ConfigStore.instance().store(name="burn_schema", node=BurnConfig)
+    schema = OmegaConf.structured(BurnConfig)
+    # Hydra composes in struct mode (a new key is a typo) but slurm.sbatch is an open mapping: without this,
+    # `slurm.sbatch={exclusive:true}` is refused ("use +slurm.sbatch=...").
+    OmegaConf.set_struct(schema.slurm.sbatch, False)
+    ConfigStore.instance().store(name="burn_schema", node=schema)
 
 
 #: The Hydra config tree (config.yaml, preset/) of launch/run.py and launch/submit.py: inside the package,
 #: so that an installed copy (pip install ., not only an editable one) finds it (setup.cfg package_data).
 CONF_DIR = Path(__file__).resolve().parent / "conf"
+
+
+def quote_image_override(argv: Sequence[str]) -> list[str]:
+    """``container.image=nvcr.io#nvidia/pytorch:25.01-py3`` unquoted is a lexer error in Hydra's override
+    grammar (it knows no '#'): the same override with the value quoted. The entry points and
+    ``python -m burn.config`` (slurm/chain.sh) apply it before Hydra reads the command line."""
+    out = []
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if sep and key.lstrip("+~") == "container.image" and "#" in value and not value.startswith(("'", '"')):
+            arg = f"{key}='{value}'" if "'" not in value else arg
+        out.append(arg)
+    return out
 
 
 def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
@@ -492,7 +548,7 @@ def main(argv: Sequence[str]) -> int:
         print("usage: python -m burn.config KEY [key=value ...]", file=sys.stderr)
         return 2
     try:
-        value = OmegaConf.select(compose_config(argv[1:]), argv[0], throw_on_missing=True)
+        value = OmegaConf.select(compose_config(quote_image_override(argv[1:])), argv[0], throw_on_missing=True)
     except Exception as err:  # Hydra's composition errors: the user's overrides
         print(f"burn.config: {' '.join(str(err).split())}", file=sys.stderr)
         return 2

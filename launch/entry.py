@@ -38,6 +38,14 @@ def refuse_renamed_keys(prog: str, argv: Iterable[str] = ()) -> None:
                 raise UsageError(f"{key} is now {RENAMED_KEYS[key]}: write {RENAMED_KEYS[key]}={value or '...'}")
 
 
+def quote_image_argv() -> None:
+    """Let ``container.image=nvcr.io#nvidia/pytorch:25.01-py3`` through unquoted: Hydra's grammar refuses
+    the '#' (launch/container.py quotes the value). In place, before Hydra reads sys.argv."""
+    from launch.container import quote_image_override
+
+    sys.argv[1:] = quote_image_override(sys.argv[1:])
+
+
 def command_line_keys() -> set[str]:
     """The keys the user set on the command line (``+``/``++``/``~`` prefixes dropped)."""
     from hydra.core.hydra_config import HydraConfig

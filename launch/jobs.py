@@ -17,7 +17,9 @@ import submitit
 from omegaconf import DictConfig, OmegaConf
 
 from burn.runtime import rundir, slurm_cli
+from burn.runtime.environment import REQUEUE_REQUEST_VARIABLE
 from launch.job_entry import StageJob
+from launch.site import site_settings
 
 
 @dataclass
@@ -40,9 +42,14 @@ def active_job(stage_dir: Path) -> str | None:
 
 
 def build_executor(cfg: DictConfig, stage_dir: Path, dependency: str | None, use_gpus: bool) -> submitit.AutoExecutor:
-    """A SLURM executor for one stage job from the launch keys of `BurnConfig`."""
-    executor = submitit.AutoExecutor(folder=stage_dir / rundir.SLURM_DIR / "%j", cluster="slurm")
-    additional: dict[str, Any] = {"requeue": True}
+    """A SLURM executor for one stage job from the launch keys of `BurnConfig` (slurm.* and container.*:
+    launch/site.py, which refuses an sbatch option the suite sets itself)."""
+    site = site_settings(cfg)
+    container: dict[str, Any] = {}
+    if site.container.prefix:  # srun runs the runtime, the runtime python inside the image
+        container["slurm_python"] = site.container.prefix_text()
+    executor = submitit.AutoExecutor(folder=stage_dir / rundir.SLURM_DIR / "%j", cluster="slurm", **container)
+    additional: dict[str, Any] = {**site.sbatch, "requeue": True}
     if dependency:
         additional["dependency"] = dependency
     params: dict[str, Any] = dict(
@@ -54,6 +61,22 @@ def build_executor(cfg: DictConfig, stage_dir: Path, dependency: str | None, use
         slurm_signal_delay_s=cfg.signal_delay_s,
         slurm_additional_parameters=additional,
     )
+    setup, teardown = list(site.setup_lines), []
+    if site.container.prefix or site.container.srun_args:
+        # No scontrol inside the image: the stage's rank 0 leaves a request file (launch/task.py) and
+        # the batch shell, outside, requeues the job once srun has returned.
+        request = f"{stage_dir / rundir.SLURM_DIR}/requeue-request-$SLURM_JOB_ID"
+        setup += [f'export {REQUEUE_REQUEST_VARIABLE}="{request}"', f'rm -f "${REQUEUE_REQUEST_VARIABLE}"']
+        teardown = [
+            f'if [ -e "${REQUEUE_REQUEST_VARIABLE}" ]; then rm -f "${REQUEUE_REQUEST_VARIABLE}"; '
+            'scontrol requeue "$SLURM_JOB_ID"; fi'
+        ]
+    if setup:
+        params["slurm_setup"] = setup
+    if teardown:
+        params["slurm_teardown"] = teardown
+    if site.srun or site.container.srun_args:
+        params["slurm_srun_args"] = [*site.srun, *site.container.srun_args]
     if use_gpus:
         params["gpus_per_node"] = cfg.gpus_per_node
     optional = {

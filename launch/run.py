@@ -53,16 +53,18 @@ Examples:
   python launch/run.py stage=linear pretrained=runs/burn/stage2/backbone.pth data.root=/datasets/imagenet
 """
 
-from launch.entry import CONF, prepare_config, print_help_if_asked, refuse_renamed_keys  # noqa: E402
+from launch.entry import CONF, prepare_config, print_help_if_asked, quote_image_argv, refuse_renamed_keys  # noqa: E402
 
 print_help_if_asked(HELP)
 refuse_renamed_keys("run.py")
+quote_image_argv()
 
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from burn.config import register_configs  # noqa: E402
 from burn.engine.stage import run_stage  # noqa: E402
+from burn.runtime.environment import Environment, image_stamp  # noqa: E402
 from burn.runtime.errors import reported_as_one_line  # noqa: E402
 
 register_configs()
@@ -74,6 +76,10 @@ def main(cfg: DictConfig) -> None:
     # naming the culprit, the last line of the output, no traceback.
     with reported_as_one_line("run.py"):
         prepare_config(cfg)
+        image = image_stamp()
+        if image:  # which image every task runs in (container.runtime, slurm/stage.sbatch)
+            environment = Environment.read()
+            print(f"burn: rank {environment.rank}/{environment.world_size} in image {image}", flush=True)
         code = run_stage(cfg)
     if code == 0:
         ignore_once_complete()  # under sbatch, a late time-limit USR2 must not fail a finished stage

@@ -52,6 +52,8 @@ Keys people change:
   steps=N  epochs=E            the (pretraining) stages' length
   max_requeues=N               preemptions / time-outs a job may requeue itself after
   dry_run=true                 print the plan and the sbatch script(s); queue nothing
+  container.runtime=pyxis|apptainer|podman container.image=IMAGE   run the jobs inside an image
+  slurm.setup=[LINE,...] slurm.sbatch={OPTION:VALUE,...} slurm.srun=[ARG,...]   site set-up (docs/containers.md)
 Every key with its meaning: burn/config.py. The composed config: --cfg job. Hydra's options: --hydra-help.
 
 Exit status: 0 queued (or, cluster=local, complete); 2 bad config or input: one line naming the culprit,
@@ -65,10 +67,11 @@ Examples:
   python launch/status.py runs/burn
 """
 
-from launch.entry import CONF, prepare_config, print_help_if_asked, refuse_renamed_keys  # noqa: E402
+from launch.entry import CONF, prepare_config, print_help_if_asked, quote_image_argv, refuse_renamed_keys  # noqa: E402
 
 print_help_if_asked(HELP)
 refuse_renamed_keys("submit.py")
+quote_image_argv()
 
 import hydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
@@ -91,6 +94,7 @@ from burn.validation import (  # noqa: E402
     stage_splits,
 )
 from launch import jobs, task  # noqa: E402
+from launch.site import site_settings  # noqa: E402
 
 register_configs()
 
@@ -117,7 +121,8 @@ def _sweep_suffix() -> str | None:
     keep = sorted(
         o
         for o in HydraConfig.get().overrides.task
-        if not o.startswith(("hydra", "log.")) and o.split("=", 1)[0].lstrip("+~") not in skip
+        if not o.startswith(("hydra", "log."))
+        and not {k for k in skip if (o.split("=", 1)[0].lstrip("+~") + ".").startswith(k + ".")}
     )
     return ",".join(keep).replace("/", "_") or "default"
 
@@ -186,6 +191,7 @@ def check_launch_keys(cfg: DictConfig) -> None:
         )
     if cfg.max_requeues < 0:
         raise LaunchConfigError(f"max_requeues={cfg.max_requeues}: must be >= 0")
+    site_settings(cfg)  # slurm.* and container.*: an option the suite sets itself, a bad image name
 
 
 def dataset_splits(planned: list[DictConfig]) -> list[str]:

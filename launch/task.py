@@ -39,7 +39,7 @@ from burn.engine.stage import run_stage
 from burn.resume.checkpoint import CheckpointManager
 from burn.resume.signals import CANCEL_EXIT_CODE, INTERRUPT_EXIT_CODE, REQUEUE_EXIT_CODE, STOP_SIGNALS
 from burn.runtime import rundir, slurm_cli
-from burn.runtime.environment import Environment
+from burn.runtime.environment import Environment, image_stamp
 
 log = logging.getLogger("burn.launch")
 
@@ -130,7 +130,10 @@ def conclude_task(cfg: DictConfig, code: int, max_requeues: int, environment: En
     if environment.rank == 0:
         restarts = environment.restarts
         step = decide_requeue(stage_dir, max_requeues, job_id, restarts)
-        slurm_cli.requeue(job_id)
+        if environment.requeue_request:  # inside a container: the batch shell requeues after srun
+            Path(environment.requeue_request).write_text(f"{job_id} step {step}\n")
+        else:
+            slurm_cli.requeue(job_id)
         log.warning(
             "job %s requeued (restart %d of at most %d), resumes from step %d", job_id, restarts + 1, max_requeues, step
         )
@@ -145,7 +148,7 @@ def run_task(stage_yaml: str, max_requeues: int) -> dict[str, Any]:
     print(
         f"burn: stage {cfg.stage} job {environment.job_id} global rank {environment.rank}/"
         f"{environment.ntasks or 1} on {environment.node or '?'}, restart {environment.restarts}, "
-        f"run dir {cfg.run_dir}",
+        f"run dir {cfg.run_dir}" + (f", image {image}" if (image := image_stamp()) else ""),
         flush=True,
     )
     code = run_stage(cfg, environment)  # installs burn's stop-signal handlers over Submitit's

@@ -13,7 +13,10 @@
 # The time-limit warning comes signal_delay_s seconds before the end (--signal=B:USR2@<s>): the value the
 # overrides give the stages (burn/config.py), so the stage's slow-checkpoint warning knows it too. Set it
 # with signal_delay_s=<s> after the --, not with an sbatch --signal option. BURN_PYTHON: the interpreter
-# (default python3).
+# (default python3). The site keys after the -- apply here too (launch/site.py, docs/containers.md):
+# slurm.sbatch options join the sbatch line, slurm.setup lines and slurm.srun arguments reach
+# stage.sbatch (BURN_SITE_SETUP, BURN_SITE_SRUN), container.* its srun line (BURN_CONTAINER).
+# dry_run=true prints each stage's sbatch command and the srun command line, and submits nothing.
 set -euo pipefail
 
 if (($# < 1)) || [[ $1 == -* ]]; then
@@ -40,20 +43,43 @@ for option in "${SBATCH_OPTS[@]}"; do
     fi
 done
 SIGNAL_DELAY_S=$(cd "$REPO" && "${BURN_PYTHON:-python3}" -m burn.config signal_delay_s "${OVERRIDES[@]}")
+# slurm.* and container.*: SITE_SBATCH, SITE_SRUN (arrays), SITE_SETUP, SITE_CONTAINER (shell words); exit 2 on
+# an option the suite sets itself or a bad image name, before anything is queued.
+SITE=$(cd "$REPO" && "${BURN_PYTHON:-python3}" -m launch.site "$RUN_DIR" "${OVERRIDES[@]}") || exit 2
+eval "$SITE"
+export BURN_SITE_SETUP=$SITE_SETUP BURN_CONTAINER=$SITE_CONTAINER
+BURN_SITE_SRUN=""
+((${#SITE_SRUN[@]})) && BURN_SITE_SRUN=$(printf '%q ' "${SITE_SRUN[@]}")
+export BURN_SITE_SRUN
+DRY_RUN=$(cd "$REPO" && "${BURN_PYTHON:-python3}" -m burn.config dry_run "${OVERRIDES[@]}")
 
 submit_stage() {
     local stage=$1 dir=$2 dependency=$3 pretrained=$4 job_id extra=()
-    mkdir -p "$dir/slurm"
     [[ -n $dependency ]] && extra+=("--dependency=afterok:$dependency")
     local args=("stage=$stage" "run_dir=$dir") override
     for override in "${OVERRIDES[@]}"; do
         # As submit.py stage=all: steps=/epochs= set the pretraining stages' length; linear keeps linear.epochs.
         [[ $stage == linear && ($override == steps=* || $override == epochs=*) ]] && continue
+        [[ $override == dry_run=* ]] && continue # chain.sh's own
         args+=("$override")
     done
     [[ -n $pretrained ]] && args+=("pretrained=$pretrained")
-    job_id=$(sbatch --parsable --job-name="burn-$stage" --output="$dir/slurm/%j.out" \
-        --signal="B:USR2@$SIGNAL_DELAY_S" "${extra[@]}" "${SBATCH_OPTS[@]}" "$REPO/slurm/stage.sbatch" "${args[@]}")
+    local sbatch=(sbatch --parsable --job-name="burn-$stage" --output="$dir/slurm/%j.out"
+        --signal="B:USR2@$SIGNAL_DELAY_S" "${extra[@]}" "${SBATCH_OPTS[@]}" "${SITE_SBATCH[@]}"
+        "$REPO/slurm/stage.sbatch" "${args[@]}")
+    if [[ $DRY_RUN == True ]]; then # the sbatch command and what its job script would run; nothing queued
+        {
+            echo "# stage $stage: sbatch command (BURN_SITE_SETUP, BURN_SITE_SRUN, BURN_CONTAINER in its environment)"
+            printf '%q ' "${sbatch[@]}"
+            echo
+            BURN_DRY_RUN=1 SLURM_JOB_ID="<job id>" SLURM_JOB_NODELIST="<nodes>" SLURM_NTASKS="<tasks>" \
+                bash "$REPO/slurm/stage.sbatch" "${args[@]}"
+        } >&3
+        echo "<job id of stage $stage>"
+        return
+    fi
+    mkdir -p "$dir/slurm"
+    job_id=$("${sbatch[@]}")
     job_id=${job_id%%;*}
     printf '{"job_id": "%s", "stage": "%s", "via": "sbatch", "dependency": "%s", "submitted": %s, "log": "%s"}\n' \
         "$job_id" "$stage" "${dependency:+afterok:$dependency}" "$(date +%s)" "$dir/slurm/$job_id.out" \
@@ -61,6 +87,8 @@ submit_stage() {
     echo "$job_id"
 }
 
+exec 3>&1 # the dry run's report, from inside $(submit_stage ...)
+[[ $DRY_RUN == True ]] && echo "slurm/chain.sh dry run: nothing queued or written"
 previous=""
 for stage in 1 2 linear; do
     case $stage in
@@ -74,6 +102,6 @@ for stage in 1 2 linear; do
         continue
     fi
     previous=$(submit_stage "$stage" "$dir" "$previous" "$pretrained")
-    echo "stage $stage: job $previous, log $dir/slurm/$previous.out"
+    [[ $DRY_RUN == True ]] || echo "stage $stage: job $previous, log $dir/slurm/$previous.out"
 done
 echo "status: python $REPO/launch/status.py $RUN_DIR"

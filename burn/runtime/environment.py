@@ -15,6 +15,9 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+#: Set in a container job's script (launch/jobs.py): where rank 0 asks the batch shell to requeue the job.
+REQUEUE_REQUEST_VARIABLE = "BURN_REQUEUE_REQUEST"
+
 
 def _int(value: str | None) -> int | None:
     return int(value) if value not in (None, "") else None
@@ -47,6 +50,9 @@ class Environment:
     """SUBMITIT_EXECUTOR is set: a Submitit job (or a hydra-submitit-launcher sweep job)."""
     submitit_folder: bool = False
     """SUBMITIT_FOLDER is set: this process is a Submitit job unpickling its callable."""
+    requeue_request: str | None = None
+    """BURN_REQUEUE_REQUEST: inside a container (no scontrol) the file by which rank 0 asks the batch shell
+    outside to requeue the job (launch/jobs.py writes the job script that reads it)."""
 
     @classmethod
     def read(cls, env: Mapping[str, str] | None = None) -> Environment:
@@ -83,6 +89,7 @@ class Environment:
             cpus=_int(env.get("SLURM_CPUS_PER_TASK") or env.get("OMP_NUM_THREADS")),
             submitit_executor="SUBMITIT_EXECUTOR" in env,
             submitit_folder="SUBMITIT_FOLDER" in env,
+            requeue_request=env.get(REQUEUE_REQUEST_VARIABLE) or None,
         )
 
     @property
@@ -96,3 +103,16 @@ class Environment:
     def in_submitit_job(self) -> bool:
         """Inside a Submitit job on SLURM (e.g. a hydra-submitit-launcher sweep task)."""
         return self.submitit_executor and self.slurm_job_id is not None
+
+
+#: Written by container/Containerfile: the image's label, build time and torch version.
+IMAGE_STAMP = "/etc/burn-image"
+
+
+def image_stamp(path: str = IMAGE_STAMP) -> str | None:
+    """The burn-suite image this process runs in (its /etc/burn-image line), None outside one."""
+    try:
+        with open(path) as stamp:
+            return stamp.readline().strip() or None
+    except OSError:
+        return None
