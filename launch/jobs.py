@@ -8,6 +8,8 @@ pending or running keeps that job instead of getting a second writer.
 
 from __future__ import annotations
 
+import shlex
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +19,7 @@ import submitit
 from omegaconf import DictConfig, OmegaConf
 
 from burn.runtime import rundir, slurm_cli
+from burn.runtime.environment import BATCH_DECIDES
 from launch.job_entry import StageJob
 
 
@@ -39,7 +42,22 @@ def active_job(stage_dir: Path) -> str | None:
     return None
 
 
-def build_executor(cfg: DictConfig, stage_dir: Path, dependency: str | None, use_gpus: bool) -> submitit.AutoExecutor:
+def batch_hooks(stage_dir: Path, max_requeues: int) -> dict[str, Any]:
+    """The lines around srun in Submitit's batch script (as in slurm/stage.sbatch): launch/batch.py
+    decides whether the job requeues itself; srun ends every task as soon as one fails (a dead rank
+    must not leave the others waiting in a collective)."""
+    hook = f"{shlex.quote(sys.executable)} -m launch.batch"
+    where = f"--stage-dir {shlex.quote(str(stage_dir))} --max-requeues {int(max_requeues)}"
+    return {
+        "slurm_srun_args": ["--kill-on-bad-exit=1"],
+        "slurm_setup": [f"export {BATCH_DECIDES}=1", f"{hook} start {where} || exit $?"],
+        "slurm_teardown": [f"{hook} end --status $? {where}"],
+    }
+
+
+def build_executor(
+    cfg: DictConfig, stage_dir: Path, dependency: str | None, use_gpus: bool, max_requeues: int | None = None
+) -> submitit.AutoExecutor:
     """A SLURM executor for one stage job from the launch keys of `BurnConfig`."""
     executor = submitit.AutoExecutor(folder=stage_dir / rundir.SLURM_DIR / "%j", cluster="slurm")
     additional: dict[str, Any] = {"requeue": True}
@@ -53,6 +71,7 @@ def build_executor(cfg: DictConfig, stage_dir: Path, dependency: str | None, use
         timeout_min=cfg.time,
         slurm_signal_delay_s=cfg.signal_delay_s,
         slurm_additional_parameters=additional,
+        **batch_hooks(stage_dir, cfg.max_requeues if max_requeues is None else max_requeues),
     )
     if use_gpus:
         params["gpus_per_node"] = cfg.gpus_per_node
@@ -88,7 +107,7 @@ def submit_stages(stage_cfgs: list[DictConfig], max_requeues: int) -> list[Submi
             previous_job = running
             continue
         dependency = f"afterok:{previous_job}" if previous_job else None
-        executor = build_executor(cfg, stage_dir, dependency, use_gpus)
+        executor = build_executor(cfg, stage_dir, dependency, use_gpus, max_requeues)
         job = executor.submit(StageJob(OmegaConf.to_yaml(cfg, resolve=True), max_requeues))
         log_dir = stage_dir / rundir.SLURM_DIR / job.job_id
         rundir.append_jsonl(

@@ -13,7 +13,8 @@
 # The time-limit warning comes signal_delay_s seconds before the end (--signal=B:USR2@<s>): the value the
 # overrides give the stages (burn/config.py), so the stage's slow-checkpoint warning knows it too. Set it
 # with signal_delay_s=<s> after the --, not with an sbatch --signal option. BURN_PYTHON: the interpreter
-# (default python3).
+# (default python3). Requeues (preemption, a dead rank, a lost node) stop at max_requeues, set after the
+# -- like any key; stage.sbatch reads it from the same overrides.
 set -euo pipefail
 
 if (($# < 1)) || [[ $1 == -* ]]; then
@@ -33,6 +34,10 @@ OVERRIDES=("$@")
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 export BURN_REPO=$REPO
 
+if [[ -n ${BURN_MAX_REQUEUES+set} ]]; then
+    echo "$0: BURN_MAX_REQUEUES is no longer read: set max_requeues=$BURN_MAX_REQUEUES after the --" >&2
+    exit 2
+fi
 for option in "${SBATCH_OPTS[@]}"; do
     if [[ $option == --signal* ]]; then
         echo "$0: $option: set signal_delay_s=<seconds> after the -- instead (it also tells the stages)" >&2
