@@ -124,7 +124,8 @@ def infrastructure_cause(
     at = f" at step {step}" if step is not None else ""
     if infra:
         first = infra[0]
-        detail = f"rank {first.rank}: {first.error}"
+        error = first.error if len(first.error) <= 160 else first.error[:157] + "..."
+        detail = f"rank {first.rank}: {error}"
         if silent:
             detail += f"; rank{'s' if len(silent) > 1 else ''} {', '.join(map(str, silent))} ended without a word"
         return f"{first.cause}{at}", detail
@@ -224,8 +225,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--status", type=int, default=0, help="srun's exit status (end)")
     parser.add_argument("--stage-dir", help="the stage's run directory (else composed from the overrides)")
     parser.add_argument("--max-requeues", type=int, default=0)
-    parser.add_argument("overrides", nargs="*", help="the stage's overrides, after --")
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    split = argv.index("--") if "--" in argv else len(argv)
+    args = parser.parse_args(argv[:split])
+    args.overrides = argv[split + 1 :]  # the stage's overrides, as the tasks get them
     found = _stage_and_limit(args)
     if found is None:
         return args.status

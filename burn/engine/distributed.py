@@ -176,7 +176,11 @@ def init_distributed(timeout_s: float = STARTUP_TIMEOUT_S, environment: Environm
 def set_collective_timeout(info: DistInfo, seconds: float) -> None:
     """The timeout of every later collective of the default group (the phase's: STARTUP_/STEADY_TIMEOUT_S)."""
     if info.distributed:
-        dist.set_timeout(timedelta(seconds=seconds))
+        from torch.distributed import distributed_c10d
+
+        # torch.distributed.set_timeout since torch 2.7; its private predecessor before.
+        set_timeout = getattr(dist, "set_timeout", None) or distributed_c10d._set_pg_timeout
+        set_timeout(timedelta(seconds=seconds))
 
 
 def shutdown_distributed() -> None:
