@@ -150,9 +150,6 @@ def conclude_job(stage_dir: Path, max_requeues: int, status: int, environment: E
     for outcome, code in ((faults.INTERRUPTED, INTERRUPT_EXIT_CODE), (faults.CANCELLED, CANCEL_EXIT_CODE)):
         if any(e.outcome == outcome for e in endings):
             return code
-    state = slurm_cli.job_state(job_id)
-    if state is not None and state.startswith("CANCELLED"):
-        return status
     if any(e.outcome == faults.PREEMPTED for e in endings):
         cause, detail = faults.PREEMPTED, "a preemption or time-limit signal; checkpoint written"
     else:
@@ -160,6 +157,9 @@ def conclude_job(stage_dir: Path, max_requeues: int, status: int, environment: E
         if found is None:
             return status  # e.g. a crash before the stage began: fail as before
         cause, detail = found
+    state = slurm_cli.job_state(job_id)
+    if state is not None and state.startswith("CANCELLED"):
+        return status  # a user's scancel while the fault happened: stay cancelled
     noticed = min([e.time for e in endings if e.outcome in (faults.INFRA, faults.PREEMPTED)] or [started])
     if (slurm_cli.restart_count(job_id) or 0) > restarts:
         print(f"batch: job {job_id} was already requeued by SLURM ({cause})", flush=True)
