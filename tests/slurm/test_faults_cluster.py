@@ -94,7 +94,8 @@ def jobs(slurm_cluster, tiny_data, tmp_path_factory):
     queued = {  # the runs nobody interacts with; the killed ones start in their tests
         "reference": submit(tiny_data, root / "reference"),
         "loop": submit(tiny_data, root / "loop", "checkpoint.every_steps=4", env={KILL_AT_STEP: f"1:{KILL_AFTER}"}),
-        "bad": submit(bad, root / "bad"),
+        # The tiny teacher trained on the good copy (auto would train one on the bad data, in submit.py).
+        "bad": submit(bad, root / "bad", f"model.teacher_weights={next(tiny_data.parent.glob('*-teacher-*.pth'))}"),
     }
     yield root, queued
     subprocess.run(["scancel", *queued.values()], capture_output=True)
