@@ -130,10 +130,8 @@ def infrastructure_cause(
             detail += f"; rank{'s' if len(silent) > 1 else ''} {', '.join(map(str, silent))} ended without a word"
         return f"{first.cause}{at}", detail
     if not endings and signal is not None:
-        return (
-            f"killed by {signal}{at}",
-            f"no rank said why; srun's exit status {status} ({signal}: e.g. the OOM killer)",
-        )
+        why = " (e.g. the out-of-memory killer)" if signal == "SIGKILL" else ""
+        return f"killed by {signal}{at}", f"no rank said why; srun's exit status {status}: {signal}{why}"
     return None
 
 

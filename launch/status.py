@@ -71,10 +71,15 @@ class StageStatus:
     latest: JobState | None = None
 
     @property
+    def active(self) -> bool:
+        """The latest job is pending or running (again, after a requeue)."""
+        return self.latest is not None and self.latest.state.split()[0] in slurm_cli.ACTIVE_STATES
+
+    @property
     def cancelled(self) -> bool:
         """Stopped by its user (scancel = SIGTERM, Ctrl-C) with a checkpoint: not a failure."""
-        if self.done:
-            return False
+        if self.done or self.active:
+            return False  # active: e.g. SLURM requeued it after a node failure, whose SIGTERM saved it
         if self.progress.get("state") in ("cancelled", "interrupted"):
             return True
         return (
@@ -98,7 +103,7 @@ class StageStatus:
     def failed(self) -> bool:
         if self.done or self.cancelled:
             return False
-        if self.latest is not None and self.latest.state.split()[0] in slurm_cli.ACTIVE_STATES:
+        if self.active:
             return False  # e.g. requeued after a fault: progress.json still holds the fault's line
         return (self.latest is not None and self.latest.failed) or self.progress.get("state") == "failed"
 

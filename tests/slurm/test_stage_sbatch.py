@@ -22,18 +22,26 @@ FAKE_RUN = textwrap.dedent("""
     import os, pathlib, signal, sys, time
     got = []
     signal.signal(signal.SIGUSR2, lambda signum, frame: got.append(signum))
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)  # srun's end of the others: a flag, as burn's
     out = pathlib.Path(os.environ["FAKE_OUT"])
-    tag = f"{os.environ.get('SLURM_RESTART_COUNT', '0')}-{os.environ['SLURM_PROCID']}"
+    rank, restarts = os.environ["SLURM_PROCID"], os.environ.get("SLURM_RESTART_COUNT", "0")
+    tag = f"{restarts}-{rank}"
     (out / f"start-{tag}").write_text(" ".join(sys.argv[1:]))
     deadline = time.time() + float(os.environ["FAKE_RUN_S"])
     while time.time() < deadline and not got:
         time.sleep(0.05)
-    if got:
+    if got:  # the stage's contract: a checkpoint (rank 0 writes, the others wait), each rank's ending, 75
         (out / f"signal-{tag}").touch()
-        if os.environ["SLURM_PROCID"] == "0":  # the stage's contract: 75 means a checkpoint was written
-            from burn.resume.checkpoint import CheckpointManager
-            run_dir = next(a.split("=", 1)[1] for a in sys.argv if a.startswith("run_dir="))
-            CheckpointManager(pathlib.Path(run_dir) / "checkpoints").save({"step": 1}, 1)
+        from burn.resume.checkpoint import CheckpointManager
+        from burn.runtime import faults
+        run_dir = pathlib.Path(next(a.split("=", 1)[1] for a in sys.argv if a.startswith("run_dir=")))
+        manager = CheckpointManager(run_dir / "checkpoints")
+        if rank == "0":
+            manager.save({"step": int(restarts) + 1}, int(restarts) + 1)
+        while manager.latest_step() != int(restarts) + 1:
+            time.sleep(0.05)
+        job = os.environ["SLURM_JOB_ID"]
+        faults.record_ending(run_dir, job, int(restarts), int(rank), "preempted", "preempted", 1, 75)
         sys.exit(75)
 """)
 
@@ -96,7 +104,7 @@ def test_usr2_to_batch_shell_or_tasks_requeues_same_job_then_completes(slurm_clu
     assert slurm_cluster.restarts(job) == 2
     log = (fake_repo / f"batch-{job}.out").read_text()
     assert "received USR2, forwarding" in log
-    assert "requeuing job" in log
+    assert f"batch: job {job} requeued (restart 2 of at most 5) after preempted" in log
 
 
 def test_requeue_limit_from_the_overrides_fails_the_job(slurm_cluster, fake_repo):
