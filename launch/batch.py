@@ -139,7 +139,9 @@ def conclude_job(stage_dir: Path, max_requeues: int, status: int, environment: E
     """The `end` hook: the exit status the batch shell ends with (0 after a requeue)."""
     started = time.time()
     job_id, restarts = environment.job_id, environment.restarts
-    if status == 0 or (stage_dir / rundir.DONE).exists() or job_id is None:
+    if (stage_dir / rundir.DONE).exists():
+        return 0  # complete, whatever a late signal made of a task's exit status
+    if status == 0 or job_id is None:
         return status
     endings = faults.read_endings(stage_dir, job_id, restarts)
     user = [e for e in endings if e.outcome == faults.USER]
