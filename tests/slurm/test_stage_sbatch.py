@@ -78,7 +78,7 @@ def submit(repo: Path, *extra: str, run_s: float = 60, max_requeues: int = 5, en
     return out.stdout.strip().split(";")[0]
 
 
-def wait_for_file(path: Path, timeout: float = 60) -> None:
+def wait_for_file(path: Path, timeout: float = 180) -> None:
     deadline = time.monotonic() + timeout
     while not path.exists():
         if time.monotonic() > deadline:
@@ -98,7 +98,7 @@ def test_usr2_to_batch_shell_or_tasks_requeues_same_job_then_completes(slurm_clu
     # This one goes straight to the tasks (what a Submitit-style --signal=USR2@N does).
     subprocess.run(["scancel", "--signal=USR2", job], check=True)
     wait_for_file(out / "start-2-0")
-    assert slurm_cluster.wait(job, timeout=60) == "COMPLETED"
+    assert slurm_cluster.wait(job, timeout=180) == "COMPLETED"
     assert {p.name for p in out.glob("signal-*")} == {"signal-0-0", "signal-0-1", "signal-1-0", "signal-1-1"}
     assert (out / "start-2-1").read_text() == f"stage=1 run_dir={fake_repo / 'stage'} max_requeues=5"
     assert slurm_cluster.restarts(job) == 2
@@ -111,14 +111,14 @@ def test_requeue_limit_from_the_overrides_fails_the_job(slurm_cluster, fake_repo
     job = submit(fake_repo, run_s=30, max_requeues=0)
     wait_for_file(fake_repo / "out" / "start-0-1")
     subprocess.run(["scancel", "--signal=USR2", job], check=True)
-    assert slurm_cluster.wait(job, timeout=60) == "FAILED"
+    assert slurm_cluster.wait(job, timeout=180) == "FAILED"
     last = (fake_repo / f"batch-{job}.out").read_text().strip().splitlines()[-1]
     assert last.startswith(f"burn job: job {job} stopped (preempted) after 0 requeues (max_requeues=0); not requeuing")
 
 
 def test_burn_max_requeues_is_refused_with_the_keys_name(slurm_cluster, fake_repo):
     job = submit(fake_repo, env={"BURN_MAX_REQUEUES": "3"})
-    assert slurm_cluster.wait(job, timeout=60) == "FAILED"
+    assert slurm_cluster.wait(job, timeout=180) == "FAILED"
     assert (
         "BURN_MAX_REQUEUES is no longer read: set max_requeues=3 among the overrides"
         in (fake_repo / f"batch-{job}.out").read_text()
