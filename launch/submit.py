@@ -50,7 +50,7 @@ Keys people change:
   partition=P  time=MIN  account=A  qos=Q  mem=64G  cpus_per_task=N
   cluster=auto|slurm|local     auto: SLURM when sbatch answers; local: in this process
   steps=N  epochs=E            the (pretraining) stages' length
-  max_requeues=N               preemptions, time-outs, faults (a dead rank, a lost node) a job requeues itself after
+  max_requeues=N               requeues after preemptions, time-outs and faults (a dead rank, a lost node)
   dry_run=true                 print the plan and the sbatch script(s); queue nothing
 Every key with its meaning: burn/config.py. The composed config: --cfg job. Hydra's options: --hydra-help.
 
