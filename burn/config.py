@@ -281,6 +281,10 @@ class CheckpointConfig:
 
     every_steps: int = 500
     """Write a checkpoint every N optimizer steps (and on preemption, and at the end)."""
+    every_minutes: float | None = 20.0
+    """Also write one when this many minutes passed since the last (rank 0's clock decides for all
+    ranks), whichever of the two comes first: a fault then loses at most about this much work, plus
+    the restart. None or 0: by steps only. The default's derivation: docs/fault-tolerance.md."""
     keep_last: int = 3
     """Checkpoints kept in <run_dir>/checkpoints (the newest ones)."""
     force: bool = False
@@ -434,7 +438,9 @@ class BurnConfig:
     --signal=USR2@<s>, slurm/chain.sh's --signal=B:USR2@<s> (slurm/stage.sbatch's own line is this
     default) and the stage's warning when a checkpoint write (plus a step) would take longer."""
     max_requeues: int = setting(20, role=LAUNCH)
-    """Preemptions / time-outs after which a job stops requeuing itself (its checkpoint stays)."""
+    """Requeues (preemptions, time-outs, infrastructure faults: docs/fault-tolerance.md) after which a job
+    stops requeuing itself (its checkpoint stays). Both launch paths read it (slurm/stage.sbatch from its
+    overrides); three in a row at the same checkpoint step stop the job sooner (a crash loop)."""
     dry_run: bool = setting(False, role=LAUNCH)
     """launch/submit.py: validate, then print the planned stages, their run directories and the sbatch
     script(s) Submitit would submit; queue, run and write nothing."""

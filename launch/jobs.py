@@ -8,6 +8,8 @@ pending or running keeps that job instead of getting a second writer.
 
 from __future__ import annotations
 
+import shlex
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +19,7 @@ import submitit
 from omegaconf import DictConfig, OmegaConf
 
 from burn.runtime import rundir, slurm_cli
-from burn.runtime.environment import REQUEUE_REQUEST_VARIABLE
+from burn.runtime.environment import BATCH_DECIDES
 from launch.job_entry import StageJob
 from launch.site import site_settings
 
@@ -41,7 +43,22 @@ def active_job(stage_dir: Path) -> str | None:
     return None
 
 
-def build_executor(cfg: DictConfig, stage_dir: Path, dependency: str | None, use_gpus: bool) -> submitit.AutoExecutor:
+def batch_hooks(stage_dir: Path, max_requeues: int) -> dict[str, Any]:
+    """The lines around srun in Submitit's batch script (as in slurm/stage.sbatch): launch/batch.py
+    decides whether the job requeues itself; srun ends every task as soon as one fails (a dead rank
+    must not leave the others waiting in a collective)."""
+    hook = f"{shlex.quote(sys.executable)} -m launch.batch"
+    where = f"--stage-dir {shlex.quote(str(stage_dir))} --max-requeues {int(max_requeues)}"
+    return {
+        "slurm_srun_args": ["--kill-on-bad-exit=1"],
+        "slurm_setup": [f"export {BATCH_DECIDES}=1", f"{hook} start {where} || exit $?"],
+        "slurm_teardown": [f"{hook} end --status $? {where}"],
+    }
+
+
+def build_executor(
+    cfg: DictConfig, stage_dir: Path, dependency: str | None, use_gpus: bool, max_requeues: int | None = None
+) -> submitit.AutoExecutor:
     """A SLURM executor for one stage job from the launch keys of `BurnConfig` (slurm.* and container.*:
     launch/site.py, which refuses an sbatch option the suite sets itself)."""
     site = site_settings(cfg)
@@ -61,22 +78,12 @@ def build_executor(cfg: DictConfig, stage_dir: Path, dependency: str | None, use
         slurm_signal_delay_s=cfg.signal_delay_s,
         slurm_additional_parameters=additional,
     )
-    setup, teardown = list(site.setup_lines), []
-    if site.container.prefix or site.container.srun_args:
-        # No scontrol inside the image: the stage's rank 0 leaves a request file (launch/task.py) and
-        # the batch shell, outside, requeues the job once srun has returned.
-        request = f"{stage_dir / rundir.SLURM_DIR}/requeue-request-$SLURM_JOB_ID"
-        setup += [f'export {REQUEUE_REQUEST_VARIABLE}="{request}"', f'rm -f "${REQUEUE_REQUEST_VARIABLE}"']
-        teardown = [
-            f'if [ -e "${REQUEUE_REQUEST_VARIABLE}" ]; then rm -f "${REQUEUE_REQUEST_VARIABLE}"; '
-            'scontrol requeue "$SLURM_JOB_ID"; fi'
-        ]
-    if setup:
-        params["slurm_setup"] = setup
-    if teardown:
-        params["slurm_teardown"] = teardown
-    if site.srun or site.container.srun_args:
-        params["slurm_srun_args"] = [*site.srun, *site.container.srun_args]
+    # The site's set-up lines first, then the batch hooks; the hooks run outside any container, so the
+    # requeue decision (and scontrol) never needs the image.
+    hooks = batch_hooks(stage_dir, cfg.max_requeues if max_requeues is None else max_requeues)
+    params["slurm_setup"] = [*site.setup_lines, *hooks["slurm_setup"]]
+    params["slurm_teardown"] = hooks["slurm_teardown"]
+    params["slurm_srun_args"] = [*hooks["slurm_srun_args"], *site.srun, *site.container.srun_args]
     if use_gpus:
         params["gpus_per_node"] = cfg.gpus_per_node
     optional = {
@@ -122,7 +129,7 @@ def submit_stages(stage_cfgs: list[DictConfig], max_requeues: int) -> list[Submi
             previous_job = running
             continue
         dependency = f"afterok:{previous_job}" if previous_job else None
-        executor = build_executor(cfg, stage_dir, dependency, use_gpus)
+        executor = build_executor(cfg, stage_dir, dependency, use_gpus, max_requeues)
         job = executor.submit(StageJob(OmegaConf.to_yaml(cfg, resolve=True), max_requeues))
         log_dir = stage_dir / rundir.SLURM_DIR / job.job_id
         rundir.append_jsonl(

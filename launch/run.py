@@ -38,6 +38,7 @@ Keys people change:
   train.precision=fp16|bf16|fp32
   optim.lr=LR                  pretraining learning rate (linear evaluation: linear.lr, linear.epochs)
   checkpoint.every_steps=N     periodic checkpoints (also on preemption and at the end)
+  checkpoint.every_minutes=M   ... or every M minutes, whichever comes first (default 20)
   checkpoint.force=true        resume although the model, data, optim.* or the teacher file changed (logged);
                                without it such a resume is refused with one line naming the key (old -> new)
 Every key with its meaning: burn/config.py. The composed config: --cfg job. Hydra's options: --hydra-help.

@@ -2,7 +2,8 @@
 
 RUN_DIR is the parent of a stage=all run (stage1/, stage2/, linear/), one stage's run dir, or a
 folder of runs (e.g. runs/: every run under it, a few levels deep, is reported). For each stage:
-its SLURM jobs and their states (squeue while queued, sacct after), restarts, ranks (and their
+its SLURM jobs and their states (squeue while queued, sacct after), restarts and their causes
+(requeues.jsonl: ``requeued 2x: peer rank died at step 9; preempted``), ranks (and their
 changes by elastic resumes), step/total, last loss, lambda, images/s (progress.json) and top-1
 (linear_eval.json). A failed stage is reported with its error line (recorded in progress.json, else
 the log's last line), its log file and the log's last lines.
@@ -70,10 +71,15 @@ class StageStatus:
     latest: JobState | None = None
 
     @property
+    def active(self) -> bool:
+        """The latest job is pending or running (again, after a requeue)."""
+        return self.latest is not None and self.latest.state.split()[0] in slurm_cli.ACTIVE_STATES
+
+    @property
     def cancelled(self) -> bool:
         """Stopped by its user (scancel = SIGTERM, Ctrl-C) with a checkpoint: not a failure."""
-        if self.done:
-            return False
+        if self.done or self.active:
+            return False  # active: e.g. SLURM requeued it after a node failure, whose SIGTERM saved it
         if self.progress.get("state") in ("cancelled", "interrupted"):
             return True
         return (
@@ -97,7 +103,14 @@ class StageStatus:
     def failed(self) -> bool:
         if self.done or self.cancelled:
             return False
+        if self.active:
+            return False  # e.g. requeued after a fault: progress.json still holds the fault's line
         return (self.latest is not None and self.latest.failed) or self.progress.get("state") == "failed"
+
+    @property
+    def requeues(self) -> list[dict[str, Any]]:
+        """The stage's requeues (requeues.jsonl), a refused one (crash loop) left out."""
+        return [r for r in rundir.read_jsonl(rundir.requeues_file(self.path)) if not r.get("refused")]
 
 
 def read_stage(path: Path) -> StageStatus:
@@ -161,6 +174,19 @@ def ranks_note(progress: dict[str, Any]) -> str:
     return f"ranks {'->'.join(map(str, sizes))} (resized at step{'s' if len(changes) > 1 else ''} {steps})"
 
 
+def requeues_note(requeues: list[dict[str, Any]]) -> str:
+    """ "requeued 2x: peer rank died at step 9; preempted" (repeats as "preempted (x3)"), oldest first."""
+    causes: list[list] = []
+    for record in requeues:
+        cause = str(record.get("cause", "preempted"))  # records written before causes were: preemptions
+        if causes and causes[-1][0] == cause:
+            causes[-1][1] += 1
+        else:
+            causes.append([cause, 1])
+    text = "; ".join(cause if n == 1 else f"{cause} (x{n})" for cause, n in causes)
+    return f"requeued {len(requeues)}x: {text}"
+
+
 def stage_line(stage: StageStatus) -> str:
     p, parts = stage.progress, [f"{stage.name:7s}"]
     parts.append("DONE   " if stage.done else f"{p.get('state', 'no progress yet'):7s}")
@@ -172,6 +198,8 @@ def stage_line(stage: StageStatus) -> str:
     restarts = stage.latest.restarts if stage.latest and stage.latest.restarts is not None else p.get("restarts")
     if restarts is not None:
         parts.append(f"restarts {restarts}")
+    if stage.requeues:
+        parts.append(requeues_note(stage.requeues))
     if p.get("world_size"):
         parts.append(ranks_note(p))
     if p:

@@ -50,7 +50,7 @@ Keys people change:
   partition=P  time=MIN  account=A  qos=Q  mem=64G  cpus_per_task=N
   cluster=auto|slurm|local     auto: SLURM when sbatch answers; local: in this process
   steps=N  epochs=E            the (pretraining) stages' length
-  max_requeues=N               preemptions / time-outs a job may requeue itself after
+  max_requeues=N               requeues after preemptions, time-outs and faults (a dead rank, a lost node)
   dry_run=true                 print the plan and the sbatch script(s); queue nothing
   container.runtime=pyxis|apptainer|podman container.image=IMAGE   run the jobs inside an image
   slurm.setup=[LINE,...] slurm.sbatch={OPTION:VALUE,...} slurm.srun=[ARG,...]   site set-up (docs/containers.md)

@@ -2,8 +2,8 @@
 stage, then turn its exit code into a summary, a requeue or an error. Submitting: launch/jobs.py.
 
 Every task calls `burn.engine.stage.run_stage`, which returns 0 (stage complete) or 75 (a
-preemption/time-limit signal came, a checkpoint was written). On 75, global rank 0 requeues the job
-under the same id (``scontrol requeue``, as Submitit itself does) and every task exits *without* a
+preemption/time-limit signal came, a checkpoint was written). On 75 the job is requeued under the same
+id (``scontrol requeue``, as Submitit itself does; who does it: below) and every task exits *without* a
 Submitit result, so whoever waits on the job keeps waiting for the requeued run.
 
 Signals (which means what: burn/runtime/signal_flags.py). The job unpickles launch/job_entry.py's StageJob,
@@ -16,10 +16,11 @@ burn's handler wins, all ranks finish the step, agree to stop, write one checkpo
 handler fires in the few statements between, `checkpoint()` (inherited) resubmits this same job,
 which resumes from the newest checkpoint: nothing is lost.
 
-Stopping. Requeues are limited by ``max_requeues`` (SLURM_RESTART_COUNT, time-outs included), and
-a job that is requeued ``CRASH_LOOP_LIMIT`` times in a row at the same checkpoint step (no
-progress) is stopped with an error naming the step and the ledger file. Exceptions are not
-requeued: the job fails with the traceback in its log and its dependants are cancelled.
+Who requeues. In a job launch/jobs.py submitted (and under slurm/stage.sbatch) the batch shell decides
+after srun, for every way a stage can end (launch/batch.py: preemption, a dead peer, a killed rank, a
+user's fault); the tasks only exit with their code and record how they ended. Elsewhere (a
+hydra-submitit-launcher sweep job, whose script has no such hook) global rank 0 requeues a preempted
+job itself, under the same limits (``max_requeues``, the crash-loop rule: launch/batch.py).
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ import json
 import logging
 import signal
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -36,52 +36,18 @@ from omegaconf import DictConfig, OmegaConf
 
 from burn.config import BurnConfig, load_saved_config
 from burn.engine.stage import run_stage
-from burn.resume.checkpoint import CheckpointManager
 from burn.resume.signals import CANCEL_EXIT_CODE, INTERRUPT_EXIT_CODE, REQUEUE_EXIT_CODE, STOP_SIGNALS
 from burn.runtime import rundir, slurm_cli
 from burn.runtime.environment import Environment, image_stamp
+from launch.batch import RequeueRefused, decide_requeue
 
 log = logging.getLogger("burn.launch")
-
-#: Requeues in a row at the same checkpoint step that count as a crash loop.
-CRASH_LOOP_LIMIT = 3
-
-
-class RequeueRefused(RuntimeError):
-    """A preempted job is not requeued (limit reached or no progress); its checkpoint is intact."""
 
 
 def stage_config(stage_yaml: str) -> DictConfig:
     """The typed stage config from its resolved YAML (what the job pickle carries; a job queued before a
     key moved reads with the value where it is now)."""
     return OmegaConf.merge(OmegaConf.structured(BurnConfig), load_saved_config(stage_yaml))
-
-
-def decide_requeue(stage_dir: Path, max_requeues: int, job_id: str, restarts: int) -> int:
-    """Record this requeue in the stage's ledger; raise RequeueRefused when it must not happen.
-
-    Returns the checkpoint step the requeued job will resume from."""
-    step = CheckpointManager(stage_dir / rundir.CHECKPOINTS).latest_step()
-    ledger = rundir.requeues_file(stage_dir)
-    if step is None:
-        raise RequeueRefused(
-            f"job {job_id} was preempted but {stage_dir / rundir.CHECKPOINTS} holds no valid checkpoint; not requeuing"
-        )
-    if restarts >= max_requeues:
-        raise RequeueRefused(
-            f"job {job_id} was preempted or timed out after {restarts} requeues (max_requeues="
-            f"{max_requeues}); not requeuing. Its checkpoint at step {step} is intact: submit the same "
-            "command again (or raise max_requeues) to continue."
-        )
-    previous = [r["step"] for r in rundir.read_jsonl(ledger)][-(CRASH_LOOP_LIMIT - 1) :]
-    rundir.append_jsonl(ledger, {"job_id": job_id, "restarts": restarts, "step": step, "time": time.time()})
-    if len(previous) == CRASH_LOOP_LIMIT - 1 and all(s == step for s in previous):
-        raise RequeueRefused(
-            f"crash loop: job {job_id} was preempted {CRASH_LOOP_LIMIT} times in a row at checkpoint "
-            f"step {step} without progress (ledger: {ledger}); not requeuing. Check the log for why "
-            "the stage cannot advance (e.g. a signal lead shorter than start-up + one step)."
-        )
-    return step
 
 
 def _ignore_preemption_signals() -> None:
@@ -121,6 +87,8 @@ def conclude_task(cfg: DictConfig, code: int, max_requeues: int, environment: En
     if code != REQUEUE_EXIT_CODE:
         raise RuntimeError(f"run_stage returned unexpected exit code {code} for {stage_dir}")
     _ignore_preemption_signals()
+    if environment.batch_decides:
+        sys.exit(REQUEUE_EXIT_CODE)  # the batch shell requeues (launch/batch.py), after every task ended
     job_id = environment.job_id
     if job_id is None:
         raise RequeueRefused(
@@ -130,10 +98,7 @@ def conclude_task(cfg: DictConfig, code: int, max_requeues: int, environment: En
     if environment.rank == 0:
         restarts = environment.restarts
         step = decide_requeue(stage_dir, max_requeues, job_id, restarts)
-        if environment.requeue_request:  # inside a container: the batch shell requeues after srun
-            Path(environment.requeue_request).write_text(f"{job_id} step {step}\n")
-        else:
-            slurm_cli.requeue(job_id)
+        slurm_cli.requeue(job_id)
         log.warning(
             "job %s requeued (restart %d of at most %d), resumes from step %d", job_id, restarts + 1, max_requeues, step
         )

@@ -17,6 +17,8 @@
 # slurm.sbatch options join the sbatch line, slurm.setup lines and slurm.srun arguments reach
 # stage.sbatch (BURN_SITE_SETUP, BURN_SITE_SRUN), container.* its srun line (BURN_CONTAINER).
 # dry_run=true prints each stage's sbatch command and the srun command line, and submits nothing.
+# Requeues (preemption, a dead rank, a lost node) stop at max_requeues, set after the
+# -- like any key; stage.sbatch reads it from the same overrides.
 set -euo pipefail
 
 if (($# < 1)) || [[ $1 == -* ]]; then
@@ -36,6 +38,10 @@ OVERRIDES=("$@")
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 export BURN_REPO=$REPO
 
+if [[ -n ${BURN_MAX_REQUEUES+set} ]]; then
+    echo "$0: BURN_MAX_REQUEUES is no longer read: set max_requeues=$BURN_MAX_REQUEUES after the --" >&2
+    exit 2
+fi
 for option in "${SBATCH_OPTS[@]}"; do
     if [[ $option == --signal* ]]; then
         echo "$0: $option: set signal_delay_s=<seconds> after the -- instead (it also tells the stages)" >&2

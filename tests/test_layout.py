@@ -35,13 +35,13 @@ def test_chain_sh_uses_the_layout_of_burn_rundir():
 
 
 def torch_free_modules() -> list[str]:
-    """burn.runtime is torch-free by definition (every module in it), plus the two launch modules
-    that must answer before torch loads."""
+    """burn.runtime is torch-free by definition (every module in it), plus the launch modules that
+    must answer before torch loads (launch.batch: the batch shell's hook, seconds after a fault)."""
     import burn.runtime
 
     runtime = [f"burn.runtime.{m.name}" for m in pkgutil.iter_modules(burn.runtime.__path__)]
     assert len(runtime) >= 6, runtime
-    return ["launch.status", "launch.job_entry", *runtime]
+    return ["launch.status", "launch.job_entry", "launch.batch", *runtime]
 
 
 @pytest.mark.process

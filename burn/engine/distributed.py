@@ -26,6 +26,15 @@ from burn.runtime.slurm_cli import first_host
 
 log = logging.getLogger(__name__)
 
+#: Collective (and rendezvous) timeout while a stage starts: the rendezvous, rank 0's checks of the data,
+#: building, and the first optimizer step, which may compile the student for minutes.
+STARTUP_TIMEOUT_S = 1800.0
+#: Collective timeout once the first step is done: longer than any wait between two collectives in the
+#: loop (a periodic checkpoint is snapshotted, not written, before the others go on; the k-NN monitor
+#: splits its work evenly), short enough that a hung or silently lost peer frees the job's GPUs in
+#: minutes. A peer that dies is noticed sooner: gloo's sockets close, srun --kill-on-bad-exit ends the rest.
+STEADY_TIMEOUT_S = 300.0
+
 #: Base of the rendezvous port derived from the SLURM job id (several jobs may share a host).
 _PORT_BASE = 20000
 _PORT_SPAN = 20000
@@ -116,7 +125,7 @@ def _gpu_identity(device: torch.device) -> str:
     return f"{socket.gethostname()} GPU {getattr(props, 'uuid', device.index)}"
 
 
-def init_distributed(timeout_s: float = 600.0, environment: Environment | None = None) -> DistInfo:
+def init_distributed(timeout_s: float = STARTUP_TIMEOUT_S, environment: Environment | None = None) -> DistInfo:
     """Join the process group (nccl with CUDA, gloo without) and pick this rank's device; `environment`
     (default: read now) says which rank of how many this process is."""
     environment = Environment.read() if environment is None else environment
@@ -131,6 +140,9 @@ def init_distributed(timeout_s: float = 600.0, environment: Environment | None =
     backend = None
     if world > 1:
         backend = "nccl" if cuda else "gloo"
+        # NCCL's watchdog ends this process when a collective fails or times out (3: without a cleanup
+        # that can itself hang), instead of leaving it blocked while its peer is gone.
+        os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "3")
         if not dist.is_initialized():
             timeout = timedelta(seconds=timeout_s)
             # The rendezvous init_process_group would do, done first so that the GPU check can use its store.
@@ -159,6 +171,16 @@ def init_distributed(timeout_s: float = 600.0, environment: Environment | None =
     return DistInfo(
         rank=rank, world_size=world, local_rank=local_rank, device=device, backend=backend, environment=environment
     )
+
+
+def set_collective_timeout(info: DistInfo, seconds: float) -> None:
+    """The timeout of every later collective of the default group (the phase's: STARTUP_/STEADY_TIMEOUT_S)."""
+    if info.distributed:
+        from torch.distributed import distributed_c10d
+
+        # torch.distributed.set_timeout since torch 2.7; its private predecessor before.
+        set_timeout = getattr(dist, "set_timeout", None) or distributed_c10d._set_pg_timeout
+        set_timeout(timedelta(seconds=seconds))
 
 
 def shutdown_distributed() -> None:

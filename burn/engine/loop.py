@@ -18,10 +18,18 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from burn.data.record import SampleRecord
-from burn.engine.distributed import DistInfo, all_gather_objects, barrier
+from burn.engine.distributed import (
+    STARTUP_TIMEOUT_S,
+    STEADY_TIMEOUT_S,
+    DistInfo,
+    all_gather_objects,
+    barrier,
+    set_collective_timeout,
+)
 from burn.engine.nonfinite import Applied, BadStepStreak
 from burn.engine.parts import Build, StageParts, StepContext
 from burn.engine.state import ProcessRng, Stateful
+from burn.engine.step_decision import CheckpointClock, step_decision
 from burn.monitor.reporting import MetricLogger
 from burn.resume import elastic
 from burn.resume.background_save import BackgroundCheckpointWriter, snapshot
@@ -34,6 +42,7 @@ from burn.resume.signals import (
     stop_code,
     warn_if_slow_checkpoint,
 )
+from burn.runtime.fault_injection import kill_if_asked
 from burn.runtime.rundir import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, CHECKPOINTS, DONE
 
 log = logging.getLogger("burn")
@@ -210,30 +219,41 @@ class StageLoop:
         cfg = self.cfg
         bad = BadStepStreak(cfg.train.max_bad_steps)
         timed_steps, timed_seconds = -1, 0.0  # the first step (it may compile) is left out of the mean
+        clock = CheckpointClock(cfg.checkpoint.every_minutes, self.info.is_main)
         while self.step < last_step:
             started = time.perf_counter()
             metrics, applied = self.train_step()
             self.step += 1
             bad.update(applied)  # on the device with fp16 on CUDA: no host sync here
-            # One collective per step: every rank learns of a signal that reached any of them.
-            stop = self._stop_code = stop_code(self.preemption.code, self.info.distributed)
+            # One collective per step: every rank learns of a signal that reached any of them, and of
+            # rank 0's clock saying a timed checkpoint is due.
+            stop, timed_checkpoint = step_decision(self.preemption.code, clock.due(), self.info.distributed)
+            self._stop_code = stop
             timed_steps += 1
             if timed_steps:  # a mean over many steps: on CUDA the host runs ahead of one step's work
                 timed_seconds += time.perf_counter() - started
                 self.step_seconds = timed_seconds / timed_steps
+            else:  # the first step (and its compilation) is done: a hung or lost peer now costs minutes
+                set_collective_timeout(self.info, STEADY_TIMEOUT_S)
             logging_step = self.step % cfg.log.every_steps == 0 or self.step == self.total_steps
-            checkpoint_step = self.step % cfg.checkpoint.every_steps == 0 and self.step < self.total_steps
+            checkpoint_step = (
+                self.step % cfg.checkpoint.every_steps == 0 or timed_checkpoint
+            ) and self.step < self.total_steps
             if logging_step or checkpoint_step or stop or self.step == last_step:
                 bad.check(self.step, self.ckpt.directory)  # before anything is logged or saved
             if logging_step:
                 self._log(metrics)
             self.metrics.advance()
             if stop and self.step < self.total_steps:  # at the last step, finishing beats a requeue
+                set_collective_timeout(self.info, STARTUP_TIMEOUT_S)  # the stop's checkpoint is written synchronously
                 return True
             for monitor in self.parts.after_step:
                 monitor(self.step, self.metrics)
             if checkpoint_step:
                 self.save_checkpoint(background=True)
+                clock.reset()
+            kill_if_asked(self.step, self.info.rank)  # test-only (burn/runtime/fault_injection.py)
+        set_collective_timeout(self.info, STARTUP_TIMEOUT_S)  # the final checkpoint and products follow
         return False
 
     def _log(self, metrics: dict[str, torch.Tensor]) -> None:

@@ -29,9 +29,11 @@ from burn.monitor.reporting import configure_console_logging, record_failure
 from burn.resume.identity import check_resume_config
 from burn.resume.run_lock import ConfigMismatchError, RunDirBusyError, RunDirLock, write_config_if_changed
 from burn.resume.signals import PreemptionHandler
+from burn.runtime import faults
 from burn.runtime.environment import Environment
-from burn.runtime.errors import UsageError
-from burn.runtime.rundir import CONFIG, DONE, stage_dir_name
+from burn.runtime.errors import UsageError, one_line
+from burn.runtime.rundir import CONFIG, DONE, SLURM_DIR, stage_run_dir
+from burn.runtime.signal_flags import CANCEL_EXIT_CODE, INTERRUPT_EXIT_CODE, REQUEUE_EXIT_CODE
 from burn.validation import check_choices, check_data, check_stage
 
 log = logging.getLogger("burn")
@@ -41,8 +43,36 @@ RUNNABLE_STAGES = ("1", "2", "linear")
 
 def resolve_run_dir(cfg: DictConfig) -> Path:
     """`run_dir` if given, else runs/<name>/stage<N> (runs/<name>/linear), absolute."""
-    path = Path(cfg.run_dir) if cfg.run_dir else Path("runs") / cfg.name / stage_dir_name(str(cfg.stage))
-    return path.absolute()
+    return stage_run_dir(cfg.run_dir, cfg.name, str(cfg.stage))
+
+
+#: run_stage's return code -> the ending a rank records for the batch shell (burn/runtime/faults.py).
+_STOP_OUTCOMES = {
+    REQUEUE_EXIT_CODE: faults.PREEMPTED,
+    CANCEL_EXIT_CODE: faults.CANCELLED,
+    INTERRUPT_EXIT_CODE: faults.INTERRUPTED,
+}
+
+
+def _record_ending(
+    run_dir: Path | None, environment: Environment, code: int, step: int | None, err: BaseException | None
+) -> None:
+    """Inside a SLURM job: tell the batch shell how this rank stopped (launch/batch.py decides). A
+    UsageError before the stage's folder exists writes nothing (bad input leaves no trace)."""
+    if environment.job_id is None or run_dir is None:
+        return
+    if err is not None:
+        if isinstance(err, UsageError) and not (run_dir / SLURM_DIR).is_dir():
+            return
+        kind = faults.classify(err)
+        outcome, cause, code, error = kind.outcome, kind.cause, kind.exit_code, one_line(err)
+    elif code in _STOP_OUTCOMES:
+        outcome, cause, error = _STOP_OUTCOMES[code], _STOP_OUTCOMES[code], ""
+    else:
+        return
+    faults.record_ending(
+        run_dir, environment.job_id, environment.restarts, environment.rank, outcome, cause, step, code, error
+    )
 
 
 def _cpu_threads(environment: Environment) -> None:
@@ -122,7 +152,7 @@ def run_stage(cfg: DictConfig, environment: Environment | None = None) -> int:
         environment = Environment.read() if environment is None else environment
         configure_console_logging(environment.rank)
         info = init_distributed(environment=environment)
-        lock = None
+        lock, loop, run_dir = None, None, None
         try:
             _cpu_threads(environment)
             configure_backends(info.device, deterministic=cfg.train.deterministic)
@@ -137,10 +167,16 @@ def run_stage(cfg: DictConfig, environment: Environment | None = None) -> int:
                 from burn.engine.linear import LinearEvalTrainer as Loop
             else:
                 from burn.engine.trainer import PretrainTrainer as Loop
-            return Loop(cfg, info, run_dir, preemption).run()
+            loop = Loop(cfg, info, run_dir, preemption)
+            code = loop.run()
+            _record_ending(run_dir, environment, code, loop.step, None)
+            return code
         except Exception as err:
+            # First, before the process group is shut down: a dead peer can make that hang.
+            _record_ending(run_dir, environment, 1, loop.step if loop is not None else None, err)
             if lock is not None:  # rank 0, in its run directory: launch/status.py shows the error
-                record_failure(run_dir, err)
+                infra = faults.classify(err).outcome == faults.INFRA
+                record_failure(run_dir, err, state="fault" if infra else "failed")
             raise
         finally:
             if lock is not None:

@@ -31,14 +31,15 @@ def configure_console_logging(rank: int) -> None:
     )
 
 
-def record_failure(run_dir: Path, err: BaseException) -> None:
-    """Mark the stage failed in progress.json with the error on one line (launch/status.py shows it)."""
+def record_failure(run_dir: Path, err: BaseException, state: str = "failed") -> None:
+    """Mark the stage failed in progress.json with the error on one line (launch/status.py shows it).
+    ``state="fault"``: an infrastructure fault, which the batch shell requeues (burn/runtime/faults.py)."""
     path = Path(run_dir) / PROGRESS
     data = read_json(path)
     message = one_line(err)
     if not isinstance(err, (FaultError, UsageError)):  # a bug: its type says more than the message
         message = f"{type(err).__name__}: {message}"
-    data.update(state="failed", error=message, updated=time.time())
+    data.update(state=state, error=message, updated=time.time())
     try:
         write_json(path, data)
     except (OSError, DiskFullError) as write_err:  # e.g. the disk is full: the error still reaches the output

@@ -22,7 +22,9 @@ whichever file is in place verifies. Step 3 then rewrites it with the new digest
 
 Hidden temp files (``.tmp-ckpt-*``) left by a killed writer are ignored by readers and
 removed by the next save. One writer per directory (the trainer saves on rank 0 only);
-this module makes no process-group calls.
+this module makes no process-group calls. It imports torch only to save and load: finding the newest
+valid checkpoint (:meth:`CheckpointManager.latest_step`) is quick without it (launch/batch.py, in the
+batch shell, decides a requeue with it).
 """
 
 from __future__ import annotations
@@ -36,8 +38,6 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
-
-import torch
 
 from burn.runtime.errors import UsageError
 from burn.runtime.files import raise_if_disk_full, state_nbytes
@@ -214,6 +214,8 @@ class CheckpointManager:
         self.directory.mkdir(parents=True, exist_ok=True)
         self._remove_stale_temp_files()
         final = self.path_for(step)
+        import torch
+
         temp = _write_temp(self.directory, final.name, lambda stream: torch.save(dict(state), stream))
         try:
             digest = sha256_of_file(temp)
@@ -238,6 +240,8 @@ class CheckpointManager:
         Raises CheckpointIntegrityError for missing/incomplete/corrupt files and CheckpointError
         for files that verify but cannot be loaded safely (e.g. pickled objects).
         """
+        import torch
+
         path = Path(path)
         # Hash and load through one open file: a concurrent replace cannot swap the bytes between.
         with self._open_verified(path) as stream:

@@ -15,12 +15,19 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-#: Set in a container job's script (launch/jobs.py): where rank 0 asks the batch shell to requeue the job.
-REQUEUE_REQUEST_VARIABLE = "BURN_REQUEUE_REQUEST"
+#: Set (to 1) by the batch shell of a stage job that decides requeues after srun (launch/batch.py):
+#: slurm/stage.sbatch and Submitit's script from launch/jobs.py. Without it (a hydra-submitit-launcher
+#: sweep job) global rank 0 requeues a preempted job itself.
+BATCH_DECIDES = "BURN_BATCH_DECIDES"
 
 
 def _int(value: str | None) -> int | None:
     return int(value) if value not in (None, "") else None
+
+
+def _tasks_per_job(env: Mapping[str, str]) -> int | None:
+    nodes, per_node = _int(env.get("SLURM_NNODES")), env.get("SLURM_NTASKS_PER_NODE", "")
+    return nodes * int(per_node) if nodes and per_node.isdigit() else None
 
 
 @dataclass(frozen=True)
@@ -43,16 +50,16 @@ class Environment:
     nodelist: str | None = None
     """SLURM_JOB_NODELIST, e.g. ``node[1-2]``: where the rendezvous host is found."""
     ntasks: int | None = None
-    """SLURM_NTASKS: the tasks of the job (the world size of a SLURM-started stage)."""
+    """SLURM_NTASKS: the tasks of the job (the world size of a SLURM-started stage); in the batch shell,
+    the job's tasks (SLURM_NNODES x SLURM_NTASKS_PER_NODE when SLURM_NTASKS is not set)."""
     cpus: int | None = None
     """CPU threads this rank may use: SLURM_CPUS_PER_TASK, else OMP_NUM_THREADS; None: not limited."""
     submitit_executor: bool = False
     """SUBMITIT_EXECUTOR is set: a Submitit job (or a hydra-submitit-launcher sweep job)."""
     submitit_folder: bool = False
     """SUBMITIT_FOLDER is set: this process is a Submitit job unpickling its callable."""
-    requeue_request: str | None = None
-    """BURN_REQUEUE_REQUEST: inside a container (no scontrol) the file by which rank 0 asks the batch shell
-    outside to requeue the job (launch/jobs.py writes the job script that reads it)."""
+    batch_decides: bool = False
+    """:data:`BATCH_DECIDES` is set: the batch shell, not this task, requeues the job."""
 
     @classmethod
     def read(cls, env: Mapping[str, str] | None = None) -> Environment:
@@ -85,11 +92,11 @@ class Environment:
             restarts=int(env.get("SLURM_RESTART_COUNT", 0)),
             node=env.get("SLURMD_NODENAME"),
             nodelist=env.get("SLURM_JOB_NODELIST"),
-            ntasks=_int(env.get("SLURM_NTASKS")),
+            ntasks=_int(env.get("SLURM_NTASKS")) or _tasks_per_job(env),
             cpus=_int(env.get("SLURM_CPUS_PER_TASK") or env.get("OMP_NUM_THREADS")),
             submitit_executor="SUBMITIT_EXECUTOR" in env,
             submitit_folder="SUBMITIT_FOLDER" in env,
-            requeue_request=env.get(REQUEUE_REQUEST_VARIABLE) or None,
+            batch_decides=env.get(BATCH_DECIDES) == "1",
         )
 
     @property

@@ -25,7 +25,9 @@ and each stage folder holds::
     samples/            what every rank read, with log.sample_ids=true (burn/data/record.py)
     slurm/              Submitit's job folders (<job id>/) or slurm/chain.sh's logs (<job id>.out)
     slurm/jobs.jsonl    one JSON line per job submitted for the stage
-    slurm/requeues.jsonl one JSON line per requeue (job id, restart count, checkpoint step)
+    slurm/requeues.jsonl one JSON line per requeue (job id, restart count, checkpoint step, cause)
+    slurm/endings/      how each rank of each run of a job stopped, when not by completing
+                        (burn/runtime/faults.py; read by the batch shell's hook, launch/batch.py)
 """
 
 from __future__ import annotations
@@ -70,6 +72,8 @@ SLURM_DIR = "slurm"
 JOBS_FILE = "jobs.jsonl"
 #: One JSON line per requeue of a stage, in SLURM_DIR.
 REQUEUES_FILE = "requeues.jsonl"
+#: One file per rank and run of a job that stopped other than by completing, in SLURM_DIR.
+ENDINGS_DIR = "endings"
 
 #: The tag in every checkpoint (and stage product) this suite writes: ``state["format"]``.
 CHECKPOINT_FORMAT = "burn-suite/checkpoint"
@@ -101,6 +105,17 @@ def jobs_file(stage_dir: str | os.PathLike) -> Path:
 def requeues_file(stage_dir: str | os.PathLike) -> Path:
     """``<stage_dir>/slurm/requeues.jsonl``."""
     return Path(stage_dir) / SLURM_DIR / REQUEUES_FILE
+
+
+def endings_dir(stage_dir: str | os.PathLike) -> Path:
+    """``<stage_dir>/slurm/endings``."""
+    return Path(stage_dir) / SLURM_DIR / ENDINGS_DIR
+
+
+def stage_run_dir(run_dir: str | None, name: str, stage: str) -> Path:
+    """A stage's directory: ``run_dir`` if given, else runs/<name>/stage<N> (runs/<name>/linear), absolute."""
+    path = Path(run_dir) if run_dir else Path("runs") / name / stage_dir_name(str(stage))
+    return path.absolute()
 
 
 # ---- writing and reading its files ---------------------------------------------------------------

@@ -84,6 +84,21 @@ def restart_count(job_id: str) -> int | None:
     return None
 
 
+def job_state(job_id: str) -> str | None:
+    """The controller's JobState of the job (e.g. RUNNING, CANCELLED), None when it does not know it."""
+    for word in (_stdout(["scontrol", "-o", "show", "job", job_id]) or "").split():
+        if word.startswith("JobState="):
+            return word.split("=", 1)[1]
+    return None
+
+
+def attempt_states(job_id: str) -> list[str]:
+    """The accounted state of each run of a requeued job, oldest first (sacct --duplicates): e.g.
+    ["NODE_FAIL", "RUNNING"]; [] when accounting does not answer."""
+    out = _stdout(["sacct", "-n", "-P", "-X", "--duplicates", "-j", job_id, "-o", "State"])
+    return [line.strip() for line in (out or "").splitlines() if line.strip()]
+
+
 def requeue(job_id: str) -> None:
     """``scontrol requeue``: the job goes back to the queue under the same id."""
     subprocess.run(["scontrol", "requeue", job_id], check=True, timeout=60, capture_output=True, text=True)

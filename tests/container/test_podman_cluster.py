@@ -165,6 +165,6 @@ def test_chain_sh_stage_all_in_podman_preempted_resumes_bit_identical(runs, refe
     for rank in (0, 1):
         assert log.count(f"burn: rank {rank}/2 in image {stamp}") == 2  # both runs, inside the image
     assert log.count(f"rank 0/2 (local 0) joined gloo group at node1:{port}") == 2
-    assert "batch: srun --kill-on-bad-exit=0 podman run --rm --network host" in log
+    assert "batch: srun --kill-on-bad-exit=1 podman run --rm --network host" in log
     assert (root / "linear" / "linear_eval.json").is_file()
     assert_bit_identical(root / "stage1" / "stage1_extraction.pth", reference / "stage1_extraction.pth")

@@ -1,4 +1,5 @@
-"""launch/task.py without a cluster: the requeue decision (limit, crash loop) and task outcomes."""
+"""launch/batch.py and launch/task.py without a cluster: the requeue decision (limit, crash loop) and task
+outcomes."""
 
 import json
 
@@ -7,7 +8,7 @@ from omegaconf import OmegaConf
 
 from burn.resume.checkpoint import CheckpointManager
 from burn.runtime.environment import Environment
-from launch import task
+from launch import batch, task
 
 
 def checkpoint_at(stage_dir, step):
@@ -19,32 +20,32 @@ def ledger(stage_dir):
 
 
 def test_requeue_is_refused_without_a_checkpoint(tmp_path):
-    with pytest.raises(task.RequeueRefused, match="holds no valid checkpoint"):
-        task.decide_requeue(tmp_path, max_requeues=5, job_id="7", restarts=0)
+    with pytest.raises(batch.RequeueRefused, match="holds no valid checkpoint"):
+        batch.decide_requeue(tmp_path, max_requeues=5, job_id="7", restarts=0)
 
 
 def test_requeue_limit_names_the_key_and_the_intact_step(tmp_path):
     checkpoint_at(tmp_path, 12)
-    with pytest.raises(task.RequeueRefused, match=r"after 3 requeues \(max_requeues=3\).*step 12"):
-        task.decide_requeue(tmp_path, max_requeues=3, job_id="7", restarts=3)
+    with pytest.raises(batch.RequeueRefused, match=r"after 3 requeues \(max_requeues=3\).*step 12"):
+        batch.decide_requeue(tmp_path, max_requeues=3, job_id="7", restarts=3)
 
 
 def test_requeues_with_progress_are_recorded_and_allowed(tmp_path):
     for restarts, step in enumerate((5, 10, 15, 20)):
         checkpoint_at(tmp_path, step)
-        assert task.decide_requeue(tmp_path, max_requeues=10, job_id="7", restarts=restarts) == step
+        assert batch.decide_requeue(tmp_path, max_requeues=10, job_id="7", restarts=restarts) == step
     assert [r["step"] for r in ledger(tmp_path)] == [5, 10, 15, 20]
     assert [r["restarts"] for r in ledger(tmp_path)] == [0, 1, 2, 3]
 
 
 def test_three_requeues_at_the_same_step_are_a_crash_loop(tmp_path):
     checkpoint_at(tmp_path, 10)
-    task.decide_requeue(tmp_path, max_requeues=10, job_id="7", restarts=0)
+    batch.decide_requeue(tmp_path, max_requeues=10, job_id="7", restarts=0)
     checkpoint_at(tmp_path, 20)
-    task.decide_requeue(tmp_path, max_requeues=10, job_id="7", restarts=1)
-    task.decide_requeue(tmp_path, max_requeues=10, job_id="7", restarts=2)
-    with pytest.raises(task.RequeueRefused, match="crash loop.*3 times in a row at checkpoint step 20"):
-        task.decide_requeue(tmp_path, max_requeues=10, job_id="7", restarts=3)
+    batch.decide_requeue(tmp_path, max_requeues=10, job_id="7", restarts=1)
+    batch.decide_requeue(tmp_path, max_requeues=10, job_id="7", restarts=2)
+    with pytest.raises(batch.RequeueRefused, match="crash loop.*3 times in a row at checkpoint step 20"):
+        batch.decide_requeue(tmp_path, max_requeues=10, job_id="7", restarts=3)
 
 
 def test_task_outcomes_outside_slurm(tmp_path, monkeypatch):
@@ -55,7 +56,7 @@ def test_task_outcomes_outside_slurm(tmp_path, monkeypatch):
     cfg = OmegaConf.create({"run_dir": str(tmp_path)})
     summary = task.conclude_task(cfg, 0, max_requeues=3, environment=here)
     assert summary == {"run_dir": str(tmp_path), "top1": 12.5, "top5": 50.0}
-    with pytest.raises(task.RequeueRefused, match="interrupted outside SLURM"):
+    with pytest.raises(batch.RequeueRefused, match="interrupted outside SLURM"):
         task.conclude_task(cfg, task.REQUEUE_EXIT_CODE, max_requeues=3, environment=here)
     with pytest.raises(RuntimeError, match="unexpected exit code 3"):
         task.conclude_task(cfg, 3, max_requeues=3, environment=here)

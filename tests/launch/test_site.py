@@ -97,10 +97,11 @@ def test_pyxis_sbatch_script(tmp_path):
         f"--container-workdir={REPO} python3 -u -m submitit.core._submit " in srun
     )
     assert f"export PYTHONPATH={REPO}" in script  # the mounted checkout's code runs inside
-    # No scontrol inside an image: rank 0 leaves a request, the batch shell requeues after srun.
-    assert f'export BURN_REQUEUE_REQUEST="{tmp_path}/run/slurm/requeue-request-$SLURM_JOB_ID"' in script
+    # No scontrol inside an image: the batch shell, outside it, decides and requeues after srun.
+    assert "export BURN_BATCH_DECIDES=1" in script
     teardown = script.split("# teardown", 1)[1]
-    assert 'scontrol requeue "$SLURM_JOB_ID"' in teardown and "BURN_REQUEUE_REQUEST" in teardown
+    assert "-m launch.batch end --status $?" in teardown
+    assert srun.startswith("srun --unbuffered --output") and " --kill-on-bad-exit=1 " in srun
     assert "#SBATCH --requeue\n" in script and "#SBATCH --gpus-per-node=1\n" in script
 
 
@@ -144,7 +145,8 @@ def test_site_setup_sbatch_and_srun_reach_the_submitit_script(tmp_path):
     assert setup.startswith("module load cuda/12.4\nsource /opt/venv/bin/activate\n")
     assert setup.index("source /opt/venv") < setup.index("srun ")
     assert "srun --unbuffered --output" in script and " --mpi=none " in script
-    assert "BURN_REQUEUE_REQUEST" not in script  # no container: the stage requeues itself, as before
+    # The site's lines come before the batch hook's, which must see the site's environment.
+    assert setup.index("source /opt/venv") < setup.index("-m launch.batch start")
 
 
 @pytest.mark.parametrize(
@@ -279,7 +281,7 @@ def test_chain_sh_dry_run_prints_sbatch_and_srun_lines_and_queues_nothing(tmp_pa
     srun = [shlex.split(line) for line in text.splitlines() if line.startswith("batch: srun ")]
     assert len(srun) == 3
     mounts = ["-v", f"{tmp_path}/run:{tmp_path}/run", "-v", f"{REPO}:{REPO}", "-w", str(REPO)]
-    head = ["batch:", "srun", "--kill-on-bad-exit=0", "podman", "run", "--rm", "--network", "host", "--runtime", "runc"]
+    head = ["batch:", "srun", "--kill-on-bad-exit=1", "podman", "run", "--rm", "--network", "host", "--runtime", "runc"]
     assert srun[0][: len(head) + len(mounts) + 2] == [*head, *mounts, "--env", "SLURM*"]
     assert srun[0][srun[0].index("localhost/burn:1") :] == [
         "localhost/burn:1",

@@ -112,3 +112,20 @@ def test_a_folder_of_runs_lists_every_run_under_it(tmp_path, capsys):
         f"run dir {runs / 'tiny-linear'}",
     ]
     assert "FAILED stage1: the stage at step 3" in out and "  error: boom" in out and "top-1 30.00%" in out
+
+
+def test_requeues_are_shown_with_their_causes_oldest_first_a_refused_one_left_out(tmp_path):
+    (tmp_path / "progress.json").write_text(json.dumps({"state": "running", "step": 12, "world_size": 2}))
+    ledger = tmp_path / "slurm" / "requeues.jsonl"
+    ledger.parent.mkdir()
+    records = [
+        {"job_id": "7", "restarts": 0, "step": 8},  # written before causes were recorded: a preemption
+        {"job_id": "7", "restarts": 1, "step": 8, "cause": "peer rank died at step 9"},
+        {"job_id": "7", "restarts": 2, "step": 12, "cause": "preempted"},
+        {"job_id": "7", "restarts": 3, "step": 12, "cause": "preempted"},
+        {"job_id": "7", "restarts": 4, "step": 12, "cause": "preempted", "refused": "crash loop"},
+    ]
+    ledger.write_text("".join(json.dumps(r) + "\n" for r in records))
+    stage = status.read_stage(tmp_path)
+    assert status.requeues_note(stage.requeues) == "requeued 4x: preempted; peer rank died at step 9; preempted (x2)"
+    assert "requeued 4x: preempted; peer rank died" in status.stage_line(stage)

@@ -56,4 +56,7 @@ def test_dry_run_prints_plan_and_sbatch_scripts_and_queues_nothing(slurm_cluster
     assert "#SBATCH --dependency='afterok:<job id of stage2>'" in text
     # The submitting interpreter (python or python3, as the suite was started) runs the job.
     assert re.search(r"python[0-9.]* -u -m submitit\.core\._submit ", text), text
+    # A failed task ends the others at once; the batch shell decides about a requeue (launch/batch.py).
+    assert text.count("--kill-on-bad-exit=1") == 3 and text.count("export BURN_BATCH_DECIDES=1") == 3
+    assert f"-m launch.batch end --status $? --stage-dir {run_dir / 'linear'} --max-requeues 20" in text
     assert not run_dir.exists() and queued() == before

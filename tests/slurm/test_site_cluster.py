@@ -56,7 +56,7 @@ def test_setup_lines_and_srun_arguments_reach_every_task(slurm_cluster, tmp_path
         wait_for_file(tmp_path / f"env-{rank}")
         assert (tmp_path / f"env-{rank}").read_text() == "from setup from-srun"
     log = (tmp_path / f"batch-{job}.out").read_text()
-    assert log.index("set-up ran") < log.index("batch: srun --kill-on-bad-exit=0 --export=ALL,SRUN_MARK=from-srun ")
+    assert log.index("set-up ran") < log.index("batch: srun --kill-on-bad-exit=1 --export=ALL,SRUN_MARK=from-srun ")
 
 
 def test_submit_dry_run_prints_the_container_command_line_and_queues_nothing(slurm_cluster, tiny_data, tmp_path):
