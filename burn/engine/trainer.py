@@ -13,7 +13,6 @@ import torch
 from burn.batch import split_global_batch
 from burn.config import RANDOM_BACKBONE, STAGE_PRECISION
 from burn.data.loaders import build_pretrain_loader
-from burn.demo.auto_teacher import resolve_auto_teacher
 from burn.engine.distributed import all_gather_objects, wrap_ddp
 from burn.engine.gpu import compile_enabled, compile_in_place, teacher_to_half, to_channels_last
 from burn.engine.loop import StageLoop
@@ -50,9 +49,6 @@ class PretrainTrainer(StageLoop):
     def build(self, data_state: Any) -> dict[str, Stateful]:
         cfg, info = self.cfg, self.info
         self.amp: AmpSettings = build_amp(cfg.train.precision, info.device)
-        # The stage runner resolved model.teacher_weights=auto already; trainers built directly (tests,
-        # benchmarks) get the same cached teacher here.
-        resolve_auto_teacher(cfg, train=True)
         self.model = build_burn_model(cfg.model, self.precision).to(info.device)
         if cfg.pretrained and self.stage != "2":
             raise ValueError(
