@@ -32,7 +32,8 @@ sys.path.insert(0, str(REPO))
 from hydra import compose, initialize_config_dir  # noqa: E402
 
 from burn.config import CONF_DIR, register_configs  # noqa: E402
-from burn.data.loaders import build_pretrain_loader, ensure_synthetic  # noqa: E402
+from burn.data.loaders import build_pretrain_loader  # noqa: E402
+from burn.demo.synthetic import ensure_synthetic  # noqa: E402
 from burn.engine.distributed import DistInfo  # noqa: E402
 from burn.engine.trainer import PretrainTrainer  # noqa: E402
 from burn.models.burn import build_burn_model  # noqa: E402

@@ -135,7 +135,7 @@ def train_teacher_once(data_root: Path, extra: list) -> Path:
     register_configs()
     with initialize_config_dir(str(CONF_DIR), version_base=None):
         cfg = compose("config", overrides=[*COMMON, f"data.root={data_root}", *extra])
-    return ensure_teacher(cfg.data, cfg.model.teacher_arch)
+    return ensure_teacher(cfg.data, cfg.model.teacher_arch, cfg.auto_teacher)
 
 
 def main() -> int:

@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from burn.config import CONF_DIR, MonitorConfig, register_configs  # noqa: E402
-from burn.data.loaders import ensure_synthetic  # noqa: E402
+from burn.demo.synthetic import ensure_synthetic  # noqa: E402
 from burn.engine.distributed import init_distributed, seed_everything  # noqa: E402
 from burn.engine.trainer import KnnEvaluation, PretrainTrainer  # noqa: E402
 from burn.resume.signals import PreemptionHandler  # noqa: E402

@@ -99,9 +99,13 @@ class ModelConfig:
     teacher_weights: str | None = None
     """Teacher weights file (MoCo v2 release, original BURN teacher or torchvision state dict).
     ``auto``: a small supervised teacher trained once on data.root's labelled train split and cached
-    beside the data (burn/demo/auto_teacher.py; the tiny preset's choice). None keeps a random teacher
-    trunk: a control for experiments and tests, not a way to learn anything. Its sha256 is kept in
-    every checkpoint; a resume with another file's content is refused unless checkpoint.force=true."""
+    beside the data (burn/demo/auto_teacher.py, settings in ``auto_teacher.*``; the tiny preset's
+    choice). The entry points (launch/run.py, launch/submit.py) train it if missing and write its path
+    into the stage config before it is validated, saved or queued; a folder of more than
+    auto_teacher.max_images labelled images (or auto_teacher.max_memory_mb of them in memory) is refused.
+    None keeps a random teacher trunk: a control for experiments and tests, not a way to learn anything.
+    Its sha256 is kept in every checkpoint; a resume with another file's content is refused unless
+    checkpoint.force=true."""
     center_target: bool = True
     """Subtract the batch mean (per view) from the teacher classifier's outputs before the loss, so that
     a student that outputs one constant vector (the mean target) scores nothing: docs/moving-target.md."""
@@ -158,6 +162,36 @@ class SyntheticConfig:
     """Side of the generated JPEGs in pixels."""
     seed: int = 0
     """Seed of the generator: the same seed writes the same images."""
+
+
+@dataclass
+class AutoTeacherConfig:
+    """model.teacher_weights=auto (burn/demo/auto_teacher.py): a small supervised teacher trained on
+    data.root's labelled train split (train_labeled; val for its reported top-1), all its images held in
+    memory at one size, with the pretraining views' crop scale (data.aug.crop_scale) and a flip. Trained
+    once and cached beside the data: these settings apply when the file is made (a cached teacher made
+    otherwise is used as it is, with a warning). Not IDENTITY: a checkpoint keeps the file's sha256.
+
+    For small image folders only (``preset=tiny data.root=<your class folders>``): above max_images or
+    max_memory_mb it is refused with one line, before any image is read; a real dataset wants a real
+    teacher file (model.teacher_weights=FILE)."""
+
+    epochs: int = 20
+    """Training epochs over the labelled train split."""
+    batch: int = 64
+    """Images per SGD step."""
+    lr: float = 0.1
+    """Peak learning rate of the one-cycle schedule (SGD, Nesterov momentum 0.9)."""
+    load_side: int | None = None
+    """Every image is held in memory resized (shorter side) and centre-cropped to this square side,
+    so folders of mixed image sizes work; an image of that size already is kept as it is. None:
+    data.eval_resize (the tiny preset: its generated images' side, data.synthetic.size)."""
+    max_images: int = 10000
+    """The most labelled images (train_labeled + val lists) it trains and evaluates on; more are
+    refused, before any image is read."""
+    max_memory_mb: int = 2048
+    """The most memory (MiB) the images may take once loaded: images x 3 x load_side^2 bytes; more is
+    refused, before any image is read."""
 
 
 @dataclass
@@ -395,6 +429,8 @@ class BurnConfig:
     ``random`` for the no-pretraining baseline (a seeded random student)."""
     model: ModelConfig = setting(factory=ModelConfig, role=IDENTITY)
     """The networks."""
+    auto_teacher: AutoTeacherConfig = field(default_factory=AutoTeacherConfig)
+    """How model.teacher_weights=auto makes its teacher (the demo; small image folders only)."""
     data: DataConfig = field(default_factory=DataConfig)
     """The dataset and the views."""
     optim: OptimConfig = setting(factory=OptimConfig, role=IDENTITY, stages=PRETRAINING)

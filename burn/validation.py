@@ -12,7 +12,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from burn.config import RANDOM_BACKBONE, closed_choices
+from burn.config import AUTO_TEACHER, RANDOM_BACKBONE, closed_choices
 from burn.runtime.errors import UsageError
 
 RUNNABLE_STAGES = ("1", "2", "linear")
@@ -21,7 +21,8 @@ RUNNABLE_STAGES = ("1", "2", "linear")
 def check_closed_choices(cfg: DictConfig, stages: Iterable[str] = RUNNABLE_STAGES) -> None:
     """Every key the schema gives a closed set of values (burn/config.py ``choices``) holds one of them;
     `stages` narrows ``stage`` (the stage runner runs one stage, launch/submit.py also ``all``). Run
-    right after the config is composed (launch/entry.py), so a typo fails before anything is queued."""
+    once, right after the config is composed (launch/entry.py), so a typo fails before anything is
+    made or queued; the stage configs planned from it (and queued jobs) keep those values."""
     for key, allowed in closed_choices().items():
         if key == "stage":
             allowed = tuple(stages)
@@ -31,9 +32,8 @@ def check_closed_choices(cfg: DictConfig, stages: Iterable[str] = RUNNABLE_STAGE
             raise UsageError(f"{key}={value!r}: choose one of {', '.join(allowed)}{hint}")
 
 
-def check_choices(cfg: DictConfig, stages: Iterable[str] = RUNNABLE_STAGES) -> None:
-    """The closed choices and the values that must be set or positive."""
-    check_closed_choices(cfg, stages)
+def check_values(cfg: DictConfig) -> None:
+    """The values that must be set or positive (the closed choices: :func:`check_closed_choices`)."""
     for key in ("steps", "epochs"):  # None: the stage's own length (train.epochs / linear.epochs)
         if cfg[key] is not None and cfg[key] <= 0:
             raise UsageError(
@@ -41,6 +41,11 @@ def check_choices(cfg: DictConfig, stages: Iterable[str] = RUNNABLE_STAGES) -> N
             )
     if cfg.linear.eval_every_epochs < 0:
         raise UsageError(f"linear.eval_every_epochs={cfg.linear.eval_every_epochs}: must be >= 0 (0: at the end only)")
+    check_data_root_set(cfg)
+
+
+def check_data_root_set(cfg: DictConfig) -> None:
+    """data.root is given (every dataset check, and the auto teacher's path, start from it)."""
     if OmegaConf.is_missing(cfg.data, "root") or not cfg.data.root:
         raise UsageError(
             "data.root is not set: point it at an ImageNet-style tree (or use preset=tiny for the generated one)"
@@ -96,8 +101,8 @@ def check_writable(run_dir: Path) -> None:
 
 
 def check_stage(cfg: DictConfig, world_size: int, run_dir: Path) -> None:
-    """Everything about one stage that needs neither the dataset nor the run directory's contents."""
-    check_choices(cfg)
+    """Everything about one stage that needs neither the dataset nor the run directory's contents,
+    after :func:`check_values`."""
     check_batch(cfg, world_size)
     check_writable(run_dir)
     check_teacher(cfg)
@@ -105,8 +110,15 @@ def check_stage(cfg: DictConfig, world_size: int, run_dir: Path) -> None:
 
 
 def check_teacher(cfg: DictConfig) -> None:
-    """A pretraining stage's model.teacher_weights (None keeps a random teacher trunk). Resolve
-    ``auto`` first (burn.demo.auto_teacher.resolve_auto_teacher): this checks the file it names."""
+    """A pretraining stage's model.teacher_weights (None keeps a random teacher trunk). ``auto`` is
+    replaced by the cached teacher's path at the entry points (burn.demo.inputs.prepare_demo_inputs),
+    before any check: this checks the file it names, and refuses an ``auto`` nobody resolved."""
+    if str(cfg.stage) != "linear" and cfg.model.teacher_weights == AUTO_TEACHER:
+        raise UsageError(
+            "model.teacher_weights=auto is resolved by the entry points (launch/run.py, launch/submit.py: "
+            "burn.demo.inputs.prepare_demo_inputs) before a stage starts; this config was not: run it "
+            "through them, or give model.teacher_weights=FILE"
+        )
     if str(cfg.stage) != "linear" and cfg.model.teacher_weights:
         check_weights(cfg.model.teacher_weights, "model.teacher_weights", str(cfg.stage))
 
@@ -155,6 +167,7 @@ def check_data(cfg: DictConfig) -> None:
     """The lists a stage reads and every file in them (present, non-empty)."""
     from burn.data.loaders import validate_dataset
 
+    check_data_root_set(cfg)
     try:
         validate_dataset(cfg.data, stage_splits(cfg))
     except (OSError, ValueError) as err:  # DatasetError is a ValueError

@@ -81,7 +81,8 @@ def apply_synthetic_rule(cfg: DictConfig, given: set[str]) -> None:
 
 def prepare_config(cfg: DictConfig, stages: Iterable[str] = RUNNABLE_STAGES) -> None:
     """The entry points' first step on a composed config (in place). `stages`: the values ``stage`` may
-    take here (launch/submit.py also takes ``all``)."""
+    take here (launch/submit.py also takes ``all``). The second: the demo's inputs
+    (burn.demo.inputs.prepare_demo_inputs), after which a stage config is final."""
     check_closed_choices(cfg, stages)  # a typo in a closed choice fails here, before anything is queued
     apply_synthetic_rule(cfg, command_line_keys())
     for key in PATH_KEYS:  # a job (or a later run) started in another directory reads the same files

@@ -30,7 +30,7 @@ Stages:
 Keys people change:
   preset=paper|tiny            the paper's recipe (default) | minutes on generated data (data/synthetic-tiny)
   data.root=DIR                ImageNet-style dataset: train/, val/, meta/{train,train_labeled,val_labeled}.txt
-  model.teacher_weights=FILE   the frozen teacher (MoCo v2 release, ...); auto: train a small one (tiny data)
+  model.teacher_weights=FILE   the frozen teacher (MoCo v2 release, ...); auto: train a small one (small folders)
   pretrained=FILE|random       what stage 2 / linear start from
   run_dir=DIR                  the stage's directory (default runs/<name>/stage1, stage2, linear)
   steps=N  epochs=E            this stage's length (steps win)
@@ -64,9 +64,11 @@ import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from burn.config import register_configs  # noqa: E402
-from burn.engine.stage import run_stage  # noqa: E402
+from burn.demo.inputs import prepare_demo_inputs  # noqa: E402
+from burn.engine.stage import resolve_run_dir, run_stage  # noqa: E402
 from burn.runtime.environment import Environment, image_stamp  # noqa: E402
 from burn.runtime.errors import reported_as_one_line  # noqa: E402
+from burn.runtime.rundir import DONE  # noqa: E402
 
 register_configs()
 
@@ -81,6 +83,10 @@ def main(cfg: DictConfig) -> None:
         if image:  # which image every task runs in (container.runtime, slurm/stage.sbatch)
             environment = Environment.read()
             print(f"burn: rank {environment.rank}/{environment.world_size} in image {image}", flush=True)
+        # The demo's inputs (generated data, the auto teacher's path) before anything is checked or saved;
+        # every rank does it (one trains the teacher, the others wait for its file). cfg is final after it.
+        complete = [cfg] if (resolve_run_dir(cfg) / DONE).exists() else []
+        prepare_demo_inputs([cfg], complete=complete)
         code = run_stage(cfg)
     if code == 0:
         ignore_once_complete()  # under sbatch, a late time-limit USR2 must not fail a finished stage

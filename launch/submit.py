@@ -5,10 +5,12 @@
     python launch/submit.py stage=all preset=tiny cluster=local    # same code, in this process
     python launch/submit.py -m hydra/launcher=submitit_slurm optim.lr=1e-4,3e-4 ...   # a sweep
 
-The config is composed and validated (dataset lists, batch divisibility, weight files) *before*
-anything is queued. On SLURM the command prints job ids, the run dir, log locations and the
-TensorBoard command, and returns at once. Re-running the same command skips complete stages
-(DONE), leaves still-queued jobs alone and resumes the others in the same run dirs.
+The config is composed, given the demo's inputs (a preset's generated dataset, the auto teacher's
+path: burn/demo/inputs.py) and validated (dataset lists, batch divisibility, weight files) *before*
+anything is queued: a queued job's config names every file it reads. On SLURM the command prints
+job ids, the run dir, log locations and the TensorBoard command, and returns at once. Re-running the
+same command skips complete stages (DONE), leaves still-queued jobs alone and resumes the others in
+the same run dirs.
 
 Sweeps (hydra-submitit-launcher): `-m hydra/launcher=submitit_slurm` queues one array task per
 combination; inside it this same script runs the requested stage(s) on every task, one after the
@@ -23,6 +25,7 @@ out sweep job still checkpoints and requeues itself up to max_requeues.
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,7 +47,7 @@ Stages:
 Keys people change:
   preset=paper|tiny            the paper's recipe (default) | minutes on generated data
   data.root=DIR                ImageNet-style dataset: train/, val/, meta/{train,train_labeled,val_labeled}.txt
-  model.teacher_weights=FILE   the frozen teacher (MoCo v2 release, ...); auto: train a small one (tiny data)
+  model.teacher_weights=FILE   the frozen teacher (MoCo v2 release, ...); auto: train a small one (small folders)
   run_dir=DIR                  where the run goes (default runs/<name>)
   nodes=N  gpus_per_node=N     job size: tasks = nodes x gpus_per_node
   partition=P  time=MIN  account=A  qos=Q  mem=64G  cpus_per_task=N
@@ -79,17 +82,16 @@ from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from burn.config import LAUNCH, PATH_KEYS, RANDOM_BACKBONE, STAGES, absolute_path, keys_with_role, register_configs  # noqa: E402
-from burn.demo.auto_teacher import AUTO as AUTO_TEACHER  # noqa: E402
-from burn.demo.auto_teacher import resolve_auto_teacher  # noqa: E402
+from burn.demo.inputs import prepare_demo_inputs  # noqa: E402
 from burn.resume.identity import check_resume_config  # noqa: E402
 from burn.runtime import rundir, slurm_cli  # noqa: E402
 from burn.runtime.environment import Environment  # noqa: E402
 from burn.runtime.errors import UsageError, reported_as_one_line  # noqa: E402
 from burn.validation import (  # noqa: E402
     check_batch,
-    check_choices,
     check_pretrained,
     check_teacher,
+    check_values,
     check_writable,  # shared with the stage runner
     stage_splits,
 )
@@ -200,44 +202,46 @@ def dataset_splits(planned: list[DictConfig]) -> list[str]:
     return list(dict.fromkeys(split for stage_cfg in planned for split in stage_splits(stage_cfg)))
 
 
-def check_dataset(data_cfg: DictConfig, splits: list[str], generate: bool = True) -> None:
-    """Generate the synthetic set if asked to (and `generate`), then check the root, its lists and
-    their files (a root still to be generated is not checked)."""
-    from burn.data.loaders import ensure_synthetic, validate_dataset
+def check_dataset(data_cfg: DictConfig, splits: list[str]) -> None:
+    """Check the root, its lists and their files (a root still to be generated, in a dry run, is not
+    checked)."""
+    from burn.data.loaders import validate_dataset
 
     try:
-        if generate:
-            ensure_synthetic(data_cfg)
         validate_dataset(data_cfg, splits)
     except (OSError, ValueError) as err:  # DatasetError is a ValueError
         raise LaunchConfigError(f"data.root={data_cfg.root}: {err}") from None
 
 
+def complete_stages(planned: list[DictConfig]) -> list[DictConfig]:
+    """The planned stages whose run directory holds DONE (skipped: nothing is made or run for them)."""
+    return [c for c in planned if (Path(c.run_dir) / rundir.DONE).exists()]
+
+
 def validate(
-    cfg: DictConfig, planned: list[DictConfig], world_size: int, with_data: bool = True, dry: bool = False
+    cfg: DictConfig,
+    planned: list[DictConfig],
+    world_size: int,
+    with_data: bool = True,
+    pending: Sequence[DictConfig] = (),
 ) -> None:
-    """Everything that can be known before queueing; raises LaunchConfigError naming the key. `dry`:
-    write nothing (no generated data, no auto teacher trained; what would be is not checked)."""
+    """Everything that can be known before queueing; raises LaunchConfigError naming the key. The
+    planned configs are final (prepare_demo_inputs ran): nothing here changes them. `pending`: the
+    stages whose auto teacher a dry run left untrained (no file to check yet)."""
     check_launch_keys(cfg)
     for stage_cfg in planned:
-        check_choices(stage_cfg)
-    todo = [c for c in planned if not (Path(c.run_dir) / rundir.DONE).exists()]
+        check_values(stage_cfg)
+    done = complete_stages(planned)
+    todo = [c for c in planned if not any(c is d for d in done)]
     if with_data and todo:
-        check_dataset(todo[0].data, dataset_splits(todo), generate=not dry)
-    to_train = set()  # stages whose auto teacher a dry run leaves untrained (nothing to check yet)
-    for stage_cfg in planned:  # model.teacher_weights=auto: a deterministic path beside the data
-        auto = stage_cfg.model.teacher_weights == AUTO_TEACHER
-        resolve_auto_teacher(
-            stage_cfg, train=not dry and stage_cfg.stage != "linear" and any(stage_cfg is c for c in todo)
-        )
-        if auto and not Path(stage_cfg.model.teacher_weights).exists():
-            to_train.add(id(stage_cfg))
+        check_dataset(todo[0].data, dataset_splits(todo))
+    for stage_cfg in planned:
         check_identity(stage_cfg)
     produced = set()  # weight files an earlier stage of this submission will write
     for stage_cfg in todo:
         check_batch(stage_cfg, world_size)
         check_writable(Path(stage_cfg.run_dir))
-        if id(stage_cfg) not in to_train:
+        if not any(stage_cfg is p for p in pending):
             check_teacher(stage_cfg)
         check_pretrained(stage_cfg, produced)
         produced |= {str(Path(stage_cfg.run_dir) / n) for n in (rundir.STAGE1_EXTRACTION, rundir.BACKBONE)}
@@ -348,17 +352,27 @@ def compare_with_baseline(linear_cfg: DictConfig, burn_summary: dict, max_requeu
         )
 
 
+def plan_and_prepare(cfg: DictConfig) -> tuple[list[DictConfig], list[DictConfig]]:
+    """The stage configs to run, final: planned, then given the demo's inputs (the generated dataset,
+    the auto teacher's path: burn/demo/inputs.py) before anything is validated or queued; a dry run
+    makes nothing. Returns them and the stages whose auto teacher a dry run left untrained."""
+    planned = plan_stages(cfg)
+    pending = prepare_demo_inputs(planned, complete=complete_stages(planned), write=not cfg.dry_run)
+    return planned, pending
+
+
 def launch(cfg: DictConfig) -> None:
     """Validate, then queue on SLURM, run here, or (inside a sweep job) run on every task."""
     prepare_config(cfg, STAGES)  # closed choices; absolute paths; a preset generates data at its own data.root only
-    planned = plan_stages(cfg)
+    planned, pending = plan_and_prepare(cfg)
     if cfg.dry_run:
-        validate(cfg, planned, cfg.nodes * cfg.gpus_per_node, dry=True)
+        validate(cfg, planned, cfg.nodes * cfg.gpus_per_node, pending=pending)
         print_dry_run(cfg, planned, pick_cluster(cfg.cluster, cfg.nodes * cfg.gpus_per_node))
         return
     environment = Environment.read()
     if environment.in_submitit_job:  # a hydra-submitit-launcher sweep job: run the stages here, queue nothing
-        # The stage runner generates/validates the data on rank 0; the rest is checked here.
+        # Every task prepared the same inputs above (one trains the auto teacher, the others wait for
+        # it); the stage runner validates the data on rank 0, the rest is checked here.
         validate(cfg, planned, environment.ntasks or 1, with_data=False)
         task.run_stages_here(planned, cfg.max_requeues)
         return

@@ -50,7 +50,7 @@ def tiny_data(tmp_path_factory) -> Path:
     register_configs()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
         cfg = compose("config", overrides=["preset=tiny", f"data.root={root}"])
-    ensure_teacher(cfg.data, cfg.model.teacher_arch)
+    ensure_teacher(cfg.data, cfg.model.teacher_arch, cfg.auto_teacher)
     return root
 
 

@@ -59,6 +59,33 @@ def test_light_modules_do_not_import_torch(module):
     assert out.returncode == 0, out.stderr
 
 
+@pytest.mark.process
+def test_the_stage_runner_imports_no_demo_code():
+    """The demo's inputs are made at the entry points (burn/demo/inputs.py): nothing in burn.engine or
+    burn.resume loads burn.demo, however deep the import."""
+    import burn.engine
+    import burn.resume
+
+    modules = [
+        f"{package.__name__}.{m.name}"
+        for package in (burn.engine, burn.resume)
+        for m in pkgutil.iter_modules(package.__path__)
+    ]
+    code = (
+        f"import sys, importlib; [importlib.import_module(m) for m in {modules!r}]; "
+        "demo = sorted(m for m in sys.modules if m.startswith('burn.demo')); assert not demo, demo"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert out.returncode == 0, out.stderr
+    assert "burn.engine.trainer" in modules and "burn.resume.identity" in modules
+
+
 def test_ledgers_append_and_read_back(tmp_path):
     ledger = rundir.jobs_file(tmp_path)
     assert rundir.read_jsonl(ledger) == []

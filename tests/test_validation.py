@@ -1,5 +1,6 @@
 """burn/validation.py and the stage start-up with the symbolic values: ``pretrained=random`` (nothing to
-load) and ``model.teacher_weights=auto`` (the cached teacher's path, trained when missing)."""
+load) and ``model.teacher_weights=auto`` (the cached teacher's path, trained when missing by the entry
+points before the start-up checks it and saves it)."""
 
 from __future__ import annotations
 
@@ -12,11 +13,13 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 import burn.demo.auto_teacher
+import burn.validation
 from burn.config import CONF_DIR, register_configs
 from burn.demo.auto_teacher import teacher_path
+from burn.demo.inputs import prepare_demo_inputs
 from burn.engine.stage import _claim_run_dir
 from burn.runtime.errors import UsageError
-from burn.validation import check_choices, check_pretrained, check_stage, stage_splits
+from burn.validation import check_closed_choices, check_pretrained, check_stage, check_values, stage_splits
 
 REPO = Path(__file__).resolve().parents[1]
 register_configs()
@@ -57,9 +60,9 @@ def test_pretrained_random_is_a_named_choice_not_a_file(tmp_path):
 
 
 def test_a_teacher_classifier_mode_typo_is_refused_before_queueing(tmp_path):
-    check_choices(compose_cfg("model.teacher_classifier=frozen", f"data.root={tmp_path}"))
+    check_closed_choices(compose_cfg("model.teacher_classifier=frozen", f"data.root={tmp_path}"))
     with pytest.raises(UsageError, match="model.teacher_classifier='frozn': choose one of joint, frozen"):
-        check_choices(compose_cfg("model.teacher_classifier=frozn", f"data.root={tmp_path}"))
+        check_closed_choices(compose_cfg("model.teacher_classifier=frozn", f"data.root={tmp_path}"))
 
 
 def test_pretraining_reads_the_labelled_lists_only_with_the_knn_monitor():
@@ -69,7 +72,7 @@ def test_pretraining_reads_the_labelled_lists_only_with_the_knn_monitor():
 
 
 @pytest.mark.process
-def test_start_up_trains_the_missing_auto_teacher_before_checking_it_and_saves_its_path(
+def test_the_entry_trains_the_missing_auto_teacher_and_the_start_up_checks_and_saves_its_path(
     tmp_path, own_data, monkeypatch
 ):
     trained = []
@@ -80,18 +83,33 @@ def test_start_up_trains_the_missing_auto_teacher_before_checking_it_and_saves_i
         return {"val_top1": 0.0, "epochs": 0, "seconds": 0.0}
 
     monkeypatch.setattr(burn.demo.auto_teacher, "train_teacher", fake_train)
+    # The closed choices were checked when the config was composed: the start-up does not check them again.
+    monkeypatch.setattr(burn.validation, "check_closed_choices", lambda *a: pytest.fail("checked twice"))
     overrides = ["stage=1", f"data.root={own_data}", "data.synthetic.generate=false", "model.teacher_weights=auto"]
     cfg = compose_cfg(*overrides)
     expected = str(teacher_path(cfg.data, cfg.model.teacher_arch))
     run_dir = tmp_path / "run"
+    prepare_demo_inputs([cfg])  # what launch/run.py and launch/submit.py do before anything else
+    assert (trained, cfg.model.teacher_weights) == (["resnet18"], expected)
+    before = OmegaConf.to_yaml(cfg)
     lock, action = _claim_run_dir(cfg, run_dir, 1)
     lock.release()
-    assert (action, trained, cfg.model.teacher_weights) == ("run", ["resnet18"], expected)
+    assert action == "run" and OmegaConf.to_yaml(cfg) == before  # the start-up changes nothing
     assert OmegaConf.load(run_dir / "config.yaml").model.teacher_weights == expected
     # The same command again: the cached teacher is reused and the identity check sees the same path.
-    lock, action = _claim_run_dir(compose_cfg(*overrides), run_dir, 1)
+    again = compose_cfg(*overrides)
+    prepare_demo_inputs([again])
+    lock, action = _claim_run_dir(again, run_dir, 1)
     lock.release()
     assert (action, trained) == ("run", ["resnet18"])
+
+
+@pytest.mark.process
+def test_the_start_up_refuses_an_auto_teacher_nobody_resolved(tmp_path, own_data):
+    cfg = compose_cfg("stage=1", f"data.root={own_data}", "data.synthetic.generate=false", "model.teacher_weights=auto")
+    with pytest.raises(UsageError, match=r"^model.teacher_weights=auto is resolved by the entry points"):
+        _claim_run_dir(cfg, tmp_path / "run", 1)
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.process
@@ -104,6 +122,7 @@ def test_start_up_of_a_linear_stage_neither_trains_an_auto_teacher_nor_loads_ran
         "data.synthetic.generate=false",
         "model.teacher_weights=auto",
     )
+    prepare_demo_inputs([cfg])
     lock, action = _claim_run_dir(cfg, tmp_path / "run", 1)
     lock.release()
     assert action == "run"
@@ -114,5 +133,5 @@ def test_start_up_of_a_linear_stage_neither_trains_an_auto_teacher_nor_loads_ran
 def test_a_stage_length_that_is_not_positive_is_refused(tmp_path, override):
     key, value = override.split("=")
     with pytest.raises(UsageError, match=rf"^{key}={value}: a stage's length must be positive"):
-        check_choices(compose_cfg(override, f"data.root={tmp_path}"))
-    check_choices(compose_cfg("steps=1", f"data.root={tmp_path}"))
+        check_values(compose_cfg(override, f"data.root={tmp_path}"))
+    check_values(compose_cfg("steps=1", f"data.root={tmp_path}"))

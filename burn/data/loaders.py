@@ -1,4 +1,4 @@
-"""The data API the trainers call: loader factories, dataset validation, synthetic data.
+"""The data API the trainers call: loader factories and dataset validation (generated data: burn/demo).
 
 Backends: ``data.backend=dali`` (default; GPU decoding when CUDA is available, CPU threads otherwise)
 or ``torchvision`` (PIL + DataLoader workers; same contract). The backend modules are imported on
@@ -14,14 +14,12 @@ import torch
 from burn.config import DATA_BACKENDS, DATA_DEVICES
 from burn.data.errors import DataError, DatasetError
 from burn.data.lists import balanced_subset, resolve_split, validate_dataset
-from burn.demo.synthetic import ensure_synthetic
 
 __all__ = [
     "build_pretrain_loader",
     "build_eval_loader",
     "build_subset_eval_loader",
     "validate_dataset",
-    "ensure_synthetic",
     "DataError",
     "DatasetError",
     "pipeline_on_gpu",

@@ -1,2 +1,3 @@
-"""The embedded default's inputs: generated data and the auto teacher. The engine never imports
-this package: the entry points prepare these inputs before a stage is validated or queued."""
+"""The embedded default's inputs: generated data (synthetic.py) and the auto teacher (auto_teacher.py).
+The engine never imports this package: the entry points prepare these inputs (inputs.py) before a stage
+is validated or queued, and write the teacher's path into its config."""

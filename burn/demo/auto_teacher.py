@@ -1,35 +1,43 @@
-"""A small supervised teacher for the embedded default and the learning benchmark.
+"""A small supervised teacher for the embedded default, the learning benchmark and small image folders.
 
 BURN distils a *good* teacher. No weights can be downloaded here, so ``model.teacher_weights=auto``
 trains a torchvision ResNet (resnet18 in the tiny preset) on the labelled training split of the
 dataset, once, and caches it next to the data as a plain torchvision state dict
 (``<data.root>-teacher-<arch>-<crop>px.pth`` beside the dataset folder, plus a ``.json`` with its
-validation top-1). It is the
-same kind of file a user would pass, read by the same code path (``burn.weights``).
+settings and validation top-1). It is the same kind of file a user would pass, read by the same code
+path (``burn.weights``). The entry points make it (burn/demo/inputs.py), never the stage runner.
 
-Pure PyTorch on in-memory tensors: the generated datasets are a few thousand 48-px JPEGs.
+Pure PyTorch on in-memory tensors: every labelled image is held at one size (``auto_teacher.load_side``,
+its shorter side resized and centre-cropped), so a folder of mixed image sizes works, and the views are
+RandomResizedCrop at the pretraining views' ``data.aug.crop_scale`` + flip. For small folders only:
+above ``auto_teacher.max_images`` images or ``auto_teacher.max_memory_mb`` of them in memory it is
+refused with one line (:func:`check_fits`), from the lists alone, before any image is read.
 """
 
 from __future__ import annotations
 
+import fcntl
 import io
 import json
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision
-from PIL import Image
+from omegaconf import OmegaConf
+from PIL import Image, ImageOps
 from torchvision.transforms.v2 import functional as TF
 
-from burn.config import AUTO_TEACHER
+from burn.config import AUTO_TEACHER, AutoTeacherConfig
 from burn.data.errors import DataError
-from burn.data.lists import dataset_root, resolve_split
+from burn.data.lists import SampleList, dataset_root, resolve_split, validate_dataset
+from burn.runtime.errors import UsageError
 from burn.runtime.rundir import atomic_write
 
 log = logging.getLogger("burn")
@@ -44,26 +52,81 @@ def teacher_path(data_cfg, arch: str) -> Path:
     return root.parent / f"{root.name}-teacher-{arch}-{int(data_cfg.aug.image_size)}px.pth"
 
 
-def _load_split(data_cfg, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """All images of a labelled split as uint8 (N, 3, H, W) (same size) and int64 labels."""
+def load_side(data_cfg, settings) -> int:
+    """The side of the square every image is held at (auto_teacher.load_side; None: data.eval_resize)."""
+    return int(settings.load_side or data_cfg.eval_resize)
+
+
+def _settings(settings) -> AutoTeacherConfig:
+    return settings if settings is not None else OmegaConf.structured(AutoTeacherConfig)
+
+
+def check_fits(data_cfg, settings=None) -> dict[str, SampleList]:
+    """The labelled lists the teacher trains and is evaluated on (``train_labeled``, ``val``), or a
+    one-line refusal (UsageError naming the key and the limit) when the auto teacher makes no sense
+    here: more images than ``auto_teacher.max_images``, more memory than ``auto_teacher.max_memory_mb``,
+    fewer than two classes. Reads the list files (or walks the class folders), then checks that every
+    listed file exists: no image is opened."""
+    settings = _settings(settings)
+    where = f"model.teacher_weights=auto: data.root={data_cfg.root}"
+    try:
+        counted = {split: resolve_split(data_cfg, split) for split in ("train_labeled", "val")}
+    except (OSError, ValueError) as err:  # DatasetError is a ValueError
+        raise UsageError(f"{where}: {err}") from None
+    total = sum(len(listing) for listing in counted.values())
+    side = load_side(data_cfg, settings)
+    detail = f"{total} labelled images (train_labeled {len(counted['train_labeled'])} + val {len(counted['val'])})"
+    instead = "pass a teacher file (model.teacher_weights=FILE)"
+    if total > settings.max_images:
+        raise UsageError(
+            f"{where} holds {detail}, more than auto_teacher.max_images={settings.max_images}: the auto "
+            f"teacher is for small image folders and holds every image in memory; {instead}, or raise "
+            "auto_teacher.max_images"
+        )
+    mib = total * 3 * side * side / 2**20
+    if mib > settings.max_memory_mb:
+        raise UsageError(
+            f"{where}: {detail} at {side}x{side} px take {mib:.0f} MiB in memory, more than "
+            f"auto_teacher.max_memory_mb={settings.max_memory_mb}; {instead}, lower auto_teacher.load_side "
+            "or raise auto_teacher.max_memory_mb"
+        )
+    classes = len(set(counted["train_labeled"].labels or ()))
+    if classes < 2:
+        raise UsageError(
+            f"{where}: {counted['train_labeled'].source} has {classes} class: a supervised teacher needs at "
+            f"least 2 (class folders, or labels 0..K-1); {instead}"
+        )
+    try:  # every listed file exists, val labels are classes of train_labeled (stats only)
+        return validate_dataset(data_cfg, tuple(counted))
+    except (OSError, ValueError) as err:
+        raise UsageError(f"{where}: {err}") from None
+
+
+def _square(img: Image.Image, side: int) -> np.ndarray:
+    """An image as HxWx3 uint8 at side x side: its shorter side resized to `side`, centre-cropped; an
+    RGB image of that size is taken as it is."""
+    if img.size != (side, side):
+        if min(img.size) >= 2 * side:
+            img.draft("RGB", (side, side))  # a JPEG decodes at a reduced scale, still >= side
+        img = ImageOps.fit(img.convert("RGB"), (side, side), method=Image.BILINEAR)
+    return np.array(img.convert("RGB"))
+
+
+def _load_split(listing: SampleList, side: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """All images of a labelled list as uint8 (N, 3, side, side) (:func:`_square`) and int64 labels."""
     from burn.data.check import check_command
 
-    listing = resolve_split(data_cfg, split)
-    images, labels = [], []
-    for path, label, line in zip(listing.absolute_paths(), listing.labels, listing.lines):
+    images = torch.empty((len(listing), 3, side, side), dtype=torch.uint8)
+    for i, (path, line) in enumerate(zip(listing.absolute_paths(), listing.lines)):
         try:
             with Image.open(path) as img:
-                images.append(torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1))
+                images[i] = torch.from_numpy(_square(img, side)).permute(2, 0, 1)
         except OSError as err:  # a truncated or garbled image: one line, as the training loaders say it
             raise DataError(
                 f"cannot decode image {path} (line {line} of {listing.source}) while training the "
                 f"auto teacher: {err}. Find every bad file at once: {check_command(listing)}"
             ) from None
-        labels.append(int(label))
-    sizes = {tuple(i.shape) for i in images}
-    if len(sizes) != 1:
-        raise ValueError(f"{split}: the teacher trainer needs images of one size, found {sorted(sizes)[:3]}")
-    return torch.stack(images), torch.tensor(labels, dtype=torch.int64)
+    return images, torch.tensor(listing.labels, dtype=torch.int64)
 
 
 def _normalise(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -72,13 +135,14 @@ def _normalise(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> 
     return (x.float() - m) / s
 
 
-def _augment(batch: torch.Tensor, size: int, gen: torch.Generator) -> torch.Tensor:
-    """RandomResizedCrop(scale 0.25-1, ratio 3/4-4/3) + horizontal flip, per image."""
+def _augment(batch: torch.Tensor, size: int, scale: Sequence[float], gen: torch.Generator) -> torch.Tensor:
+    """RandomResizedCrop(scale, ratio 3/4-4/3) + horizontal flip, per image."""
     out = []
     h, w = batch.shape[-2:]
+    low, high = float(scale[0]), float(scale[1])
     for img in batch:
         u = torch.rand(4, generator=gen).tolist()
-        area = h * w * (0.25 + 0.75 * u[0])
+        area = h * w * (low + (high - low) * u[0])
         ratio = math.exp(math.log(3 / 4) + (math.log(4 / 3) - math.log(3 / 4)) * u[1])
         ch = min(h, max(1, round(math.sqrt(area / ratio))))
         cw = min(w, max(1, round(math.sqrt(area * ratio))))
@@ -95,15 +159,21 @@ def _eval_view(batch: torch.Tensor, resize: int, crop: int) -> torch.Tensor:
 
 
 def train_teacher(
-    data_cfg, arch: str, out: Path, *, epochs: int = 20, batch: int = 64, lr: float = 0.1, seed: int = 0
+    data_cfg, arch: str, out: Path, settings=None, *, seed: int = 0, lists: dict[str, SampleList] | None = None
 ) -> dict[str, float]:
-    """Train ``arch`` supervised on the labelled train split, write its state dict to ``out`` atomically
-    and return ``{"val_top1", "seconds", ...}`` (also written to ``out`` with suffix .json)."""
+    """Train ``arch`` supervised on the labelled train split as ``settings`` (auto_teacher.*; None: the
+    schema's defaults) say, write its state dict to ``out`` atomically and return ``{"val_top1",
+    "seconds", ...}`` (also written to ``out`` with suffix .json). `lists`: :func:`check_fits`'s, when
+    the caller checked already."""
+    settings = _settings(settings)
+    lists = check_fits(data_cfg, settings) if lists is None else lists
     started = time.perf_counter()
+    epochs, batch, lr = int(settings.epochs), int(settings.batch), float(settings.lr)
+    side, scale = load_side(data_cfg, settings), [float(v) for v in data_cfg.aug.crop_scale]
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # the model's initialisation
-    train_x, train_y = _load_split(data_cfg, "train_labeled")
-    val_x, val_y = _load_split(data_cfg, "val")
+    train_x, train_y = _load_split(lists["train_labeled"], side)
+    val_x, val_y = _load_split(lists["val"], side)
     num_classes = int(train_y.max()) + 1
     size, mean, std = int(data_cfg.aug.image_size), list(data_cfg.aug.mean), list(data_cfg.aug.std)
     model = getattr(torchvision.models, arch)(weights=None, num_classes=num_classes)
@@ -115,22 +185,28 @@ def train_teacher(
         order = torch.randperm(len(train_x), generator=gen)
         for i in range(steps_per_epoch):
             idx = order[i * batch : (i + 1) * batch]
-            x = _normalise(_augment(train_x[idx], size, gen), mean, std)
+            x = _normalise(_augment(train_x[idx], size, scale, gen), mean, std)
             loss = F.cross_entropy(model(x), train_y[idx], label_smoothing=0.1)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
     model.eval()
-    with torch.no_grad():
-        view = _normalise(_eval_view(val_x, int(data_cfg.eval_resize), int(data_cfg.eval_crop)), mean, std)
-        correct = sum(int((model(v).argmax(1) == y).sum()) for v, y in zip(view.split(256), val_y.split(256)))
+    correct = 0
+    with torch.no_grad():  # 256 images at a time: the float views of all of them could outgrow the images
+        for images, labels in zip(val_x.split(256), val_y.split(256)):
+            view = _normalise(_eval_view(images, int(data_cfg.eval_resize), int(data_cfg.eval_crop)), mean, std)
+            correct += int((model(view).argmax(1) == labels).sum())
     report = {
         "arch": arch,
         "val_top1": 100.0 * correct / len(val_y),
         "num_classes": num_classes,
         "train_images": len(train_x),
         "epochs": epochs,
+        "batch": batch,
+        "lr": lr,
+        "load_side": side,
+        "crop_scale": scale,
         "seed": seed,
         "seconds": round(time.perf_counter() - started, 1),
     }
@@ -146,38 +222,74 @@ def _atomic_save(state: dict, report: dict, out: Path) -> None:
     atomic_write(out, buffer.getvalue())  # the .pth last: its presence means both are complete
 
 
-def ensure_teacher(data_cfg, arch: str) -> Path:
-    """The cached teacher for this dataset (trained now if absent). Returns its path."""
+#: The report keys that record how a cached teacher was made (compared with the settings asked now).
+_MADE_WITH = ("epochs", "batch", "lr", "load_side", "crop_scale")
+
+
+def _warn_if_made_otherwise(path: Path, data_cfg, settings) -> None:
+    report = path.with_suffix(".json")
+    if not report.is_file():
+        return
+    saved = json.loads(report.read_text())
+    asked = {
+        "epochs": int(settings.epochs),
+        "batch": int(settings.batch),
+        "lr": float(settings.lr),
+        "load_side": load_side(data_cfg, settings),
+        "crop_scale": [float(v) for v in data_cfg.aug.crop_scale],
+    }
+    changed = {k: (saved[k], asked[k]) for k in _MADE_WITH if k in saved and saved[k] != asked[k]}
+    if changed:
+        log.warning(
+            "model.teacher_weights=auto: the cached teacher %s was made with other settings (%s); using it as "
+            "it is. Delete it to train a new one.",
+            path,
+            ", ".join(f"{k}: {a} there, {b} asked" for k, (a, b) in changed.items()),
+        )
+
+
+@contextmanager
+def _one_trainer(path: Path) -> Iterator[None]:
+    """Held while this process trains the teacher at `path`: the ranks of one job (each runs the entry)
+    wait here for the first, then find its file. ``flock`` on ``<teacher>.pth.lock``, dropped by the
+    kernel however the holder ends; the empty file stays (deleting a lock file is unsafe, as in
+    burn/resume/run_lock.py). Where the file system has no flock, every rank trains and the atomic
+    rename keeps one file."""
+    lock = path.with_name(path.name + ".lock")
+    with open(lock, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        except OSError as err:
+            log.debug("no lock on %s (%s): training without it", lock, err)
+        yield
+
+
+def ensure_teacher(data_cfg, arch: str, settings=None) -> Path:
+    """The cached teacher for this dataset (trained now if absent, as ``settings`` say: the
+    auto_teacher section; None: the schema's defaults). Returns its path. An over-size or
+    single-class dataset is refused (:func:`check_fits`) before any image is read."""
+    settings = _settings(settings)
     path = teacher_path(data_cfg, arch)
     if path.is_file():
+        _warn_if_made_otherwise(path, data_cfg, settings)
         return path
-    from burn.demo.synthetic import ensure_synthetic  # the tiny preset's data may not exist yet
-
-    ensure_synthetic(data_cfg)
-    log.info(
-        "model.teacher_weights=auto: training a supervised %s teacher on %s (once; cached as %s)",
-        arch,
-        dataset_root(data_cfg),
-        path,
-    )
-    report = train_teacher(data_cfg, arch, path)
-    log.info(
-        "teacher %s: val top-1 %.1f%% after %d epochs (%.0f s)",
-        arch,
-        report["val_top1"],
-        report["epochs"],
-        report["seconds"],
-    )
+    lists = check_fits(data_cfg, settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _one_trainer(path):
+        if path.is_file():  # another rank of this job trained it meanwhile
+            return path
+        log.info(
+            "model.teacher_weights=auto: training a supervised %s teacher on %s (once; cached as %s)",
+            arch,
+            dataset_root(data_cfg),
+            path,
+        )
+        report = train_teacher(data_cfg, arch, path, settings=settings, lists=lists)
+        log.info(
+            "teacher %s: val top-1 %.1f%% after %d epochs (%.0f s)",
+            arch,
+            report["val_top1"],
+            report["epochs"],
+            report["seconds"],
+        )
     return path
-
-
-def resolve_auto_teacher(cfg, train: bool) -> None:
-    """Replace ``model.teacher_weights=auto`` in a stage config by the cached teacher's path (a pure
-    function of the data and the architecture, so resumed runs keep the same config); with ``train``,
-    make sure the file exists (training it now if needed). Other values stay as they are."""
-    if cfg.model.teacher_weights != AUTO:
-        return
-    if train:
-        cfg.model.teacher_weights = str(ensure_teacher(cfg.data, cfg.model.teacher_arch))
-    else:
-        cfg.model.teacher_weights = str(teacher_path(cfg.data, cfg.model.teacher_arch))

@@ -14,9 +14,6 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from burn.data.loaders import ensure_synthetic
-from burn.demo.auto_teacher import AUTO as AUTO_TEACHER
-from burn.demo.auto_teacher import ensure_teacher, resolve_auto_teacher
 from burn.engine.distributed import (
     DistInfo,
     all_gather_objects,
@@ -34,7 +31,7 @@ from burn.runtime.environment import Environment
 from burn.runtime.errors import UsageError, one_line
 from burn.runtime.rundir import CONFIG, DONE, SLURM_DIR, stage_run_dir
 from burn.runtime.signal_flags import CANCEL_EXIT_CODE, INTERRUPT_EXIT_CODE, REQUEUE_EXIT_CODE
-from burn.validation import check_choices, check_data, check_stage
+from burn.validation import check_data, check_stage, check_values
 
 log = logging.getLogger("burn")
 
@@ -85,17 +82,12 @@ def _claim_run_dir(
     cfg: DictConfig, run_dir: Path, world_size: int, environment: Environment | None = None
 ) -> tuple[RunDirLock | None, str]:
     """Rank 0's start-up in the run directory: checks, lock, identity check, config.yaml. Returns the
-    lock (held until the stage ends) and "run" or "done". Bad input fails before anything is written."""
-    check_choices(cfg)  # data.root is set: model.teacher_weights=auto's path derives from it
-    # auto: the cached teacher's path before the identity check compares it; a pretraining stage
-    # trains it if it is missing, once the data are known to be good; check_stage checks the file.
-    train_teacher = cfg.model.teacher_weights == AUTO_TEACHER and str(cfg.stage) != "linear"
-    resolve_auto_teacher(cfg, train=False)
+    lock (held until the stage ends) and "run" or "done". Bad input fails before anything is written.
+    `cfg` is complete and is not changed here: every input file it names exists already (the entry
+    points made them), and config.yaml is written as it is."""
+    check_values(cfg)  # the closed choices were checked when the config was composed
     if not (run_dir / DONE).exists():
-        ensure_synthetic(cfg.data)  # safe without the lock: it builds aside and renames
         check_data(cfg)
-    if train_teacher:
-        ensure_teacher(cfg.data, cfg.model.teacher_arch)
     check_stage(cfg, world_size, run_dir)  # the same checks as launch/submit.py
     run_dir.mkdir(parents=True, exist_ok=True)
     lock = RunDirLock(run_dir, environment).acquire()
@@ -158,7 +150,6 @@ def run_stage(cfg: DictConfig, environment: Environment | None = None) -> int:
             configure_backends(info.device, deterministic=cfg.train.deterministic)
             run_dir = resolve_run_dir(cfg)
             lock, action = _start_up(cfg, info, run_dir)
-            resolve_auto_teacher(cfg, train=False)  # the other ranks: the path rank 0 resolved (and trained)
             if action == "done":
                 log.info("stage %s in %s is already complete; nothing to do", stage, run_dir)
                 return 0

@@ -21,7 +21,6 @@ from burn.batch import BatchSplit, split_global_batch
 from burn.config import RANDOM_BACKBONE, STAGE_PRECISION
 from burn.data.loaders import build_pretrain_loader
 from burn.data.stream import ResumableLoader
-from burn.demo.auto_teacher import resolve_auto_teacher
 from burn.engine.distributed import DistInfo, all_gather_objects, wrap_ddp
 from burn.engine.gpu import compile_enabled, compile_in_place, teacher_to_half, to_channels_last
 from burn.engine.loop import StageLoop
@@ -107,9 +106,6 @@ def build_pretraining(cfg: DictConfig, info: DistInfo, run_dir: Path, data_state
 def build_model(cfg: DictConfig, info: DistInfo, amp: AmpSettings) -> BurnModel:
     """The model on the device: student initialised, frozen teacher folded into half precision, CUDA's
     memory layout and synchronised BatchNorm."""
-    # The stage runner resolved model.teacher_weights=auto already; trainers built directly (tests,
-    # benchmarks) get the same cached teacher here.
-    resolve_auto_teacher(cfg, train=True)
     model = build_burn_model(cfg.model, STAGE_PRECISION[str(cfg.stage)]).to(info.device)
     initialise_student(cfg, info, model)
     model.teacher.fold_batchnorm()  # frozen: BN becomes the convs' bias, no buffers to broadcast

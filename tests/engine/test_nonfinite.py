@@ -8,6 +8,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from burn.config import CONF_DIR, register_configs
+from burn.demo.inputs import prepare_demo_inputs
 from burn.engine.distributed import init_distributed, seed_everything
 from burn.engine.trainer import PretrainTrainer
 from burn.resume.signals import PreemptionHandler
@@ -33,6 +34,7 @@ def test_nan_steps_are_skipped_then_stop_the_stage(tiny_data, tmp_path):
                 "checkpoint.every_steps=100",
             ],
         )
+    prepare_demo_inputs([cfg])  # the entry points' step: the tiny preset's auto teacher, cached
     info = init_distributed()
     seed_everything(cfg.seed, info.rank)
     with PreemptionHandler() as preemption:

@@ -74,6 +74,7 @@ def test_the_checkpoint_warning_gets_the_key_and_the_measured_step_time(tiny_dat
     """After a save the loop's warning receives signal_delay_s and the mean step time it measured."""
     import time
 
+    from burn.demo.inputs import prepare_demo_inputs
     from burn.engine import loop
     from burn.engine.distributed import init_distributed, seed_everything
     from burn.engine.trainer import PretrainTrainer
@@ -92,6 +93,7 @@ def test_the_checkpoint_warning_gets_the_key_and_the_measured_step_time(tiny_dat
             "signal_delay_s=45",
         ]
     )
+    prepare_demo_inputs([cfg])  # the entry points' step: the tiny preset's auto teacher, cached
     calls = []
     monkeypatch.setattr(
         loop, "warn_if_slow_checkpoint", lambda save, lead, step_seconds=0.0: calls.append((lead, step_seconds))

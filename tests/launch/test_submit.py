@@ -142,12 +142,12 @@ def test_weight_files_are_checked_before_queueing(tmp_path, tiny_data):
     data = [f"data.root={tiny_data}", "data.synthetic.generate=false", f"run_dir={tmp_path}/run"]
     cfg = compose_cfg("stage=2", f"pretrained={tmp_path}/missing.pth", *data)
     with pytest.raises(submit.UsageError, match=r"pretrained=.*missing.pth: no such file"):
-        submit.validate(cfg, submit.plan_stages(cfg), 1)
+        submit.validate(cfg, submit.plan_and_prepare(cfg)[0], 1)
     odd = tmp_path / "odd.pth"
     torch.save({"foo": torch.zeros(2)}, odd)
     cfg = compose_cfg("stage=1", f"model.teacher_weights={odd}", *data)
     with pytest.raises(submit.UsageError, match=r"model.teacher_weights=.*odd.pth: .*unknown weights layout"):
-        submit.validate(cfg, submit.plan_stages(cfg), 1)
+        submit.validate(cfg, submit.plan_and_prepare(cfg)[0], 1)
 
 
 @pytest.mark.process
@@ -160,7 +160,7 @@ def test_a_missing_dataset_list_is_reported_with_its_key(tmp_path, tiny_data):
         f"run_dir={tmp_path}/run",
     )
     with pytest.raises(submit.LaunchConfigError, match=r"nope.txt does not exist \(data.val_list"):
-        submit.validate(cfg, submit.plan_stages(cfg), 1)
+        submit.validate(cfg, submit.plan_and_prepare(cfg)[0], 1)
 
 
 @pytest.mark.process
@@ -173,9 +173,9 @@ def test_pretraining_with_the_knn_monitor_checks_the_labelled_lists(tmp_path, ti
     ]
     cfg = compose_cfg("stage=1", *data)  # the k-NN monitor's queries come from data.val_list
     with pytest.raises(submit.LaunchConfigError, match=r"nope.txt does not exist \(data.val_list"):
-        submit.validate(cfg, submit.plan_stages(cfg), 1)
+        submit.validate(cfg, submit.plan_and_prepare(cfg)[0], 1)
     cfg = compose_cfg("stage=1", "monitor.knn=false", *data)
-    submit.validate(cfg, submit.plan_stages(cfg), 1)  # without it, stage 1 reads the train list only
+    submit.validate(cfg, submit.plan_and_prepare(cfg)[0], 1)  # without it, stage 1 reads the train list only
 
 
 @pytest.mark.process

@@ -11,6 +11,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from burn.config import CONF_DIR, register_configs
+from burn.demo.inputs import prepare_demo_inputs
 from burn.engine.distributed import init_distributed, seed_everything
 from burn.engine.trainer import PretrainTrainer
 from burn.resume.background_save import BackgroundCheckpointWriter, snapshot
@@ -99,6 +100,7 @@ def test_a_failing_stage_finishes_its_background_write_first(tiny_data, tmp_path
                 "monitor.knn=false",
             ],
         )
+    prepare_demo_inputs([cfg])  # the entry points' step: the tiny preset's auto teacher, cached
     info = init_distributed()
     seed_everything(cfg.seed, info.rank)
     with PreemptionHandler() as preemption:
