@@ -39,6 +39,7 @@ from burn.engine.stage import run_stage
 from burn.resume.signals import CANCEL_EXIT_CODE, INTERRUPT_EXIT_CODE, REQUEUE_EXIT_CODE, STOP_SIGNALS
 from burn.runtime import rundir, slurm_cli
 from burn.runtime.environment import Environment, image_stamp
+from burn.validation import check_closed_choices
 from launch.batch import RequeueRefused, decide_requeue
 
 log = logging.getLogger("burn.launch")
@@ -109,6 +110,9 @@ def conclude_task(cfg: DictConfig, code: int, max_requeues: int, environment: En
 def run_task(stage_yaml: str, max_requeues: int) -> dict[str, Any]:
     """The body of a Submitit stage job on one task (launch/job_entry.py's StageJob calls it)."""
     cfg = stage_config(stage_yaml)
+    # The job is its own entry: a config queued without submit.py's checks (or edited since) fails here,
+    # once, with the same line (the stage's start-up checks the rest).
+    check_closed_choices(cfg)
     environment = Environment.read()
     print(
         f"burn: stage {cfg.stage} job {environment.job_id} global rank {environment.rank}/"

@@ -25,7 +25,14 @@ def planned(*overrides: str):
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
         cfg = compose(
             "config",
-            overrides=["preset=tiny", "data.synthetic.generate=false", "log.progress_bar=off", "steps=2", *overrides],
+            overrides=[
+                "preset=tiny",
+                "data.synthetic.generate=false",
+                "model.teacher_weights=null",  # queued as is: no entry resolved an auto teacher
+                "log.progress_bar=off",
+                "steps=2",
+                *overrides,
+            ],
         )
     return submit.plan_stages(cfg)
 
