@@ -156,7 +156,9 @@ EOF
 spawn() {
     local name=$1
     shift
-    setsid "$@" </dev/null >>"$LOG_DIR/$name.out" 2>&1 &
+    # From /: a daemon must not hold the caller's directory (a checkout removed later leaves every job
+    # step it forks unable to get its working directory, which slurmstepd prints into the job's output).
+    (cd / && exec setsid "$@" </dev/null >>"$LOG_DIR/$name.out" 2>&1) &
     echo $! >"$PID_DIR/$name.pid"
 }
 
