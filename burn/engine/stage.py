@@ -31,11 +31,9 @@ from burn.runtime.environment import Environment
 from burn.runtime.errors import UsageError, one_line
 from burn.runtime.rundir import CONFIG, DONE, SLURM_DIR, stage_run_dir
 from burn.runtime.signal_flags import CANCEL_EXIT_CODE, INTERRUPT_EXIT_CODE, REQUEUE_EXIT_CODE
-from burn.validation import check_data, check_stage, check_values
+from burn.validation import RUNNABLE_STAGES, check_data, check_stage, check_values
 
 log = logging.getLogger("burn")
-
-RUNNABLE_STAGES = ("1", "2", "linear")
 
 
 def resolve_run_dir(cfg: DictConfig) -> Path:
