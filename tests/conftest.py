@@ -42,14 +42,10 @@ def tiny_data(tmp_path_factory) -> Path:
     )
     # The tiny preset's model.teacher_weights=auto: train it once here rather than in the first stage
     # that needs it (which may be one rank of several, or a SLURM job with a time limit).
-    from hydra import compose, initialize_config_dir
-
-    from burn.config import CONF_DIR, register_configs
     from burn.demo.auto_teacher import ensure_teacher
+    from tests.configs import compose_tiny
 
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-        cfg = compose("config", overrides=["preset=tiny", f"data.root={root}"])
+    cfg = compose_tiny(f"data.root={root}")
     ensure_teacher(cfg.data, cfg.model.teacher_arch, cfg.auto_teacher)
     return root
 

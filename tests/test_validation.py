@@ -9,25 +9,18 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 import burn.demo.auto_teacher
 import burn.validation
-from burn.config import CONF_DIR, register_configs
 from burn.demo.auto_teacher import teacher_path
 from burn.demo.inputs import prepare_demo_inputs
 from burn.engine.stage import _claim_run_dir
 from burn.runtime.errors import UsageError
 from burn.validation import check_closed_choices, check_pretrained, check_stage, check_values, stage_splits
+from tests.configs import compose_tiny
 
 REPO = Path(__file__).resolve().parents[1]
-register_configs()
-
-
-def compose_cfg(*overrides: str):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-        return compose("config", overrides=["preset=tiny", *overrides])
 
 
 @pytest.fixture
@@ -41,34 +34,34 @@ def own_data(tmp_path, tiny_data) -> Path:
 
 
 def test_pretrained_random_is_a_named_choice_not_a_file(tmp_path):
-    linear = compose_cfg("stage=linear", "pretrained=random", f"data.root={tmp_path}")
+    linear = compose_tiny("stage=linear", "pretrained=random", f"data.root={tmp_path}")
     check_stage(linear, 1, tmp_path / "run")  # no file named "random" is looked for
-    check_pretrained(compose_cfg("stage=2", "pretrained=random"))  # single-stage pretraining from scratch
+    check_pretrained(compose_tiny("stage=2", "pretrained=random"))  # single-stage pretraining from scratch
     with pytest.raises(
         UsageError,
         match="stage=2 needs pretrained=: a stage-1 extraction .* pretrained=random "
         "for single-stage pretraining from scratch",
     ):
-        check_pretrained(compose_cfg("stage=2"))
+        check_pretrained(compose_tiny("stage=2"))
     with pytest.raises(UsageError, match="stage=linear needs pretrained=: a backbone"):
-        check_pretrained(compose_cfg("stage=linear"))
+        check_pretrained(compose_tiny("stage=linear"))
     with pytest.raises(UsageError, match="stage 1 starts from scratch"):
-        check_pretrained(compose_cfg("stage=1", "pretrained=random"))
+        check_pretrained(compose_tiny("stage=1", "pretrained=random"))
     with pytest.raises(UsageError, match="pretrained=.*nope.pth: no such file"):
-        check_pretrained(compose_cfg("stage=linear", f"pretrained={tmp_path}/nope.pth"))
-    check_pretrained(compose_cfg("stage=2", f"pretrained={tmp_path}/later.pth"), {f"{tmp_path}/later.pth"})
+        check_pretrained(compose_tiny("stage=linear", f"pretrained={tmp_path}/nope.pth"))
+    check_pretrained(compose_tiny("stage=2", f"pretrained={tmp_path}/later.pth"), {f"{tmp_path}/later.pth"})
 
 
 def test_a_teacher_classifier_mode_typo_is_refused_before_queueing(tmp_path):
-    check_closed_choices(compose_cfg("model.teacher_classifier=frozen", f"data.root={tmp_path}"))
+    check_closed_choices(compose_tiny("model.teacher_classifier=frozen", f"data.root={tmp_path}"))
     with pytest.raises(UsageError, match="model.teacher_classifier='frozn': choose one of joint, frozen"):
-        check_closed_choices(compose_cfg("model.teacher_classifier=frozn", f"data.root={tmp_path}"))
+        check_closed_choices(compose_tiny("model.teacher_classifier=frozn", f"data.root={tmp_path}"))
 
 
 def test_pretraining_reads_the_labelled_lists_only_with_the_knn_monitor():
-    assert stage_splits(compose_cfg("stage=1")) == ["train", "train_labeled", "val"]
-    assert stage_splits(compose_cfg("stage=2", "monitor.knn=false")) == ["train"]
-    assert stage_splits(compose_cfg("stage=linear", "monitor.knn=true")) == ["train_labeled", "val"]
+    assert stage_splits(compose_tiny("stage=1")) == ["train", "train_labeled", "val"]
+    assert stage_splits(compose_tiny("stage=2", "monitor.knn=false")) == ["train"]
+    assert stage_splits(compose_tiny("stage=linear", "monitor.knn=true")) == ["train_labeled", "val"]
 
 
 @pytest.mark.process
@@ -86,7 +79,7 @@ def test_the_entry_trains_the_missing_auto_teacher_and_the_start_up_checks_and_s
     # The closed choices were checked when the config was composed: the start-up does not check them again.
     monkeypatch.setattr(burn.validation, "check_closed_choices", lambda *a: pytest.fail("checked twice"))
     overrides = ["stage=1", f"data.root={own_data}", "data.synthetic.generate=false", "model.teacher_weights=auto"]
-    cfg = compose_cfg(*overrides)
+    cfg = compose_tiny(*overrides)
     expected = str(teacher_path(cfg.data, cfg.model.teacher_arch))
     run_dir = tmp_path / "run"
     prepare_demo_inputs([cfg])  # what launch/run.py and launch/submit.py do before anything else
@@ -97,7 +90,7 @@ def test_the_entry_trains_the_missing_auto_teacher_and_the_start_up_checks_and_s
     assert action == "run" and OmegaConf.to_yaml(cfg) == before  # the start-up changes nothing
     assert OmegaConf.load(run_dir / "config.yaml").model.teacher_weights == expected
     # The same command again: the cached teacher is reused and the identity check sees the same path.
-    again = compose_cfg(*overrides)
+    again = compose_tiny(*overrides)
     prepare_demo_inputs([again])
     lock, action = _claim_run_dir(again, run_dir, 1)
     lock.release()
@@ -106,7 +99,9 @@ def test_the_entry_trains_the_missing_auto_teacher_and_the_start_up_checks_and_s
 
 @pytest.mark.process
 def test_the_start_up_refuses_an_auto_teacher_nobody_resolved(tmp_path, own_data):
-    cfg = compose_cfg("stage=1", f"data.root={own_data}", "data.synthetic.generate=false", "model.teacher_weights=auto")
+    cfg = compose_tiny(
+        "stage=1", f"data.root={own_data}", "data.synthetic.generate=false", "model.teacher_weights=auto"
+    )
     with pytest.raises(UsageError, match=r"^model.teacher_weights=auto is resolved by the entry points"):
         _claim_run_dir(cfg, tmp_path / "run", 1)
     assert not (tmp_path / "run").exists()
@@ -115,7 +110,7 @@ def test_the_start_up_refuses_an_auto_teacher_nobody_resolved(tmp_path, own_data
 @pytest.mark.process
 def test_start_up_of_a_linear_stage_neither_trains_an_auto_teacher_nor_loads_random(tmp_path, own_data, monkeypatch):
     monkeypatch.setattr(burn.demo.auto_teacher, "train_teacher", lambda *a, **k: pytest.fail("trained a teacher"))
-    cfg = compose_cfg(
+    cfg = compose_tiny(
         "stage=linear",
         "pretrained=random",
         f"data.root={own_data}",
@@ -133,5 +128,5 @@ def test_start_up_of_a_linear_stage_neither_trains_an_auto_teacher_nor_loads_ran
 def test_a_stage_length_that_is_not_positive_is_refused(tmp_path, override):
     key, value = override.split("=")
     with pytest.raises(UsageError, match=rf"^{key}={value}: a stage's length must be positive"):
-        check_values(compose_cfg(override, f"data.root={tmp_path}"))
-    check_values(compose_cfg("steps=1", f"data.root={tmp_path}"))
+        check_values(compose_tiny(override, f"data.root={tmp_path}"))
+    check_values(compose_tiny("steps=1", f"data.root={tmp_path}"))

@@ -5,35 +5,19 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
-from burn.config import CONF_DIR, register_configs
 from burn.demo.inputs import prepare_demo_inputs
 from burn.engine.distributed import init_distributed, seed_everything
 from burn.engine.trainer import PretrainTrainer
 from burn.resume.signals import PreemptionHandler
+from tests.configs import tiny_stage
 
-CONF = CONF_DIR
 # Every test here uses tiny_data, whose set-up runs the dataset generator in a subprocess.
 pytestmark = pytest.mark.process
 
 
 def test_nan_steps_are_skipped_then_stop_the_stage(tiny_data, tmp_path):
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONF), version_base=None):
-        cfg = compose(
-            "config",
-            overrides=[
-                "preset=tiny",
-                f"data.root={tiny_data}",
-                "data.synthetic.generate=false",
-                f"run_dir={tmp_path}",
-                "log.progress_bar=off",
-                "steps=20",
-                "train.max_bad_steps=3",
-                "checkpoint.every_steps=100",
-            ],
-        )
+    cfg = tiny_stage(tiny_data, tmp_path, "steps=20", "train.max_bad_steps=3")
     prepare_demo_inputs([cfg])  # the entry points' step: the tiny preset's auto teacher, cached
     info = init_distributed()
     seed_everything(cfg.seed, info.rank)

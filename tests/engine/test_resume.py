@@ -14,15 +14,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from burn.config import CONF_DIR, register_configs
 from burn.engine.distributed import init_distributed, seed_everything
 from burn.engine.linear import LinearEvalTrainer
 from burn.resume.signals import REQUEUE_EXIT_CODE, PreemptionHandler
-
-CONF = CONF_DIR
+from tests.configs import tiny_stage
 
 STEPS = 24
 # 2 ranks x 2 images x 4 micro-batches = 16 per optimizer step: most of a step is mid-accumulation.
@@ -123,27 +120,13 @@ def test_linear_stage_resumes_to_the_same_bits(tiny_data, tmp_path):
     step 8 (between its lr milestones, steps 7 and 10 of 12) and resumed by a new trainer uses the
     straight run's lr at every step and ends with its bits. In one process: the RNG comes from the
     checkpoint, as in a new one."""
-    register_configs()
     info = init_distributed()
     steps, stop_at = 12, 8
 
     def trainer(run_dir: Path, preemption: PreemptionHandler) -> LinearEvalTrainer:
-        with initialize_config_dir(config_dir=str(CONF), version_base=None):
-            cfg = compose(
-                "config",
-                overrides=[
-                    "preset=tiny",
-                    f"data.root={tiny_data}",
-                    "data.synthetic.generate=false",
-                    f"run_dir={run_dir}",
-                    "stage=linear",
-                    "pretrained=random",
-                    f"steps={steps}",
-                    "checkpoint.every_steps=100",
-                    "log.progress_bar=off",
-                    "linear.eval_every_epochs=0",
-                ],
-            )
+        cfg = tiny_stage(
+            tiny_data, run_dir, "stage=linear", "pretrained=random", f"steps={steps}", "linear.eval_every_epochs=0"
+        )
         seed_everything(cfg.seed, info.rank)  # as the stage runner does
         loop = LinearEvalTrainer(cfg, info, run_dir, preemption)
         loop.prepare()

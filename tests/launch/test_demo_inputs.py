@@ -13,18 +13,16 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 import burn.demo.auto_teacher
-from burn.config import CONF_DIR, register_configs
 from burn.demo.auto_teacher import teacher_path
 from launch import submit, task
+from tests.configs import compose_tiny
 from tests.conftest import free_port
 from tests.demo.conftest import write_garbage_folder, write_mixed_folder
 
 REPO = Path(__file__).resolve().parents[2]
-register_configs()
 
 #: A 2-step stage 1 on a handful of images, with a 1-epoch auto teacher: seconds, not minutes.
 SMALL = [
@@ -36,11 +34,6 @@ SMALL = [
     "monitor.knn_k=5",
     "log.progress_bar=off",
 ]
-
-
-def compose_cfg(*overrides: str):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-        return compose("config", overrides=["preset=tiny", *overrides])
 
 
 def _env() -> dict:
@@ -152,14 +145,14 @@ def test_an_over_size_folder_is_refused_with_one_line_before_any_image_is_read(t
 def test_a_dry_run_makes_no_input_and_checks_the_rest(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(burn.demo.auto_teacher, "train_teacher", lambda *a, **k: pytest.fail("trained a teacher"))
     mine = write_mixed_folder(tmp_path / "mine")
-    cfg = compose_cfg("stage=all", f"data.root={mine}", f"run_dir={tmp_path}/run", "cluster=local", "dry_run=true")
+    cfg = compose_tiny("stage=all", f"data.root={mine}", f"run_dir={tmp_path}/run", "cluster=local", "dry_run=true")
     submit.launch(cfg)
     assert "nothing queued, run or written" in capsys.readouterr().out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]
     odd_batch = ["train.global_batch=9", "train.per_gpu_batch=4", "gpus_per_node=2"]
     with pytest.raises(submit.UsageError, match=r"train.global_batch=9"):  # the other checks still run
         submit.launch(
-            compose_cfg("stage=all", f"data.root={mine}", f"run_dir={tmp_path}/run", "dry_run=true", *odd_batch)
+            compose_tiny("stage=all", f"data.root={mine}", f"run_dir={tmp_path}/run", "dry_run=true", *odd_batch)
         )
 
 
@@ -171,8 +164,8 @@ def test_a_queued_job_carries_the_resolved_teacher_path(tmp_path, monkeypatch):
     monkeypatch.setattr(submit, "pick_cluster", lambda choice, world_size: "slurm")
     monkeypatch.setattr(submit.jobs, "submit_stages", lambda planned, max_requeues: queued.extend(planned) or [])
     mine = write_mixed_folder(tmp_path / "mine")
-    submit.launch(compose_cfg("stage=all", f"data.root={mine}", f"run_dir={tmp_path}/run"))
-    expected = str(teacher_path(compose_cfg(f"data.root={mine}").data, "resnet18"))
+    submit.launch(compose_tiny("stage=all", f"data.root={mine}", f"run_dir={tmp_path}/run"))
+    expected = str(teacher_path(compose_tiny(f"data.root={mine}").data, "resnet18"))
     assert trained == [Path(expected)]  # once, for the three stages
     assert [c.stage for c in queued] == ["1", "2", "linear"]
     for stage_cfg in queued:  # what the job unpickles: launch/job_entry.py -> task.stage_config

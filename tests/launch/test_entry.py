@@ -9,19 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 
-from burn.config import CONF_DIR, register_configs
 from burn.runtime.errors import UsageError
 from launch.entry import apply_synthetic_rule
+from tests.configs import compose_tiny
 
 REPO = Path(__file__).resolve().parents[2]
-register_configs()
-
-
-def compose_cfg(*overrides: str):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-        return compose("config", overrides=["preset=tiny", *overrides])
 
 
 @pytest.mark.process
@@ -51,24 +44,24 @@ def test_the_config_dump_stays_behind_cfg_job():
 
 def test_a_preset_generates_its_data_at_its_own_root_only(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    default = compose_cfg()
+    default = compose_tiny()
     apply_synthetic_rule(default, set())  # data/synthetic-tiny, the preset's own: generated when absent
     assert default.data.synthetic.generate
-    same = compose_cfg(f"data.root={tmp_path}/data/synthetic-tiny")  # the same folder, written otherwise
+    same = compose_tiny(f"data.root={tmp_path}/data/synthetic-tiny")  # the same folder, written otherwise
     apply_synthetic_rule(same, {"data.root"})
     assert same.data.synthetic.generate
-    typo = compose_cfg(f"data.root={tmp_path}/data/synthetic-tinny")
+    typo = compose_tiny(f"data.root={tmp_path}/data/synthetic-tinny")
     with pytest.raises(
         UsageError,
         match=r"synthetic-tinny does not exist. preset=tiny generates its dataset only "
         r"at its own data.root \(data/synthetic-tiny\); add data.synthetic.generate=true",
     ):
         apply_synthetic_rule(typo, {"data.root"})
-    asked = compose_cfg(f"data.root={tmp_path}/mine", "data.synthetic.generate=true")
+    asked = compose_tiny(f"data.root={tmp_path}/mine", "data.synthetic.generate=true")
     apply_synthetic_rule(asked, {"data.root", "data.synthetic.generate"})
     assert asked.data.synthetic.generate  # asked for explicitly
     (tmp_path / "theirs").mkdir()
-    existing = compose_cfg(f"data.root={tmp_path}/theirs")
+    existing = compose_tiny(f"data.root={tmp_path}/theirs")
     apply_synthetic_rule(existing, {"data.root"})  # an existing folder is used as it is, never written into
     assert not existing.data.synthetic.generate
 
@@ -147,8 +140,8 @@ def test_the_identity_check_compares_resolved_paths(tmp_path, monkeypatch):
     (tmp_path / "data" / "synthetic-tiny").mkdir(parents=True)
     (tmp_path / "link").symlink_to(tmp_path / "data")
     monkeypatch.chdir(tmp_path)
-    saved = OmegaConf.to_yaml(compose_cfg(f"data.root={tmp_path}/data/synthetic-tiny"))  # as submit.py wrote it
+    saved = OmegaConf.to_yaml(compose_tiny(f"data.root={tmp_path}/data/synthetic-tiny"))  # as submit.py wrote it
     for same in ("data/synthetic-tiny", f"{tmp_path}/link/synthetic-tiny", "./data/../data/synthetic-tiny"):
-        check_resume_config(saved, compose_cfg(f"data.root={same}"), tmp_path / "run", force=False)
+        check_resume_config(saved, compose_tiny(f"data.root={same}"), tmp_path / "run", force=False)
     with pytest.raises(ConfigMismatchError, match="data.root"):
-        check_resume_config(saved, compose_cfg("data.root=data/other"), tmp_path / "run", force=False)
+        check_resume_config(saved, compose_tiny("data.root=data/other"), tmp_path / "run", force=False)

@@ -9,23 +9,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from burn.config import CONF_DIR
 from launch import jobs, submit
+from tests.configs import compose_tiny
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def compose_cfg(*overrides: str):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-        return compose("config", overrides=["preset=tiny", *overrides])
-
-
 def test_stage_all_plans_three_chained_stages_under_one_parent(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    planned = submit.plan_stages(compose_cfg("stage=all", "data.root=data/x"))
+    planned = submit.plan_stages(compose_tiny("stage=all", "data.root=data/x"))
     root = tmp_path / "runs" / "tiny"
     assert [c.stage for c in planned] == ["1", "2", "linear"]
     assert [c.run_dir for c in planned] == [str(root / d) for d in ("stage1", "stage2", "linear")]
@@ -39,21 +33,21 @@ def test_stage_all_plans_three_chained_stages_under_one_parent(tmp_path, monkeyp
 
 
 def test_stage_all_length_applies_to_pretraining_only():
-    planned = submit.plan_stages(compose_cfg("stage=all", "steps=5", "epochs=3"))
+    planned = submit.plan_stages(compose_tiny("stage=all", "steps=5", "epochs=3"))
     assert [(c.steps, c.epochs) for c in planned] == [(5, 3.0), (5, 3.0), (None, None)]  # linear: linear.epochs
-    assert submit.plan_stages(compose_cfg("stage=linear", "steps=5"))[0].steps == 5  # one stage: as given
+    assert submit.plan_stages(compose_tiny("stage=linear", "steps=5"))[0].steps == 5  # one stage: as given
 
 
 def test_single_stage_run_dir_is_the_stage_dir(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert submit.plan_stages(compose_cfg("stage=2"))[0].run_dir == str(tmp_path / "runs/tiny/stage2")
-    given = submit.plan_stages(compose_cfg("stage=1", f"run_dir={tmp_path}/mine"))[0]
+    assert submit.plan_stages(compose_tiny("stage=2"))[0].run_dir == str(tmp_path / "runs/tiny/stage2")
+    given = submit.plan_stages(compose_tiny("stage=1", f"run_dir={tmp_path}/mine"))[0]
     assert given.run_dir == str(tmp_path / "mine")
 
 
 def test_stage_all_refuses_pretrained():
     with pytest.raises(submit.LaunchConfigError, match="pretrained= cannot be combined with stage=all"):
-        submit.plan_stages(compose_cfg("stage=all", "pretrained=/x.pth"))
+        submit.plan_stages(compose_tiny("stage=all", "pretrained=/x.pth"))
 
 
 @pytest.mark.parametrize(
@@ -71,19 +65,19 @@ def test_stage_all_refuses_pretrained():
     ],
 )
 def test_batch_must_split_over_all_ranks(overrides, message):
-    cfg = compose_cfg(*overrides)
+    cfg = compose_tiny(*overrides)
     with pytest.raises(submit.UsageError, match=message):
         submit.check_batch(submit.plan_stages(cfg)[0], cfg.nodes * cfg.gpus_per_node)
 
 
 def test_a_smaller_per_gpu_batch_keeps_the_global_batch():
-    cfg = compose_cfg("stage=1", "nodes=2", "train.global_batch=48")  # 12 per GPU x 2 ranks x 2 accumulation
+    cfg = compose_tiny("stage=1", "nodes=2", "train.global_batch=48")  # 12 per GPU x 2 ranks x 2 accumulation
     submit.check_batch(submit.plan_stages(cfg)[0], cfg.nodes * cfg.gpus_per_node)
 
 
 def test_signal_lead_must_fit_in_the_time_limit():
     with pytest.raises(submit.LaunchConfigError, match="signal_delay_s=120 must lie between 0 and the time"):
-        submit.check_launch_keys(compose_cfg("time=2", "signal_delay_s=120"))
+        submit.check_launch_keys(compose_tiny("time=2", "signal_delay_s=120"))
 
 
 @pytest.mark.parametrize(
@@ -98,7 +92,7 @@ def test_signal_lead_must_fit_in_the_time_limit():
 )
 def test_a_closed_choice_typo_fails_when_the_config_is_composed(tmp_path, monkeypatch, key, typo):
     monkeypatch.setattr(submit, "plan_stages", lambda cfg: pytest.fail("planned despite the typo"))
-    cfg = compose_cfg(f"{key}={typo}", f"run_dir={tmp_path}/run")
+    cfg = compose_tiny(f"{key}={typo}", f"run_dir={tmp_path}/run")
     with pytest.raises(submit.UsageError, match=rf"^{key}='{typo}': choose one of "):
         submit.launch(cfg)
     assert not (tmp_path / "run").exists()
@@ -126,11 +120,11 @@ def test_a_closed_choice_typo_on_the_command_line_is_one_line_exit_2(tmp_path):
 
 def test_a_complete_stage_with_another_identity_is_refused_before_queueing(tmp_path):
     """submit.py skips a complete stage: its saved config must still be this command's (data.aug here)."""
-    planned = submit.plan_stages(compose_cfg("stage=1", f"run_dir={tmp_path}"))
+    planned = submit.plan_stages(compose_tiny("stage=1", f"run_dir={tmp_path}"))
     (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(planned[0]))
     (tmp_path / "DONE").touch()
     submit.check_identity(planned[0])
-    changed = submit.plan_stages(compose_cfg("stage=1", f"run_dir={tmp_path}", "data.aug.blur_prob=0.5"))[0]
+    changed = submit.plan_stages(compose_tiny("stage=1", f"run_dir={tmp_path}", "data.aug.blur_prob=0.5"))[0]
     with pytest.raises(submit.UsageError, match=r"data.aug.blur_prob: 0.0 -> 0.5"):
         submit.check_identity(changed)
     changed.checkpoint.force = True
@@ -140,19 +134,19 @@ def test_a_complete_stage_with_another_identity_is_refused_before_queueing(tmp_p
 @pytest.mark.process
 def test_weight_files_are_checked_before_queueing(tmp_path, tiny_data):
     data = [f"data.root={tiny_data}", "data.synthetic.generate=false", f"run_dir={tmp_path}/run"]
-    cfg = compose_cfg("stage=2", f"pretrained={tmp_path}/missing.pth", *data)
+    cfg = compose_tiny("stage=2", f"pretrained={tmp_path}/missing.pth", *data)
     with pytest.raises(submit.UsageError, match=r"pretrained=.*missing.pth: no such file"):
         submit.validate(cfg, submit.plan_and_prepare(cfg)[0], 1)
     odd = tmp_path / "odd.pth"
     torch.save({"foo": torch.zeros(2)}, odd)
-    cfg = compose_cfg("stage=1", f"model.teacher_weights={odd}", *data)
+    cfg = compose_tiny("stage=1", f"model.teacher_weights={odd}", *data)
     with pytest.raises(submit.UsageError, match=r"model.teacher_weights=.*odd.pth: .*unknown weights layout"):
         submit.validate(cfg, submit.plan_and_prepare(cfg)[0], 1)
 
 
 @pytest.mark.process
 def test_a_missing_dataset_list_is_reported_with_its_key(tmp_path, tiny_data):
-    cfg = compose_cfg(
+    cfg = compose_tiny(
         "stage=all",
         f"data.root={tiny_data}",
         "data.synthetic.generate=false",
@@ -171,10 +165,10 @@ def test_pretraining_with_the_knn_monitor_checks_the_labelled_lists(tmp_path, ti
         "data.val_list=meta/nope.txt",
         f"run_dir={tmp_path}/run",
     ]
-    cfg = compose_cfg("stage=1", *data)  # the k-NN monitor's queries come from data.val_list
+    cfg = compose_tiny("stage=1", *data)  # the k-NN monitor's queries come from data.val_list
     with pytest.raises(submit.LaunchConfigError, match=r"nope.txt does not exist \(data.val_list"):
         submit.validate(cfg, submit.plan_and_prepare(cfg)[0], 1)
-    cfg = compose_cfg("stage=1", "monitor.knn=false", *data)
+    cfg = compose_tiny("stage=1", "monitor.knn=false", *data)
     submit.validate(cfg, submit.plan_and_prepare(cfg)[0], 1)  # without it, stage 1 reads the train list only
 
 
@@ -204,7 +198,7 @@ def test_cli_rejects_a_bad_config_with_exit_2_and_queues_nothing(tmp_path, tiny_
 @pytest.mark.usefixtures("srun_on_path")
 def test_sbatch_script_requeues_signals_and_chains(tmp_path):
     cfg = submit.plan_stages(
-        compose_cfg(
+        compose_tiny(
             "stage=2",
             "nodes=2",
             "gpus_per_node=2",
@@ -251,7 +245,7 @@ def test_the_dry_run_uses_submitits_private_calls_as_they_are():
 def test_the_dry_run_script_is_what_a_submit_hands_sbatch(tmp_path):
     """The dry run's script against a real `executor.submit` whose `sbatch` (a fake on PATH) keeps the
     script it was given: byte for byte the same, so the dry run shows what would be queued."""
-    cfg = submit.plan_stages(compose_cfg("stage=1", "nodes=2", "partition=debug", f"run_dir={tmp_path / 'run'}"))[0]
+    cfg = submit.plan_stages(compose_tiny("stage=1", "nodes=2", "partition=debug", f"run_dir={tmp_path / 'run'}"))[0]
     bin_dir, received = tmp_path / "bin", tmp_path / "received.sh"
     bin_dir.mkdir()
     (bin_dir / "sbatch").write_text(f'#!/bin/bash\ncp "$1" {received}\necho "Submitted batch job 4242"\n')

@@ -8,17 +8,14 @@ from collections import OrderedDict
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
-from burn.config import CONF_DIR, register_configs
 from burn.demo.inputs import prepare_demo_inputs
 from burn.engine.distributed import init_distributed, seed_everything
 from burn.engine.trainer import PretrainTrainer
 from burn.resume.background_save import BackgroundCheckpointWriter, snapshot
 from burn.resume.checkpoint import CheckpointError, CheckpointManager
 from burn.resume.signals import PreemptionHandler
-
-CONF = CONF_DIR
+from tests.configs import tiny_stage
 
 DEVICES = [
     "cpu",
@@ -84,22 +81,9 @@ def test_a_failed_background_write_surfaces_at_the_next_wait(tmp_path):
 def test_a_failing_stage_finishes_its_background_write_first(tiny_data, tmp_path):
     """The stage gives up its run directory (lock released) once run() returns: a periodic checkpoint
     still being written in the background must be on disk by then, even when training failed."""
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONF), version_base=None):
-        cfg = compose(
-            "config",
-            overrides=[
-                "preset=tiny",
-                f"data.root={tiny_data}",
-                "data.synthetic.generate=false",
-                f"run_dir={tmp_path}",
-                "log.progress_bar=off",
-                "steps=10",
-                "checkpoint.every_steps=2",
-                "checkpoint.background=true",
-                "monitor.knn=false",
-            ],
-        )
+    cfg = tiny_stage(
+        tiny_data, tmp_path, "steps=10", "checkpoint.every_steps=2", "checkpoint.background=true", "monitor.knn=false"
+    )
     prepare_demo_inputs([cfg])  # the entry points' step: the tiny preset's auto teacher, cached
     info = init_distributed()
     seed_everything(cfg.seed, info.rank)
