@@ -3,6 +3,8 @@
     python launch/submit.py stage=1 nodes=2 preset=tiny            # one stage, 2 nodes
     python launch/submit.py stage=all preset=tiny                  # stage 1 -> 2 -> linear (afterok)
     python launch/submit.py stage=all preset=tiny cluster=local    # same code, in this process
+    python launch/submit.py stage=finetune preset=tiny pretrained=runs/tiny/stage2    # fine-tune a backbone
+    python launch/submit.py -m stage=finetune finetune.lr=0.001,0.01,0.1 ...   # the lr grid (docs/finetuning.md)
     python launch/submit.py -m hydra/launcher=submitit_slurm optim.lr=1e-4,3e-4 ...   # a sweep
 
 The config is composed, given the demo's inputs (a preset's generated dataset, the auto teacher's
@@ -31,7 +33,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 HELP = """
-usage: python launch/submit.py stage=1|2|linear|all [key=value ...]
+usage: python launch/submit.py stage=1|2|linear|finetune|all [key=value ...]
 
 Validates the config, the dataset lists and every weight file, then queues the stage(s) on SLURM
 through Submitit and returns at once (job ids, run directory, logs, status and TensorBoard commands),
@@ -39,10 +41,11 @@ or runs them here with cluster=local. Rerunning the same command skips complete 
 jobs alone and resumes the others. Jobs checkpoint and requeue themselves on preemption.
 
 Stages:
-  stage=1 | 2 | linear   one stage (as launch/run.py --help describes; stage 2 and linear need pretrained=)
+  stage=1|2|linear|finetune  one stage (as launch/run.py --help describes; all but 1 need pretrained=)
   stage=all              stage 1 -> stage 2 -> linear evaluation chained with afterok, in
                          <run_dir>/stage1, stage2, linear; steps=/epochs= set the two pretraining
-                         stages' length, linear evaluation keeps linear.epochs
+                         stages' length, linear evaluation keeps linear.epochs; chain_finetune=true also
+                         fine-tunes stage 2's backbone after it, in <run_dir>/finetune
 
 Keys people change:
   preset=paper|tiny            the paper's recipe (default) | minutes on generated data
@@ -100,7 +103,13 @@ from launch.site import site_settings  # noqa: E402
 
 register_configs()
 
-STAGE_ORDER = tuple(rundir.STAGE_DIRS)  # 1 -> 2 -> linear
+STAGE_ORDER = ("1", "2", "linear")  # stage=all; chain_finetune=true adds "finetune" after linear
+#: What each chained stage starts from: the product of this earlier stage (stage 2 the stage-1 extraction,
+#: the evaluations stage 2's backbone).
+STARTS_FROM = {"2": "1", "linear": "2", "finetune": "2"}
+#: The stages the evaluations' own length keys (linear.epochs, finetune.epochs) set: steps=/epochs= are the
+#: pretraining stages' in stage=all.
+EVALUATION_STAGES = ("linear", "finetune")
 #: Keys that choose where and how to queue, not what to compute (burn/config.py role=LAUNCH).
 LAUNCH_KEYS = keys_with_role(LAUNCH)
 #: Keys a sweep's run directory names already (runs/<name>/<overrides>/stage<N>), besides the launch keys.
@@ -142,9 +151,10 @@ def base_run_dir(cfg: DictConfig) -> Path:
 def plan_stages(cfg: DictConfig) -> list[DictConfig]:
     """One resolved config per stage to run, in order, with run_dir and pretrained filled in.
 
-    stage=all: run_dir is the parent of stage1/, stage2/, linear/; stage 2 starts from
-    stage1/stage1_extraction.pth and linear evaluates stage2/backbone.pth; steps=/epochs= shorten the
-    pretraining stages, linear evaluation keeps its own linear.epochs."""
+    stage=all: run_dir is the parent of stage1/, stage2/, linear/ (and finetune/ with chain_finetune=true);
+    stage 2 starts from stage1/stage1_extraction.pth, linear evaluation and fine-tuning from
+    stage2/backbone.pth; steps=/epochs= shorten the pretraining stages, the evaluations keep their own
+    linear.epochs / finetune.epochs."""
     stage = str(cfg.stage)
     if stage not in STAGES:
         raise LaunchConfigError(f"stage={stage!r}: choose one of {', '.join(STAGES)}")
@@ -166,13 +176,14 @@ def plan_stages(cfg: DictConfig) -> list[DictConfig]:
             "stage 1's extraction and linear evaluates stage 2's backbone"
         )
     planned = []
-    for previous, name in zip((None,) + STAGE_ORDER, STAGE_ORDER):  # each stage starts from the one before
+    for name in STAGE_ORDER + (("finetune",) if cfg.chain_finetune else ()):
         stage_cfg = copy.deepcopy(base)
         stage_cfg.stage = name
         stage_cfg.run_dir = str(root / rundir.stage_dir_name(name))
+        previous = STARTS_FROM.get(name)
         start = root / rundir.stage_dir_name(previous) / rundir.STAGE_PRODUCTS[previous] if previous else None
         stage_cfg.pretrained = str(start) if start else None
-        if name == "linear":  # a short pretraining is no reason to cut the evaluation of its result
+        if name in EVALUATION_STAGES:  # a short pretraining is no reason to cut the evaluation of its result
             stage_cfg.steps = stage_cfg.epochs = None
         planned.append(stage_cfg)
     return planned
@@ -295,10 +306,9 @@ def print_submission(cfg: DictConfig, submitted: list[jobs.SubmittedStage]) -> N
 def print_local_results(summaries: list[dict]) -> None:
     for summary in summaries:
         if "top1" in summary:
-            print(
-                f"linear evaluation top-1: {summary['top1']:.2f}% (top-5 {summary.get('top5', 0):.2f}%) "
-                f"in {summary['run_dir']}"
-            )
+            what = "fine-tuning" if summary.get("stage") == "finetune" else "linear evaluation"
+            results = Path(summary["run_dir"]) / rundir.RESULTS.get(str(summary.get("stage")), rundir.LINEAR_RESULTS)
+            print(f"{what} top-1: {summary['top1']:.2f}% (top-5 {summary.get('top5', 0):.2f}%) in {results}")
     if summaries:
         print(f"TensorBoard: tensorboard --logdir {Path(summaries[0]['run_dir']).parent}")
 
@@ -306,7 +316,8 @@ def print_local_results(summaries: list[dict]) -> None:
 def _length(stage_cfg: DictConfig) -> str:
     if stage_cfg.steps:
         return f"steps={stage_cfg.steps}"
-    section = stage_cfg.linear if str(stage_cfg.stage) == "linear" else stage_cfg.train
+    stage = str(stage_cfg.stage)
+    section = stage_cfg[stage] if stage in EVALUATION_STAGES else stage_cfg.train
     return f"epochs={stage_cfg.epochs if stage_cfg.epochs is not None else section.epochs}"
 
 
