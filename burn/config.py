@@ -527,8 +527,9 @@ class BurnConfig:
     """Site set-up lines, sbatch options and srun arguments the suite does not model."""
     compare_baseline: bool = setting(False, role=LAUNCH)
     """stage=all with cluster=local: also run linear evaluation of a randomly initialised student
-    (pretrained=random, same recipe and seed) in <run_dir>/baseline and print both top-1s. On SLURM,
-    queue `stage=linear pretrained=random` yourself."""
+    (pretrained=random, same recipe and seed) in <run_dir>/baseline and print both top-1s (with
+    chain_finetune=true also fine-tuning's, in <run_dir>/finetune-baseline). On SLURM, queue
+    `stage=linear pretrained=random` yourself."""
     chain_finetune: bool = setting(False, role=LAUNCH)
     """stage=all: also fine-tune stage 2's backbone (stage=finetune, after linear evaluation, afterok)
     in <run_dir>/finetune, in the same submission."""

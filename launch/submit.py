@@ -350,15 +350,18 @@ def print_dry_run(cfg: DictConfig, planned: list[DictConfig], cluster: str) -> N
         previous = name
 
 
-def compare_with_baseline(linear_cfg: DictConfig, burn_summary: dict, max_requeues: int) -> None:
-    """The same linear evaluation of a randomly initialised student: what pretraining has to beat."""
-    baseline_cfg = copy.deepcopy(linear_cfg)
+def compare_with_baseline(eval_cfg: DictConfig, burn_summary: dict, max_requeues: int) -> None:
+    """The same evaluation (linear, or finetune) of a randomly initialised student: what pretraining has
+    to beat, in <run_dir>/baseline (<run_dir>/finetune-baseline)."""
+    stage = str(eval_cfg.stage)
+    baseline_cfg = copy.deepcopy(eval_cfg)
     baseline_cfg.pretrained = RANDOM_BACKBONE
-    baseline_cfg.run_dir = str(Path(linear_cfg.run_dir).parent / rundir.BASELINE_DIR)
+    folder = rundir.BASELINE_DIR if stage == "linear" else f"{rundir.stage_dir_name(stage)}-{rundir.BASELINE_DIR}"
+    baseline_cfg.run_dir = str(Path(eval_cfg.run_dir).parent / folder)
     baseline = task.run_stages_here([baseline_cfg], max_requeues)[-1]
     if "top1" in burn_summary and "top1" in baseline:
         print(
-            f"linear top-1: BURN {burn_summary['top1']:.2f}% | no pretraining (random student) "
+            f"{stage} top-1: BURN {burn_summary['top1']:.2f}% | no pretraining (random student) "
             f"{baseline['top1']:.2f}% | BURN - baseline: {burn_summary['top1'] - baseline['top1']:+.2f} points"
         )
 
@@ -393,7 +396,9 @@ def launch(cfg: DictConfig) -> None:
         summaries = task.run_stages_here(planned, cfg.max_requeues)
         print_local_results(summaries)
         if cfg.compare_baseline and str(cfg.stage) == "all":
-            compare_with_baseline(planned[-1], summaries[-1], cfg.max_requeues)
+            for stage_cfg, summary in zip(planned, summaries):
+                if str(stage_cfg.stage) in EVALUATION_STAGES:  # linear (and finetune with chain_finetune)
+                    compare_with_baseline(stage_cfg, summary, cfg.max_requeues)
         return
     print_submission(cfg, jobs.submit_stages(planned, cfg.max_requeues))
 
