@@ -166,9 +166,10 @@ def test_a_preempted_finetune_stage_resumes_to_the_same_bits(cli, tmp_path):
         assert a[part].keys() == b[part].keys()
         for key in a[part]:
             assert torch.equal(a[part][key], b[part][key]), f"{part}.{key} differs after resume"
-    assert not torch.equal(a["student"]["feature.1.binary_3x3.weight"], load_backbone(stage2 / "backbone.pth")[
-        "feature.1.binary_3x3.weight"
-    ]), "the backbone did not train"
+    assert not torch.equal(
+        a["student"]["feature.1.binary_3x3.weight"],
+        load_backbone(stage2 / "backbone.pth")["feature.1.binary_3x3.weight"],
+    ), "the backbone did not train"
     for tag in ("finetune/loss", "finetune/optim/lr"):
         curve = _scalars(interrupted, tag)
         assert [s for s, _ in curve] == list(range(1, STEPS + 1)) and curve == _scalars(straight, tag), tag
