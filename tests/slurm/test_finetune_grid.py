@@ -47,11 +47,12 @@ def test_a_two_point_finetune_grid_runs_one_job_per_point_and_the_report_picks_t
     # One SLURM array task per point, each finished with a result (the launcher blocks until then).
     results = sorted((tmp_path / "multirun").rglob(".submitit/*/*_result.pkl"))
     assert len(results) == 2, sorted(p.name for p in (tmp_path / "multirun").rglob("*"))
-    points = sorted((tmp_path / "runs" / "grid").iterdir())
-    assert [p.name.split(",")[0] for p in points] == ["finetune.lr=0.0001", "finetune.lr=0.1"]
-    top1 = {
-        p.name.split(",")[0]: json.loads((p / "finetune" / "finetune_eval.json").read_text())["top1"] for p in points
+    points = {  # runs/grid/<the job's overrides>, by its point
+        next(t for t in p.name.split(",") if t.startswith("finetune.lr=")): p
+        for p in (tmp_path / "runs" / "grid").iterdir()
     }
+    assert sorted(points) == ["finetune.lr=0.0001", "finetune.lr=0.1"]
+    top1 = {k: json.loads((p / "finetune" / "finetune_eval.json").read_text())["top1"] for k, p in points.items()}
 
     assert status.main([str(tmp_path / "runs" / "grid")]) == 0
     report = capsys.readouterr().out
