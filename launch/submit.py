@@ -92,6 +92,7 @@ from burn.runtime.environment import Environment  # noqa: E402
 from burn.runtime.errors import UsageError, reported_as_one_line  # noqa: E402
 from burn.validation import (  # noqa: E402
     check_batch,
+    check_labels,
     check_pretrained,
     check_teacher,
     check_values,
@@ -213,13 +214,13 @@ def dataset_splits(planned: list[DictConfig]) -> list[str]:
     return list(dict.fromkeys(split for stage_cfg in planned for split in stage_splits(stage_cfg)))
 
 
-def check_dataset(data_cfg: DictConfig, splits: list[str]) -> None:
+def check_dataset(data_cfg: DictConfig, splits: list[str]) -> dict:
     """Check the root, its lists and their files (a root still to be generated, in a dry run, is not
-    checked)."""
+    checked). Returns the sample lists by split."""
     from burn.data.loaders import validate_dataset
 
     try:
-        validate_dataset(data_cfg, splits)
+        return validate_dataset(data_cfg, splits)
     except (OSError, ValueError) as err:  # DatasetError is a ValueError
         raise LaunchConfigError(f"data.root={data_cfg.root}: {err}") from None
 
@@ -245,7 +246,10 @@ def validate(
     done = complete_stages(planned)
     todo = [c for c in planned if not any(c is d for d in done)]
     if with_data and todo:
-        check_dataset(todo[0].data, dataset_splits(todo))
+        lists = check_dataset(todo[0].data, dataset_splits(todo))
+        for stage_cfg in todo:
+            if str(stage_cfg.stage) in EVALUATION_STAGES:  # the head's classes hold every label
+                check_labels({s: lists[s] for s in stage_splits(stage_cfg) if s in lists}, stage_cfg.linear.num_classes)
     for stage_cfg in planned:
         check_identity(stage_cfg)
     produced = set()  # weight files an earlier stage of this submission will write
