@@ -86,7 +86,7 @@ def test_a_label_outside_linear_num_classes_is_one_line_naming_the_key_and_the_l
 
 def test_every_layer_trains_but_the_unused_mlp_head_and_the_head_lr_is_scaled():
     torch.manual_seed(0)
-    model = FinetuneModel(ReActNetA("binary", width=0.25), num_classes=5)
+    model = FinetuneModel(ReActNetA("binary", width=0.125), num_classes=5)
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
     assert all(name.startswith("backbone.fc.") for name, p in model.named_parameters() if not p.requires_grad)
     assert {"head.weight", "head.bias", "backbone.feature.0.bn1.weight"} <= trainable
