@@ -116,14 +116,17 @@ class StageStatus:
         return [r for r in rundir.read_jsonl(rundir.requeues_file(self.path)) if not r.get("refused")]
 
 
-def read_stage(path: Path) -> StageStatus:
-    records = rundir.read_jsonl(rundir.jobs_file(path))
+def read_stage_files(path: Path) -> StageStatus:
+    """A stage as its files say (progress, results, DONE, the jobs it recorded), without asking SLURM."""
     results = next((r for r in map(rundir.read_json, (path / n for n in rundir.RESULTS.values())) if r), {})
-    status = StageStatus(
-        path.name, path, (path / rundir.DONE).exists(), rundir.read_json(path / rundir.PROGRESS), results, records
-    )
-    if records:
-        status.latest = job_state(str(records[-1]["job_id"]))
+    done, progress = (path / rundir.DONE).exists(), rundir.read_json(path / rundir.PROGRESS)
+    return StageStatus(path.name, path, done, progress, results, rundir.read_jsonl(rundir.jobs_file(path)))
+
+
+def read_stage(path: Path) -> StageStatus:
+    status = read_stage_files(path)
+    if status.jobs:
+        status.latest = job_state(str(status.jobs[-1]["job_id"]))
     return status
 
 
@@ -334,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         lines, run_failed = report(run)
         print(("\n" if i else "") + "\n".join(lines))
         failed |= run_failed
-    grid = grid_report(run_dir, [read_stage(path) for run in runs for path in find_stages(run)])
+    grid = grid_report(run_dir, [read_stage_files(path) for run in runs for path in find_stages(run)])
     if grid:
         print("\n".join(grid))
     return 1 if failed else 0
