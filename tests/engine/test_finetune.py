@@ -180,3 +180,55 @@ def test_a_preempted_finetune_stage_resumes_to_the_same_bits(cli, tmp_path):
     assert results[1]["labeled_images"] == 40 and results[1]["labeled_list"].endswith("train_labeled_10pct.txt")
     assert results[1]["pretrained"] == str(stage2 / "backbone.pth")  # the entry wrote the file the dir names
     assert results[1]["recipe"]["global_batch"] == 16 and results[1]["recipe"]["steps"] == STEPS
+
+
+def _dali_importable() -> bool:
+    try:
+        import nvidia.dali  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "device, backend, precision",
+    [
+        ("cpu", "torchvision", "fp32"),
+        pytest.param(
+            "cuda",
+            "dali",
+            "fp16",
+            marks=[
+                pytest.mark.gpu,
+                pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+                pytest.mark.skipif(not _dali_importable(), reason="DALI is not installed"),
+            ],
+        ),
+        pytest.param(
+            "cuda",
+            "torchvision",
+            "fp16",
+            marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")],
+        ),
+    ],
+)
+def test_the_finetune_stage_writes_its_results_with_each_loader(cli, tmp_path, device, backend, precision):
+    """The whole stage with the torchvision fallback on CPU (the resume test above reads with DALI), and on
+    CUDA with fp16 and each loader: finetune_eval.json holds the scores, the list, its size and the recipe."""
+    run_dir = tmp_path / "finetune"
+    overrides = cli.overrides(
+        run_dir,
+        "stage=finetune",
+        "pretrained=random",
+        "steps=3",
+        "finetune.eval_every_epochs=0",
+        f"data.backend={backend}",
+        f"train.precision={precision}",
+    )
+    assert cli.run(overrides, "finetune") == [0], cli.log("finetune")
+    results = json.loads((run_dir / "finetune_eval.json").read_text())
+    assert results["num_samples"] == 100 and 0 <= results["top1"] <= results["top5"] <= 100
+    assert results["labeled_images"] == 400 and results["labeled_list"].endswith("meta/train_labeled.txt")
+    assert results["recipe"]["precision"] == precision and results["recipe"]["steps"] == 3
+    assert (run_dir / "DONE").exists()
