@@ -180,7 +180,7 @@ def pretrained_backbone(pretrained: str) -> str:
 
 def stage_splits(cfg: DictConfig) -> list[str]:
     """The dataset splits a stage reads: pretraining the unlabelled train list (and, with the k-NN
-    monitor on, the labelled ones), linear the labelled train and val lists."""
+    monitor on, the labelled ones), the evaluations (linear, finetune) the labelled train and val lists."""
     if str(cfg.stage) in EVALUATIONS:
         return ["train_labeled", "val"]
     return ["train", "train_labeled", "val"] if cfg.monitor.knn else ["train"]
