@@ -3,6 +3,7 @@
     python benchmarks/learning.py            # 3 seeds, every variant (<= 30 min on 2 cores)
     python benchmarks/learning.py --quick    # 1 seed, BURN and the baseline only (<= 8 min): the edit loop
     python benchmarks/learning.py --variant lr01=optim.teacher_classifier_lr_scale=0.1 --only burn lr01
+    python benchmarks/learning.py --finetune # also fine-tunes on 10% of the labels (last line: its gap)
 
 1. Generates a dataset with the project's generator (classes differ in shape and texture; hues are
    shared between classes, so colour alone does not name a class).
@@ -17,6 +18,10 @@
    plus any ``--variant NAME=OVERRIDES`` (space-separated Hydra overrides inside one argument).
 4. Prints top-1 per seed, mean and spread per variant, the KL term at the end of stage 1 (near 0
    means the two classifiers agree on a constant: collapse), and last ``BURN - baseline: +X.X points``.
+
+5. With ``--finetune``: fine-tunes (stage=finetune) the ``burn`` runs' stage-2 backbones and random inits,
+   same seeds, on 10% of the train labels (``meta/train_labeled_10pct.txt``, class-balanced), and prints
+   last ``finetune 10%: BURN - random init: +X.X points``.
 
 Every run is a real ``launch/submit.py ... cluster=local`` process; results land in --workdir
 (default runs/learning-benchmark) and are reused when a run is complete (delete the folder to redo).
@@ -121,7 +126,76 @@ def one(
         run(cmd, run_dir / "log.txt", threads)
         print(f"  {name} seed {seed}: {time.time() - started:.0f} s", flush=True)
     top1 = json.loads(result.read_text())["top1"]
-    return {"top1": top1, "kl": final_kl(run_dir / rundir.stage_dir_name("1")) if overrides is not None else None}
+    kl = final_kl(run_dir / rundir.stage_dir_name("1")) if overrides is not None else None
+    return {"top1": top1, "kl": kl, "run_dir": run_dir}
+
+
+#: --finetune: the fine-tuning recipe on the 10% list (16 classes x 8 images: 2 steps per epoch of the tiny
+#: preset's batch of 64, so 3x the tiny preset's 20 epochs, milestones scaled alike). lr and head multiplier:
+#: the grid point 0.001 x 10, the tiny preset's (docs/finetuning.md: x10 on lr 0.01 diverged here).
+FINETUNE = [
+    "data.train_labeled_list=meta/train_labeled_10pct.txt",
+    "finetune.epochs=60",
+    "finetune.milestones=[36,48]",
+    "finetune.eval_every_epochs=0",
+    "finetune.lr=0.001",
+    "finetune.head_lr_scale=10",
+]
+
+
+def finetune_one(
+    workdir: Path, data_root: Path, start: str, backbone: Path | None, seed: int, extra: list, threads: int
+):
+    """Top-1 of one fine-tuning run (stage=finetune) from `backbone` (None: a random init), reused when done."""
+    settings = [*FINETUNE, *extra, f"pretrained={backbone or 'random'}"]
+    defaults = b"".join((REPO / f).read_bytes() for f in ("burn/config.py", "conf/preset/tiny.yaml"))
+    digest = hashlib.sha256(" ".join(COMMON + settings).encode() + defaults).hexdigest()[:8]
+    run_dir = workdir / "runs" / f"finetune-{start}-s{seed}-{digest}"
+    result = run_dir / rundir.FINETUNE_RESULTS
+    if not result.is_file():
+        run_dir.parent.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "launch/submit.py", *COMMON, f"data.root={data_root}", f"seed={seed}", "cluster=local"]
+        started = time.time()
+        run(
+            [*cmd, "stage=finetune", *settings, f"run_dir={run_dir}"], workdir / "runs" / f"{run_dir.name}.log", threads
+        )
+        print(f"  finetune from {start} seed {seed}: {time.time() - started:.0f} s", flush=True)
+    return json.loads(result.read_text())
+
+
+def finetune_comparison(workdir: Path, data_root: Path, burn_runs: dict, extra: list, jobs: int) -> None:
+    """--finetune: the burn runs' stage-2 backbones and random inits fine-tuned on 10% of the labels, same
+    seeds; a table, then last the line ``finetune 10%: BURN - random init: +X.X points``."""
+    from burn.demo.synthetic import write_labeled_subsets
+
+    if not (data_root / "meta" / "train_labeled_10pct.txt").is_file():  # a dataset generated before they were
+        write_labeled_subsets(data_root)
+    seeds = sorted(burn_runs)
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    with ThreadPoolExecutor(jobs) as pool:
+        futures = {
+            (start, s): pool.submit(finetune_one, workdir, data_root, start, backbone, s, extra, threads)
+            for s in seeds
+            for start, backbone in (
+                ("burn", Path(burn_runs[s]) / rundir.stage_dir_name("2") / rundir.BACKBONE),
+                ("random", None),
+            )
+        }
+        results = {key: future.result() for key, future in futures.items()}
+    first = results["burn", seeds[0]]
+    print(
+        f"\nfine-tuning on {first['labeled_images']} labelled images ({first['labeled_list']}), "
+        f"{first['recipe']['steps']} steps, every layer of the binary student + a new head:"
+    )
+    print(f"| start | top-1 per seed ({', '.join(map(str, seeds))}) | mean | spread (sd) |")
+    print("| --- | --- | --- | --- |")
+    means = {}
+    for start in ("burn", "random"):
+        tops = [results[start, s]["top1"] for s in seeds]
+        means[start] = statistics.mean(tops)
+        sd = statistics.stdev(tops) if len(tops) > 1 else 0.0
+        print(f"| {start} | {' / '.join(f'{t:.1f}' for t in tops)} | {means[start]:.1f} | {sd:.1f} |")
+    print(f"finetune 10%: BURN - random init: {means['burn'] - means['random']:+.1f} points")
 
 
 def train_teacher_once(data_root: Path, extra: list) -> Path:
@@ -155,6 +229,11 @@ def main() -> int:
     parser.add_argument("--only", nargs="*", help="run only these variants (baseline always runs)")
     parser.add_argument("--extra", nargs="*", default=[], help="overrides for every run")
     parser.add_argument("--jobs", type=int, default=2, help="runs side by side (each gets cores / jobs threads)")
+    parser.add_argument(
+        "--finetune",
+        action="store_true",
+        help="also fine-tune the burn runs' backbones and random inits on 10%% of the labels (last line: the gap)",
+    )
     args = parser.parse_args()
     seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
     variants = dict(VARIANTS)
@@ -210,6 +289,9 @@ def main() -> int:
             if other in means:
                 print(f"BURN - {other}: {means['burn'] - means[other]:+.1f} points")
         print(f"BURN - baseline: {means['burn'] - means['baseline']:+.1f} points")
+    if args.finetune and "burn" in results:
+        burn_runs = {s: row["run_dir"] for s, row in zip(seeds, results["burn"])}
+        finetune_comparison(workdir, data_root, burn_runs, args.extra, args.jobs)
     return 0
 
 

@@ -42,6 +42,7 @@ def split_global_batch(global_batch: int, per_gpu_batch: int, world_size: int, s
 
 
 def split_stage_batch(stage_cfg: Any, world_size: int) -> BatchSplit:
-    """The split of a stage config's batch: ``linear.*`` for stage=linear, ``train.*`` otherwise."""
-    section = "linear" if str(stage_cfg.stage) == "linear" else "train"
+    """The split of a stage config's batch: ``linear.*`` for stage=linear, ``finetune.*`` for stage=finetune,
+    ``train.*`` otherwise."""
+    section = str(stage_cfg.stage) if str(stage_cfg.stage) in ("linear", "finetune") else "train"
     return split_global_batch(stage_cfg[section].global_batch, stage_cfg[section].per_gpu_batch, world_size, section)

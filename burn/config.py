@@ -27,7 +27,7 @@ LAUNCH = "launch"
 #: checkpoint would silently override the new value (the optimizer state holds the learning rates).
 IDENTITY = "identity"
 
-STAGES = ("1", "2", "linear", "all")
+STAGES = ("1", "2", "linear", "finetune", "all")
 #: container.runtime: how every task of a stage job enters the image (launch/container.py); none: no container.
 CONTAINER_RUNTIMES = ("none", "pyxis", "apptainer", "podman")
 #: ``pretrained=random`` with stage=linear: evaluate a freshly initialised (seeded) student, the
@@ -54,6 +54,10 @@ STAGE_PRECISION = {"1": "binact", "2": "binary"}
 #: The stages a key is read by (``setting(stages=...)``): an IDENTITY key binds only the run directories of those.
 PRETRAINING = ("1", "2")
 LINEAR = ("linear",)
+FINETUNE = ("finetune",)
+#: The stages that start from a pretrained backbone (``pretrained=`` a backbone.pth, a stage-2 run dir or
+#: ``random``), train on data.train_labeled_list, score on data.val_list and read no teacher.
+EVALUATIONS = LINEAR + FINETUNE
 #: Keys that moved or merged (old dotted key -> the key that now holds the setting). A command line that
 #: names an old key is refused naming the new one (launch/entry.py); a saved config.yaml (or a queued job's
 #: config) written before the move is read with the value moved, unless the new key is there already.
@@ -300,13 +304,47 @@ class LinearConfig:
     """SGD weight decay."""
     milestones: list[int] = setting(factory=lambda: [60, 80], role=IDENTITY, stages=LINEAR)
     """Epochs at which the learning rate is multiplied by 0.1."""
-    num_classes: int = setting(1000, role=IDENTITY, stages=LINEAR)
-    """Classes of the labelled lists (the classifier's outputs)."""
+    num_classes: int = setting(1000, role=IDENTITY, stages=EVALUATIONS)
+    """Classes of the labelled lists: the outputs of linear evaluation's classifier and of fine-tuning's
+    head (stage=finetune reads this key too). A label of data.train_labeled_list or data.val_list outside
+    0..num_classes-1 is refused with one line before the stage starts."""
     eval_every_epochs: int = 10
     """Evaluate on data.val_list every N epochs (TensorBoard linear/val/top1, top5) as well as at the
     end; 0: at the end only."""
     precision: str = setting("binary", choices=STUDENT_PRECISIONS, role=IDENTITY, stages=LINEAR)
     """Student precision of the evaluated backbone: binary (stage-2 weights) | binact | fp."""
+
+
+@dataclass
+class FinetuneConfig:
+    """Fine-tuning (stage=finetune): every layer of the fully binary student (latent real weights with
+    the straight-through sign, as in stage 2; BatchNorm trainable) plus a new linear head on the pooled
+    backbone features, trained on data.train_labeled_list and scored on data.val_list. The defaults are
+    the semi-supervised protocol of OpenSelfSup's configs/benchmarks/semi_classification/ for 1% of the
+    labels (docs/reference.md); 10%: finetune.weight_decay=1e-4 (docs/finetuning.md). The head has
+    linear.num_classes outputs."""
+
+    epochs: float = 20.0
+    """Length in epochs of data.train_labeled_list (the top-level steps=/epochs= win)."""
+    global_batch: int = setting(256, role=IDENTITY, stages=FINETUNE)
+    """Images per optimizer step over all ranks."""
+    per_gpu_batch: int = setting(64, role=IDENTITY, stages=FINETUNE)
+    """Most images per forward on one rank (burn/batch.py, as train.per_gpu_batch)."""
+    lr: float = setting(0.01, role=IDENTITY, stages=FINETUNE)
+    """SGD learning rate of the backbone (the protocol's grid: 0.001, 0.01, 0.1)."""
+    head_lr_scale: float = setting(1.0, role=IDENTITY, stages=FINETUNE)
+    """The head's lr as a multiple of finetune.lr (the protocol's grid: 1, 10, 100)."""
+    momentum: float = setting(0.9, role=IDENTITY, stages=FINETUNE)
+    """SGD momentum."""
+    weight_decay: float = setting(5e-4, role=IDENTITY, stages=FINETUNE)
+    """SGD weight decay on every parameter: the protocol's 5e-4 for 1% of the labels, 1e-4 for 10%."""
+    milestones: list[int] = setting(factory=lambda: [12, 16], role=IDENTITY, stages=FINETUNE)
+    """Epochs at which both learning rates are multiplied by finetune.gamma."""
+    gamma: float = setting(0.2, role=IDENTITY, stages=FINETUNE)
+    """The lr factor at each milestone."""
+    eval_every_epochs: int = 5
+    """Evaluate on data.val_list every N epochs (TensorBoard finetune/val/top1, top5) as well as at the
+    end; 0: at the end only."""
 
 
 @dataclass
@@ -409,7 +447,7 @@ class BurnConfig:
     """The whole configuration of a stage (and of launch/submit.py)."""
 
     stage: str = setting("1", choices=STAGES, role=IDENTITY)
-    """1 | 2 | linear (| all with launch/submit.py)."""
+    """1 | 2 | linear | finetune (| all with launch/submit.py)."""
     preset: str = "paper"
     """Name of the preset group the values came from (paper | tiny)."""
     name: str = "burn"
@@ -425,8 +463,9 @@ class BurnConfig:
     """Length of this stage in optimizer steps (at least 1); wins over epochs when given (stage=all: as
     epochs)."""
     pretrained: str | None = setting(None, role=IDENTITY)
-    """Stage 2: a stage-1 extraction (or checkpoint); linear: a backbone extraction (or checkpoint), or
-    ``random`` for the no-pretraining baseline (a seeded random student)."""
+    """Stage 2: a stage-1 extraction (or checkpoint); linear and finetune: a backbone extraction (or
+    checkpoint), a stage-2 run directory (its backbone.pth; a stage=all run directory: its
+    stage2/backbone.pth), or ``random`` for the no-pretraining baseline (a seeded random student)."""
     model: ModelConfig = setting(factory=ModelConfig, role=IDENTITY)
     """The networks."""
     auto_teacher: AutoTeacherConfig = field(default_factory=AutoTeacherConfig)
@@ -441,6 +480,8 @@ class BurnConfig:
     """Pretraining loop."""
     linear: LinearConfig = field(default_factory=LinearConfig)
     """Linear evaluation."""
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    """Fine-tuning (stage=finetune: the semi-supervised evaluation, transfer to your own dataset)."""
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     """Checkpoints and the resume guard."""
     log: LogConfig = field(default_factory=LogConfig)
@@ -486,8 +527,12 @@ class BurnConfig:
     """Site set-up lines, sbatch options and srun arguments the suite does not model."""
     compare_baseline: bool = setting(False, role=LAUNCH)
     """stage=all with cluster=local: also run linear evaluation of a randomly initialised student
-    (pretrained=random, same recipe and seed) in <run_dir>/baseline and print both top-1s. On SLURM,
-    queue `stage=linear pretrained=random` yourself."""
+    (pretrained=random, same recipe and seed) in <run_dir>/baseline and print both top-1s (with
+    chain_finetune=true also fine-tuning's, in <run_dir>/finetune-baseline). On SLURM, queue
+    `stage=linear pretrained=random` yourself."""
+    chain_finetune: bool = setting(False, role=LAUNCH)
+    """stage=all: also fine-tune stage 2's backbone (stage=finetune, after linear evaluation, afterok)
+    in <run_dir>/finetune, in the same submission."""
 
 
 def schema_fields(cls: type = BurnConfig, prefix: str = "") -> Iterator[tuple[str, Any]]:

@@ -12,10 +12,11 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from burn.config import AUTO_TEACHER, RANDOM_BACKBONE, closed_choices
+from burn.config import AUTO_TEACHER, EVALUATIONS, RANDOM_BACKBONE, closed_choices
 from burn.runtime.errors import UsageError
+from burn.runtime.rundir import BACKBONE, STAGE_DIRS, backbone_file
 
-RUNNABLE_STAGES = ("1", "2", "linear")
+RUNNABLE_STAGES = ("1", "2", "linear", "finetune")
 
 
 def check_closed_choices(cfg: DictConfig, stages: Iterable[str] = RUNNABLE_STAGES) -> None:
@@ -39,8 +40,15 @@ def check_values(cfg: DictConfig) -> None:
             raise UsageError(
                 f"{key}={cfg[key]}: a stage's length must be positive (leave {key} unset for the preset's length)"
             )
-    if cfg.linear.eval_every_epochs < 0:
-        raise UsageError(f"linear.eval_every_epochs={cfg.linear.eval_every_epochs}: must be >= 0 (0: at the end only)")
+    for section in ("linear", "finetune"):
+        every = cfg[section].eval_every_epochs
+        if every < 0:
+            raise UsageError(f"{section}.eval_every_epochs={every}: must be >= 0 (0: at the end only)")
+    if cfg.linear.num_classes < 1:
+        raise UsageError(f"linear.num_classes={cfg.linear.num_classes}: must be >= 1 (the labelled lists' classes)")
+    for key in ("lr", "head_lr_scale", "gamma"):
+        if cfg.finetune[key] <= 0:
+            raise UsageError(f"finetune.{key}={cfg.finetune[key]}: must be positive")
     check_data_root_set(cfg)
 
 
@@ -79,7 +87,7 @@ def check_weights(path: str, key: str, stage: str) -> None:
             pass
     except OSError as err:
         raise UsageError(f"{key}={path}: cannot be opened for reading ({err.strerror})") from None
-    loader = {"teacher": read_teacher_trunk, "2": load_stage1_init, "linear": load_backbone}[
+    loader = {"teacher": read_teacher_trunk, "2": load_stage1_init, "linear": load_backbone, "finetune": load_backbone}[
         "teacher" if key == "model.teacher_weights" else stage
     ]
     try:
@@ -113,13 +121,13 @@ def check_teacher(cfg: DictConfig) -> None:
     """A pretraining stage's model.teacher_weights (None keeps a random teacher trunk). ``auto`` is
     replaced by the cached teacher's path at the entry points (burn.demo.inputs.prepare_demo_inputs),
     before any check: this checks the file it names, and refuses an ``auto`` nobody resolved."""
-    if str(cfg.stage) != "linear" and cfg.model.teacher_weights == AUTO_TEACHER:
+    if str(cfg.stage) not in EVALUATIONS and cfg.model.teacher_weights == AUTO_TEACHER:
         raise UsageError(
             "model.teacher_weights=auto is resolved by the entry points (launch/run.py, launch/submit.py: "
             "burn.demo.inputs.prepare_demo_inputs) before a stage starts; this config was not: run it "
             "through them, or give model.teacher_weights=FILE"
         )
-    if str(cfg.stage) != "linear" and cfg.model.teacher_weights:
+    if str(cfg.stage) not in EVALUATIONS and cfg.model.teacher_weights:
         check_weights(cfg.model.teacher_weights, "model.teacher_weights", str(cfg.stage))
 
 
@@ -127,13 +135,14 @@ def check_pretrained(cfg: DictConfig, produced: Collection[str] = ()) -> None:
     """``pretrained``: a weights file this stage can start from, one that an earlier stage of the same
     submission will write (`produced`, not there yet), or ``random`` (nothing to load: stage 2 is then
     the original's single-stage pretraining from scratch, linear the no-pretraining baseline). Stage 1
-    always starts from scratch; stages 2 and linear must say what they start from."""
+    always starts from scratch; stages 2, linear and finetune must say what they start from (the last two
+    also a stage-2 run directory: its backbone.pth, :func:`pretrained_backbone`)."""
     stage = str(cfg.stage)
     if stage == "1":
         if cfg.pretrained:
             raise UsageError(
                 f"pretrained={cfg.pretrained}: stage 1 starts from scratch; pretrained= is for "
-                "stage=2 (a stage-1 extraction) and stage=linear (a backbone)"
+                "stage=2 (a stage-1 extraction), stage=linear and stage=finetune (a backbone)"
             )
         return
     if not cfg.pretrained:
@@ -145,20 +154,34 @@ def check_pretrained(cfg: DictConfig, produced: Collection[str] = ()) -> None:
             )
             if stage == "2"
             else (
-                f"a backbone (e.g. runs/burn/stage2/backbone.pth), or pretrained={RANDOM_BACKBONE} for the "
-                "no-pretraining baseline"
+                f"a backbone (e.g. runs/burn/stage2/backbone.pth, or the stage-2 run dir runs/burn/stage2), or "
+                f"pretrained={RANDOM_BACKBONE} for the no-pretraining baseline"
             )
         )
         raise UsageError(f"stage={stage} needs pretrained=: {what}")
     if cfg.pretrained == RANDOM_BACKBONE or cfg.pretrained in produced:
         return
-    check_weights(cfg.pretrained, "pretrained", stage)
+    path = pretrained_backbone(cfg.pretrained) if stage in EVALUATIONS else cfg.pretrained
+    check_weights(path, "pretrained", stage)
+
+
+def pretrained_backbone(pretrained: str) -> str:
+    """The backbone file ``pretrained=`` names for linear evaluation and fine-tuning: a file as it is, a
+    stage-2 run directory's backbone.pth (a stage=all run directory's stage2/backbone.pth). The entry
+    points write it into the config (launch/entry.py), so config.yaml and the identity check see the file."""
+    found = backbone_file(pretrained)
+    if found is None:
+        raise UsageError(
+            f"pretrained={pretrained}: a directory without {BACKBONE} (nor {STAGE_DIRS['2']}/{BACKBONE}): "
+            "point it at a stage-2 run that completed, or at a backbone file"
+        )
+    return str(found)
 
 
 def stage_splits(cfg: DictConfig) -> list[str]:
     """The dataset splits a stage reads: pretraining the unlabelled train list (and, with the k-NN
-    monitor on, the labelled ones), linear the labelled train and val lists."""
-    if str(cfg.stage) == "linear":
+    monitor on, the labelled ones), the evaluations (linear, finetune) the labelled train and val lists."""
+    if str(cfg.stage) in EVALUATIONS:
         return ["train_labeled", "val"]
     return ["train", "train_labeled", "val"] if cfg.monitor.knn else ["train"]
 
@@ -169,6 +192,25 @@ def check_data(cfg: DictConfig) -> None:
 
     check_data_root_set(cfg)
     try:
-        validate_dataset(cfg.data, stage_splits(cfg))
+        lists = validate_dataset(cfg.data, stage_splits(cfg))
     except (OSError, ValueError) as err:  # DatasetError is a ValueError
         raise UsageError(f"data.root={cfg.data.root}: {err}") from None
+    if str(cfg.stage) in EVALUATIONS:
+        check_labels(lists, cfg.linear.num_classes)
+
+
+def check_labels(lists: dict, num_classes: int) -> None:
+    """Every label of the labelled lists an evaluation reads is one of the head's linear.num_classes
+    outputs (a larger one would fail inside the loss, steps into the stage)."""
+    for samples in lists.values():
+        if samples.labels is None:
+            continue
+        bad = [(line, label) for line, label in zip(samples.lines, samples.labels) if label >= num_classes]
+        if bad:
+            line, label = bad[0]
+            where = f"{samples.source} line {line}" if line else samples.source
+            more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+            raise UsageError(
+                f"linear.num_classes={num_classes}: {where} has label {label}{more}, outside 0..{num_classes - 1}; "
+                f"set linear.num_classes={max(samples.labels) + 1} (the head's outputs, shared by linear and finetune)"
+            )

@@ -14,9 +14,9 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from burn.config import CONF_DIR as CONF
-from burn.config import PATH_KEYS, RENAMED_KEYS, absolute_path
+from burn.config import EVALUATIONS, PATH_KEYS, RANDOM_BACKBONE, RENAMED_KEYS, absolute_path
 from burn.runtime.errors import UsageError, reported_as_one_line
-from burn.validation import RUNNABLE_STAGES, check_closed_choices
+from burn.validation import RUNNABLE_STAGES, check_closed_choices, pretrained_backbone
 
 
 def print_help_if_asked(text: str, argv: Iterable[str] = ()) -> None:
@@ -89,3 +89,7 @@ def prepare_config(cfg: DictConfig, stages: Iterable[str] = RUNNABLE_STAGES) -> 
         value = OmegaConf.select(cfg, key)  # None when unset or missing (???)
         if value is not None:
             OmegaConf.update(cfg, key, absolute_path(value))
+    if str(cfg.stage) in EVALUATIONS and cfg.pretrained and cfg.pretrained != RANDOM_BACKBONE:
+        # A stage-2 run directory names its backbone.pth: the config (config.yaml, the identity check,
+        # a queued job) holds the file itself.
+        cfg.pretrained = pretrained_backbone(cfg.pretrained)

@@ -14,7 +14,7 @@ from burn.runtime.signal_flags import ignore_once_complete, install_early
 install_early()
 
 HELP = """
-usage: python launch/run.py stage=1|2|linear [key=value ...]
+usage: python launch/run.py stage=1|2|linear|finetune [key=value ...]
 
 Runs one stage in this process: alone, as one rank under torchrun, or as one task of srun inside
 sbatch. A rerun of the same command resumes from the run directory's newest checkpoint; a complete
@@ -24,14 +24,17 @@ Stages:
   stage=1        pretraining, binary activations; writes <run_dir>/stage1_extraction.pth
   stage=2        pretraining, binary weights too; pretrained=<stage-1 extraction>, or pretrained=random
                  for single-stage pretraining from scratch; writes <run_dir>/backbone.pth
-  stage=linear   linear evaluation of pretrained=<backbone.pth> (random: the no-pretraining baseline);
-                 writes <run_dir>/linear_eval.json
+  stage=linear   linear evaluation of pretrained=<backbone.pth or stage-2 run dir> (random: the
+                 no-pretraining baseline); writes <run_dir>/linear_eval.json
+  stage=finetune fine-tuning of the whole binary student + a new head on data.train_labeled_list, from
+                 pretrained=<backbone.pth or stage-2 run dir> (or random); writes <run_dir>/finetune_eval.json
+                 (recipe: finetune.*, docs/finetuning.md)
 
 Keys people change:
   preset=paper|tiny            the paper's recipe (default) | minutes on generated data (data/synthetic-tiny)
   data.root=DIR                ImageNet-style dataset: train/, val/, meta/{train,train_labeled,val_labeled}.txt
   model.teacher_weights=FILE   the frozen teacher (MoCo v2 release, ...); auto: train a small one (small folders)
-  pretrained=FILE|random       what stage 2 / linear start from
+  pretrained=FILE|DIR|random   what stage 2 / linear / finetune start from
   run_dir=DIR                  the stage's directory (default runs/<name>/stage1, stage2, linear)
   steps=N  epochs=E            this stage's length (steps win)
   train.global_batch=N         images per optimizer step over all ranks (at most train.per_gpu_batch per forward)
@@ -52,6 +55,8 @@ Examples:
   torchrun --nproc_per_node 8 launch/run.py stage=1 data.root=/datasets/imagenet model.teacher_weights=moco.pth
   python launch/run.py stage=2 pretrained=runs/burn/stage1/stage1_extraction.pth data.root=/datasets/imagenet ...
   python launch/run.py stage=linear pretrained=runs/burn/stage2/backbone.pth data.root=/datasets/imagenet
+  python launch/run.py stage=finetune pretrained=runs/burn/stage2 data.root=/datasets/imagenet \
+      data.train_labeled_list=meta/train_labeled_1pct.txt
 """
 
 from launch.entry import CONF, prepare_config, print_help_if_asked, quote_image_argv, refuse_renamed_keys  # noqa: E402

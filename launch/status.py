@@ -1,11 +1,14 @@
 """Where is my run? `burn-status RUN_DIR` (or `python launch/status.py RUN_DIR`)
 
-RUN_DIR is the parent of a stage=all run (stage1/, stage2/, linear/), one stage's run dir, or a
+RUN_DIR is the parent of a stage=all run (stage1/, stage2/, linear/, finetune/), one stage's run dir, or a
 folder of runs (e.g. runs/: every run under it, a few levels deep, is reported). For each stage:
 its SLURM jobs and their states (squeue while queued, sacct after), restarts and their causes
 (requeues.jsonl: ``requeued 2x: peer rank died at step 9; preempted``), ranks (and their
 changes by elastic resumes), step/total, last loss, lambda, images/s (progress.json) and top-1
-(linear_eval.json). A failed stage is reported with its error line (recorded in progress.json, else
+(linear_eval.json, finetune_eval.json). A folder holding two or more fine-tuning runs (the points of an lr
+grid: ``submit.py -m stage=finetune finetune.lr=... finetune.head_lr_scale=...``) ends with the grid's
+table, the best point marked by validation top-1 (the protocol's choice, and optimistic:
+docs/finetuning.md). A failed stage is reported with its error line (recorded in progress.json, else
 the log's last line), its log file and the log's last lines.
 
 Exit status: 0 when nothing failed (a stage its user cancelled, with scancel or Ctrl-C, says
@@ -113,18 +116,17 @@ class StageStatus:
         return [r for r in rundir.read_jsonl(rundir.requeues_file(self.path)) if not r.get("refused")]
 
 
+def read_stage_files(path: Path) -> StageStatus:
+    """A stage as its files say (progress, results, DONE, the jobs it recorded), without asking SLURM."""
+    results = next((r for r in map(rundir.read_json, (path / n for n in rundir.RESULTS.values())) if r), {})
+    done, progress = (path / rundir.DONE).exists(), rundir.read_json(path / rundir.PROGRESS)
+    return StageStatus(path.name, path, done, progress, results, rundir.read_jsonl(rundir.jobs_file(path)))
+
+
 def read_stage(path: Path) -> StageStatus:
-    records = rundir.read_jsonl(rundir.jobs_file(path))
-    status = StageStatus(
-        path.name,
-        path,
-        (path / rundir.DONE).exists(),
-        rundir.read_json(path / rundir.PROGRESS),
-        rundir.read_json(path / rundir.LINEAR_RESULTS),
-        records,
-    )
-    if records:
-        status.latest = job_state(str(records[-1]["job_id"]))
+    status = read_stage_files(path)
+    if status.jobs:
+        status.latest = job_state(str(status.jobs[-1]["job_id"]))
     return status
 
 
@@ -276,6 +278,48 @@ def report(run_dir: Path) -> tuple[list[str], bool]:
     return lines, bool(failed)
 
 
+def is_finetune(stage: StageStatus) -> bool:
+    return stage.progress.get("stage") == "finetune" or "recipe" in stage.results or stage.name == "finetune"
+
+
+def _point_labels(folder: Path, stages: list[StageStatus]) -> list[str]:
+    """Each fine-tuning run's folder below `folder` (a sweep names it by its overrides), less the
+    overrides every point shares: what differs between the points."""
+    names = [str(s.path.parent.relative_to(folder)) if s.path.parent != folder else s.path.name for s in stages]
+    tokens = [name.split(",") for name in names]
+    shared = set.intersection(*map(set, tokens)) if len(tokens) > 1 else set()
+    return [",".join(t for t in row if t not in shared) or name for row, name in zip(tokens, names)]
+
+
+def grid_report(folder: Path, stages: list[StageStatus]) -> list[str]:
+    """The table of the fine-tuning runs under `folder` (an lr grid), the best by validation top-1 marked."""
+    runs = [s for s in stages if is_finetune(s)]
+    if len(runs) < 2:
+        return []
+    scored = [s for s in runs if s.done and "top1" in s.results]
+    best = max(scored, key=lambda s: s.results["top1"], default=None)
+    lines = [
+        "",
+        f"finetune grid: {len(runs)} points under {folder}, {len(scored)} complete; best = highest validation "
+        "top-1 (the protocol's choice, optimistic: the points are chosen on the set that scores them; "
+        "docs/finetuning.md)",
+        "| point | lr | head lr x | weight decay | pretrained | labelled images | top-1 | top-5 | |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for stage, label in zip(runs, _point_labels(folder, runs)):
+        r, recipe = stage.results, stage.results.get("recipe", {})
+        pretrained = str(r.get("pretrained", "-"))
+        mark = "<- best" if stage is best else ("" if stage in scored else stage.progress.get("state", "pending"))
+        lines.append(
+            f"| {label} | {recipe.get('lr', '-')} | {recipe.get('head_lr_scale', '-')} | "
+            f"{recipe.get('weight_decay', '-')} | {pretrained} | {r.get('labeled_images', '-')} | "
+            f"{_fmt(r.get('top1'), '.2f')} | {_fmt(r.get('top5'), '.2f')} | {mark} |"
+        )
+    if best is not None:
+        lines.append(f"best point: {best.path} (top-1 {best.results['top1']:.2f}%)")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", type=Path, help="a stage=all run dir, one stage's run dir, or a folder of runs")
@@ -293,6 +337,9 @@ def main(argv: list[str] | None = None) -> int:
         lines, run_failed = report(run)
         print(("\n" if i else "") + "\n".join(lines))
         failed |= run_failed
+    grid = grid_report(run_dir, [read_stage_files(path) for run in runs for path in find_stages(run)])
+    if grid:
+        print("\n".join(grid))
     return 1 if failed else 0
 
 

@@ -3,6 +3,8 @@
     python launch/submit.py stage=1 nodes=2 preset=tiny            # one stage, 2 nodes
     python launch/submit.py stage=all preset=tiny                  # stage 1 -> 2 -> linear (afterok)
     python launch/submit.py stage=all preset=tiny cluster=local    # same code, in this process
+    python launch/submit.py stage=finetune preset=tiny pretrained=runs/tiny/stage2    # fine-tune a backbone
+    python launch/submit.py -m stage=finetune finetune.lr=0.001,0.01,0.1 ...   # the lr grid (docs/finetuning.md)
     python launch/submit.py -m hydra/launcher=submitit_slurm optim.lr=1e-4,3e-4 ...   # a sweep
 
 The config is composed, given the demo's inputs (a preset's generated dataset, the auto teacher's
@@ -31,7 +33,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 HELP = """
-usage: python launch/submit.py stage=1|2|linear|all [key=value ...]
+usage: python launch/submit.py stage=1|2|linear|finetune|all [key=value ...]
 
 Validates the config, the dataset lists and every weight file, then queues the stage(s) on SLURM
 through Submitit and returns at once (job ids, run directory, logs, status and TensorBoard commands),
@@ -39,10 +41,11 @@ or runs them here with cluster=local. Rerunning the same command skips complete 
 jobs alone and resumes the others. Jobs checkpoint and requeue themselves on preemption.
 
 Stages:
-  stage=1 | 2 | linear   one stage (as launch/run.py --help describes; stage 2 and linear need pretrained=)
+  stage=1|2|linear|finetune  one stage (as launch/run.py --help describes; all but 1 need pretrained=)
   stage=all              stage 1 -> stage 2 -> linear evaluation chained with afterok, in
                          <run_dir>/stage1, stage2, linear; steps=/epochs= set the two pretraining
-                         stages' length, linear evaluation keeps linear.epochs
+                         stages' length, linear evaluation keeps linear.epochs; chain_finetune=true also
+                         fine-tunes stage 2's backbone after it, in <run_dir>/finetune
 
 Keys people change:
   preset=paper|tiny            the paper's recipe (default) | minutes on generated data
@@ -89,6 +92,7 @@ from burn.runtime.environment import Environment  # noqa: E402
 from burn.runtime.errors import UsageError, reported_as_one_line  # noqa: E402
 from burn.validation import (  # noqa: E402
     check_batch,
+    check_labels,
     check_pretrained,
     check_teacher,
     check_values,
@@ -100,7 +104,13 @@ from launch.site import site_settings  # noqa: E402
 
 register_configs()
 
-STAGE_ORDER = tuple(rundir.STAGE_DIRS)  # 1 -> 2 -> linear
+STAGE_ORDER = ("1", "2", "linear")  # stage=all; chain_finetune=true adds "finetune" after linear
+#: What each chained stage starts from: the product of this earlier stage (stage 2 the stage-1 extraction,
+#: the evaluations stage 2's backbone).
+STARTS_FROM = {"2": "1", "linear": "2", "finetune": "2"}
+#: The stages the evaluations' own length keys (linear.epochs, finetune.epochs) set: steps=/epochs= are the
+#: pretraining stages' in stage=all.
+EVALUATION_STAGES = ("linear", "finetune")
 #: Keys that choose where and how to queue, not what to compute (burn/config.py role=LAUNCH).
 LAUNCH_KEYS = keys_with_role(LAUNCH)
 #: Keys a sweep's run directory names already (runs/<name>/<overrides>/stage<N>), besides the launch keys.
@@ -142,9 +152,10 @@ def base_run_dir(cfg: DictConfig) -> Path:
 def plan_stages(cfg: DictConfig) -> list[DictConfig]:
     """One resolved config per stage to run, in order, with run_dir and pretrained filled in.
 
-    stage=all: run_dir is the parent of stage1/, stage2/, linear/; stage 2 starts from
-    stage1/stage1_extraction.pth and linear evaluates stage2/backbone.pth; steps=/epochs= shorten the
-    pretraining stages, linear evaluation keeps its own linear.epochs."""
+    stage=all: run_dir is the parent of stage1/, stage2/, linear/ (and finetune/ with chain_finetune=true);
+    stage 2 starts from stage1/stage1_extraction.pth, linear evaluation and fine-tuning from
+    stage2/backbone.pth; steps=/epochs= shorten the pretraining stages, the evaluations keep their own
+    linear.epochs / finetune.epochs."""
     stage = str(cfg.stage)
     if stage not in STAGES:
         raise LaunchConfigError(f"stage={stage!r}: choose one of {', '.join(STAGES)}")
@@ -166,13 +177,14 @@ def plan_stages(cfg: DictConfig) -> list[DictConfig]:
             "stage 1's extraction and linear evaluates stage 2's backbone"
         )
     planned = []
-    for previous, name in zip((None,) + STAGE_ORDER, STAGE_ORDER):  # each stage starts from the one before
+    for name in STAGE_ORDER + (("finetune",) if cfg.chain_finetune else ()):
         stage_cfg = copy.deepcopy(base)
         stage_cfg.stage = name
         stage_cfg.run_dir = str(root / rundir.stage_dir_name(name))
+        previous = STARTS_FROM.get(name)
         start = root / rundir.stage_dir_name(previous) / rundir.STAGE_PRODUCTS[previous] if previous else None
         stage_cfg.pretrained = str(start) if start else None
-        if name == "linear":  # a short pretraining is no reason to cut the evaluation of its result
+        if name in EVALUATION_STAGES:  # a short pretraining is no reason to cut the evaluation of its result
             stage_cfg.steps = stage_cfg.epochs = None
         planned.append(stage_cfg)
     return planned
@@ -202,13 +214,13 @@ def dataset_splits(planned: list[DictConfig]) -> list[str]:
     return list(dict.fromkeys(split for stage_cfg in planned for split in stage_splits(stage_cfg)))
 
 
-def check_dataset(data_cfg: DictConfig, splits: list[str]) -> None:
+def check_dataset(data_cfg: DictConfig, splits: list[str]) -> dict:
     """Check the root, its lists and their files (a root still to be generated, in a dry run, is not
-    checked)."""
+    checked). Returns the sample lists by split."""
     from burn.data.loaders import validate_dataset
 
     try:
-        validate_dataset(data_cfg, splits)
+        return validate_dataset(data_cfg, splits)
     except (OSError, ValueError) as err:  # DatasetError is a ValueError
         raise LaunchConfigError(f"data.root={data_cfg.root}: {err}") from None
 
@@ -234,7 +246,10 @@ def validate(
     done = complete_stages(planned)
     todo = [c for c in planned if not any(c is d for d in done)]
     if with_data and todo:
-        check_dataset(todo[0].data, dataset_splits(todo))
+        lists = check_dataset(todo[0].data, dataset_splits(todo))
+        for stage_cfg in todo:
+            if str(stage_cfg.stage) in EVALUATION_STAGES:  # the head's classes hold every label
+                check_labels({s: lists[s] for s in stage_splits(stage_cfg) if s in lists}, stage_cfg.linear.num_classes)
     for stage_cfg in planned:
         check_identity(stage_cfg)
     produced = set()  # weight files an earlier stage of this submission will write
@@ -295,10 +310,9 @@ def print_submission(cfg: DictConfig, submitted: list[jobs.SubmittedStage]) -> N
 def print_local_results(summaries: list[dict]) -> None:
     for summary in summaries:
         if "top1" in summary:
-            print(
-                f"linear evaluation top-1: {summary['top1']:.2f}% (top-5 {summary.get('top5', 0):.2f}%) "
-                f"in {summary['run_dir']}"
-            )
+            what = "fine-tuning" if summary.get("stage") == "finetune" else "linear evaluation"
+            results = Path(summary["run_dir"]) / rundir.RESULTS.get(str(summary.get("stage")), rundir.LINEAR_RESULTS)
+            print(f"{what} top-1: {summary['top1']:.2f}% (top-5 {summary.get('top5', 0):.2f}%) in {results}")
     if summaries:
         print(f"TensorBoard: tensorboard --logdir {Path(summaries[0]['run_dir']).parent}")
 
@@ -306,7 +320,8 @@ def print_local_results(summaries: list[dict]) -> None:
 def _length(stage_cfg: DictConfig) -> str:
     if stage_cfg.steps:
         return f"steps={stage_cfg.steps}"
-    section = stage_cfg.linear if str(stage_cfg.stage) == "linear" else stage_cfg.train
+    stage = str(stage_cfg.stage)
+    section = stage_cfg[stage] if stage in EVALUATION_STAGES else stage_cfg.train
     return f"epochs={stage_cfg.epochs if stage_cfg.epochs is not None else section.epochs}"
 
 
@@ -339,15 +354,18 @@ def print_dry_run(cfg: DictConfig, planned: list[DictConfig], cluster: str) -> N
         previous = name
 
 
-def compare_with_baseline(linear_cfg: DictConfig, burn_summary: dict, max_requeues: int) -> None:
-    """The same linear evaluation of a randomly initialised student: what pretraining has to beat."""
-    baseline_cfg = copy.deepcopy(linear_cfg)
+def compare_with_baseline(eval_cfg: DictConfig, burn_summary: dict, max_requeues: int) -> None:
+    """The same evaluation (linear, or finetune) of a randomly initialised student: what pretraining has
+    to beat, in <run_dir>/baseline (<run_dir>/finetune-baseline)."""
+    stage = str(eval_cfg.stage)
+    baseline_cfg = copy.deepcopy(eval_cfg)
     baseline_cfg.pretrained = RANDOM_BACKBONE
-    baseline_cfg.run_dir = str(Path(linear_cfg.run_dir).parent / rundir.BASELINE_DIR)
+    folder = rundir.BASELINE_DIR if stage == "linear" else f"{rundir.stage_dir_name(stage)}-{rundir.BASELINE_DIR}"
+    baseline_cfg.run_dir = str(Path(eval_cfg.run_dir).parent / folder)
     baseline = task.run_stages_here([baseline_cfg], max_requeues)[-1]
     if "top1" in burn_summary and "top1" in baseline:
         print(
-            f"linear top-1: BURN {burn_summary['top1']:.2f}% | no pretraining (random student) "
+            f"{stage} top-1: BURN {burn_summary['top1']:.2f}% | no pretraining (random student) "
             f"{baseline['top1']:.2f}% | BURN - baseline: {burn_summary['top1'] - baseline['top1']:+.2f} points"
         )
 
@@ -382,7 +400,9 @@ def launch(cfg: DictConfig) -> None:
         summaries = task.run_stages_here(planned, cfg.max_requeues)
         print_local_results(summaries)
         if cfg.compare_baseline and str(cfg.stage) == "all":
-            compare_with_baseline(planned[-1], summaries[-1], cfg.max_requeues)
+            for stage_cfg, summary in zip(planned, summaries):
+                if str(stage_cfg.stage) in EVALUATION_STAGES:  # linear (and finetune with chain_finetune)
+                    compare_with_baseline(stage_cfg, summary, cfg.max_requeues)
         return
     print_submission(cfg, jobs.submit_stages(planned, cfg.max_requeues))
 

@@ -59,9 +59,10 @@ def _ignore_preemption_signals() -> None:
 
 
 def stage_summary(stage_dir: Path) -> dict[str, Any]:
-    """What a finished stage reports back: its dir, step, and top-1/top-5 for linear evaluation."""
+    """What a finished stage reports back: its dir, step, and top-1/top-5 for an evaluation (linear,
+    finetune)."""
     summary: dict[str, Any] = {"run_dir": str(stage_dir)}
-    for name in (rundir.PROGRESS, rundir.LINEAR_RESULTS):
+    for name in (rundir.PROGRESS, *rundir.RESULTS.values()):
         path = stage_dir / name
         if path.exists():
             data = json.loads(path.read_text())

@@ -70,7 +70,8 @@ def test_stage_arrives_as_an_int_from_the_command_line_and_is_accepted():
     cfg = compose_config(["preset=tiny", "stage=1"])
     check_closed_choices(cfg)
     assert cfg.stage == "1"
-    with pytest.raises(UsageError, match=r"stage='all': choose one of 1, 2, linear \(stage=all is for launch/submit"):
+    refused = r"stage='all': choose one of 1, 2, linear, finetune \(stage=all is for launch/submit"
+    with pytest.raises(UsageError, match=refused):
         check_closed_choices(compose_config(["stage=all"]))
 
 

@@ -1,7 +1,13 @@
-"""The original release's lists straight from a standard ImageNet tree; no image is moved, renamed or copied.
+"""The original release's lists straight from a standard ImageNet tree, or from any class-folder tree; no
+image is moved, renamed or copied.
 
     python -m burn.data.prepare --root /datasets/imagenet [--out ROOT/meta] [--labeled-fraction 0.01 0.1]
         [--seed 0] [--loc-csv FILE] [--devkit DIR | --ground-truth FILE --meta-mat FILE]
+    python -m burn.data.prepare --root /data/my-dataset --labeled-fraction 0.1   # train/<class>/, val/<class>/
+
+A generic class-folder tree (folder names of which none is an ImageNet synset: ``train/<class>/<image>``
+and ``val/<class>/<image>``, images of the formats the loaders decode) gets the same lists, labels
+0..K-1 over the sorted class names of train/; its val/ must hold class folders.
 
 Layouts: ``train/<wnid>/*.JPEG`` and either ``val/<wnid>/*.JPEG`` or a flat ``val/ILSVRC2012_val_*.JPEG``
 labelled by ``LOC_val_solution.csv`` (found at the root) or by the devkit's
@@ -23,18 +29,23 @@ import csv
 import os
 import re
 import sys
+import zlib
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from burn.data.errors import DatasetError
+from burn.data.lists import IMAGE_EXTENSIONS
 from burn.runtime.rundir import atomic_write_all
 
 WNID = re.compile(r"^n\d{8}$")
 JPEG_EXTENSIONS = (".jpeg", ".jpg")
+#: A generic tree's images: the formats the loaders decode (burn/data/lists.py).
+GENERIC_EXTENSIONS = IMAGE_EXTENSIONS
 DEVKIT = "ILSVRC2012_devkit_t12"
 ILSVRC_CLASSES = 1000
 
@@ -43,6 +54,8 @@ ILSVRC_CLASSES = 1000
 class Report:
     """What the scan found: counts for the summary and notes on anything odd that did not stop it."""
 
+    generic: bool = False
+    """A class-folder tree whose folders are not ImageNet synsets (any names, labels in sorted order)."""
     classes: int = 0
     train_images: int = 0
     val_images: int = 0
@@ -64,8 +77,9 @@ def _is_jpeg(name: str) -> bool:
     return name.lower().endswith(JPEG_EXTENSIONS)
 
 
-def _list_folder(folder: Path) -> tuple[list[str], list[str], list[str]]:
-    """(JPEG files, other files, subfolders) of a folder, sorted; hidden entries are ignored."""
+def _list_folder(folder: Path, extensions: tuple[str, ...] = JPEG_EXTENSIONS) -> tuple[list[str], list[str], list[str]]:
+    """(image files, other files, subfolders) of a folder, sorted; hidden entries are ignored. Images are
+    JPEGs (ImageNet), or any of `extensions`."""
     jpegs, others, folders = [], [], []
     for entry in os.scandir(folder):
         if entry.name.startswith("."):
@@ -73,21 +87,30 @@ def _list_folder(folder: Path) -> tuple[list[str], list[str], list[str]]:
         if entry.is_dir():
             folders.append(entry.name)
         else:
-            (jpegs if _is_jpeg(entry.name) else others).append(entry.name)
+            (jpegs if entry.name.lower().endswith(extensions) else others).append(entry.name)
     return sorted(jpegs), sorted(others), sorted(folders)
 
 
+def is_generic_tree(train_dir: Path) -> bool:
+    """train/ holds class folders none of which is named as an ImageNet synset: any names, labels in sorted
+    order. (Synset folders beside others stay an ImageNet tree with a stray folder: refused, naming it.)"""
+    _, _, folders = _list_folder(train_dir)
+    return bool(folders) and not any(WNID.match(name) for name in folders)
+
+
 def _scan_class_folders(split_dir: Path, report: Report) -> dict[str, list[str]]:
-    """{wnid: sorted JPEG names} of a split's class folders (listed in threads: network storage)."""
+    """{class: sorted image names} of a split's class folders (listed in threads: network storage).
+    ImageNet: synset folders of JPEGs; a generic tree (report.generic): any names, any decodable image."""
     split = split_dir.name
-    _, loose, folders = _list_folder(split_dir)
+    extensions = GENERIC_EXTENSIONS if report.generic else JPEG_EXTENSIONS
+    _, loose, folders = _list_folder(split_dir, extensions)
     bad = [f"{split}/{name}" for name in folders if not WNID.match(name)]
-    if bad:
+    if bad and not report.generic:
         raise DatasetError(f"{_examples(bad, 'such folders')} is not a synset folder (n + 8 digits) in {split_dir}")
     if loose:
         report.note(f"files outside the class folders of {split}/, ignored", [f"{split}/{n}" for n in loose])
     with ThreadPoolExecutor(max_workers=16) as pool:
-        listed = list(pool.map(_list_folder, [split_dir / name for name in folders]))
+        listed = list(pool.map(partial(_list_folder, extensions=extensions), [split_dir / name for name in folders]))
     images, others, nested, empty = {}, [], [], []
     for wnid, (jpegs, other, sub) in zip(folders, listed):
         images[wnid] = jpegs
@@ -95,12 +118,13 @@ def _scan_class_folders(split_dir: Path, report: Report) -> dict[str, list[str]]
         nested += [f"{split}/{wnid}/{n}/" for n in sub]
         if not jpegs:
             empty.append(f"{split}/{wnid}")
+    image = "an image" if report.generic else "a JPEG"
     if others:
-        report.note(f"non-JPEG files in {split}/, not listed", others)
+        report.note(f"non-{'image' if report.generic else 'JPEG'} files in {split}/, not listed", others)
     if nested:
         report.note(f"folders inside class folders of {split}/, not listed", nested)
     if empty:
-        report.note(f"class folders of {split}/ without a JPEG", empty)
+        report.note(f"class folders of {split}/ without {image}", empty)
     return images
 
 
@@ -235,8 +259,13 @@ def scan_val(
     """[(path relative to val/, wnid)] ordered by file name (the same order in every layout)."""
     if not val_dir.is_dir():
         raise DatasetError(f"no validation folder: {val_dir} does not exist")
-    jpegs, others, folders = _list_folder(val_dir)
+    jpegs, others, folders = _list_folder(val_dir, GENERIC_EXTENSIONS if report.generic else JPEG_EXTENSIONS)
     known = set(synsets)
+    if report.generic and not folders:
+        raise DatasetError(
+            f"{val_dir} holds no class folders: a class-folder tree needs val/<class>/<image> with the class "
+            "names of train/"
+        )
     if folders and jpegs:
         raise DatasetError(
             f"{val_dir} mixes class folders (val/{folders[0]}) and loose images (val/{jpegs[0]}); keep one layout"
@@ -248,7 +277,7 @@ def scan_val(
             raise DatasetError(f"{_examples(unknown, 'such classes')} is a class train/ does not have")
         pairs = [(f"{wnid}/{name}", wnid) for wnid, names in images.items() for name in names]
         report.val_layout = "class folders"
-        if truth is not None:
+        if truth is not None and not report.generic:
             _check_against_truth(pairs, truth, source)
             report.val_layout += f", checked against {source}"
     elif jpegs:
@@ -277,16 +306,22 @@ def scan_val(
     return sorted(pairs, key=lambda pair: (os.path.basename(pair[0]), pair[0]))
 
 
+def class_seed(name: str) -> int:
+    """A class's own seed: its synset number (n01440764 -> 1440764, as before generic trees were read), or
+    a checksum of any other folder name: the same name draws the same subset whatever the other classes."""
+    return int(name[1:]) if WNID.match(name) else zlib.crc32(name.encode())
+
+
 def labeled_subset(images: dict[str, list[str]], fraction: float, seed: int) -> tuple[dict[str, list[str]], int]:
     """The same number of images from every class, ``round(fraction * images / classes)`` (at least 1;
-    all of a smaller class). Each class draws from its own permutation, seeded by ``seed`` and its
-    synset number, so a larger fraction's subset contains a smaller one's. Returns ({wnid: names}, k)."""
+    all of a smaller class). Each class draws from its own permutation, seeded by ``seed`` and
+    :func:`class_seed`, so a larger fraction's subset contains a smaller one's. Returns ({class: names}, k)."""
     total = sum(len(names) for names in images.values())
     per_class = max(1, round(fraction * total / len(images)))
     chosen = {}
-    for wnid, names in images.items():
-        order = np.random.default_rng([seed, int(wnid[1:])]).permutation(len(names))
-        chosen[wnid] = sorted(names[i] for i in order[:per_class])
+    for name, files in images.items():
+        order = np.random.default_rng([seed, class_seed(name)]).permutation(len(files))
+        chosen[name] = sorted(files[i] for i in order[:per_class])
     return chosen, per_class
 
 
@@ -309,19 +344,24 @@ def prepare(
     train_dir = root / "train"
     if not train_dir.is_dir():
         raise DatasetError(f"no training folder: {train_dir} does not exist")
+    report.generic = is_generic_tree(train_dir)
     images = _scan_class_folders(train_dir, report)
     if not images:
-        raise DatasetError(f"{train_dir} holds no synset folders (train/n01440764/*.JPEG, ...)")
+        raise DatasetError(
+            f"{train_dir} holds no class folders (train/n01440764/*.JPEG, ..., or train/<class>/<image>)"
+        )
     synsets = sorted(images)
     report.classes, report.train_images = len(synsets), sum(len(names) for names in images.values())
     if report.train_images == 0:
-        raise DatasetError(f"{train_dir}: the class folders hold no JPEG images")
-    if report.classes != ILSVRC_CLASSES:
+        raise DatasetError(f"{train_dir}: the class folders hold no {'images' if report.generic else 'JPEG images'}")
+    if report.generic:
+        report.notes.append(f"a class-folder tree: labels 0..{report.classes - 1} over its sorted class names")
+    elif report.classes != ILSVRC_CLASSES:
         report.notes.append(
             f"{report.classes} classes, not ILSVRC-2012's {ILSVRC_CLASSES}: labels are "
             f"0..{report.classes - 1} over these synsets and differ from the original lists'"
         )
-    truth, source = load_ground_truth(root, loc_csv, devkit, ground_truth, meta_mat)
+    truth, source = (None, "") if report.generic else load_ground_truth(root, loc_csv, devkit, ground_truth, meta_mat)
     val = scan_val(root / "val", synsets, truth, source, report)
     report.val_images = len(val)
     label = {wnid: index for index, wnid in enumerate(synsets)}
@@ -356,7 +396,9 @@ def _fraction(text: str) -> float:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m burn.data.prepare", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--root", required=True, type=Path, help="ImageNet root holding train/ and val/")
+    parser.add_argument(
+        "--root", required=True, type=Path, help="ImageNet root, or any class-folder tree, holding train/ and val/"
+    )
     parser.add_argument("--out", type=Path, help="folder for the lists (default: ROOT/meta, where training looks)")
     parser.add_argument(
         "--labeled-fraction",
@@ -383,7 +425,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DatasetError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"ImageNet at {root}")
+    print(f"{'class-folder tree' if report.generic else 'ImageNet'} at {root}")
     print(f"  train: {report.classes} classes, {report.train_images} images")
     print(f"  val:   {report.val_images} images ({report.val_layout})")
     for note in report.notes:
@@ -392,7 +434,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"wrote {path} ({count} lines)")
     subsets = [path for path, _ in report.written[3:]]
     if subsets and out == root / "meta":
-        print(f"labelled subset for linear eval: data.train_labeled_list=meta/{subsets[0].name}")
+        print(
+            f"labelled subset for linear eval or fine-tuning: data.train_labeled_list=meta/{subsets[0].name}"
+            + (f" linear.num_classes={report.classes}" if report.classes != ILSVRC_CLASSES else "")
+        )
     if out != root / "meta":
         print(
             f"train with data.train_list={out / 'train.txt'} data.train_labeled_list={out / 'train_labeled.txt'} "

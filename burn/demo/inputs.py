@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from burn.config import AUTO_TEACHER
+from burn.config import AUTO_TEACHER, EVALUATIONS
 
 
 def _root_of(cfg: DictConfig) -> str | None:
@@ -35,7 +35,7 @@ def prepare_demo_inputs(
 
     `complete`: the configs of stages that are done already (their run directory holds DONE): nothing is
     made for them, their teacher path is only resolved (the identity check compares it with the saved
-    one). A linear evaluation reads no teacher: its path is resolved, never trained. `write=False` (a
+    one). An evaluation (linear, finetune) reads no teacher: its path is resolved, never trained. `write=False` (a
     dry run): make nothing, but refuse what a real run would refuse (an over-size folder for the auto
     teacher). Returns the configs whose auto teacher is not on disk yet (only with `write=False`): their
     teacher file cannot be checked."""
@@ -55,7 +55,7 @@ def prepare_demo_inputs(
         if cfg.model.teacher_weights != AUTO_TEACHER or not _root_of(cfg):
             continue
         path = teacher_path(cfg.data, cfg.model.teacher_arch)
-        reads_it = any(cfg is c for c in needed) and str(cfg.stage) != "linear"
+        reads_it = any(cfg is c for c in needed) and str(cfg.stage) not in EVALUATIONS
         if reads_it and write:
             ensure_teacher(cfg.data, cfg.model.teacher_arch, cfg.auto_teacher)  # cached: returns its path
         elif reads_it and not path.is_file():

@@ -7,7 +7,9 @@ scale, rotation, background colour and gradient, pixel noise, a small colour shi
 classifier on good features beats chance by far and one on raw pixels does not do it trivially.
 The same arguments give byte-identical files. Layout: ``train/<class>/<file>.JPEG``,
 ``val/<class>/<file>.JPEG`` and ``meta/{train,train_labeled,val_labeled}.txt`` with paths relative to
-the split folder, as in the original release, plus ``meta/synthetic.json`` (the arguments).
+the split folder, as in the original release, the class-balanced labelled subsets
+``meta/train_labeled_{1,10}pct.txt`` (burn/data/prepare.py's draw, at least one image per class) for
+fine-tuning, plus ``meta/synthetic.json`` (the arguments).
 """
 
 from __future__ import annotations
@@ -156,6 +158,7 @@ def generate_dataset(
     (meta / "train.txt").write_text("".join(f"{p}\n" for p, _ in lists["train"]))
     (meta / "train_labeled.txt").write_text("".join(f"{p} {label}\n" for p, label in lists["train"]))
     (meta / "val_labeled.txt").write_text("".join(f"{p} {label}\n" for p, label in lists["val"]))
+    write_labeled_subsets(out)
     params = {
         "classes": classes,
         "per_class": per_class,
@@ -166,6 +169,33 @@ def generate_dataset(
     }
     (meta / "synthetic.json").write_text(json.dumps(params, sort_keys=True) + "\n")
     return out
+
+
+#: The labelled fractions whose subsets a generated dataset carries (the paper's semi-supervised 1% and 10%).
+LABELED_FRACTIONS = (0.01, 0.1)
+
+
+def write_labeled_subsets(root: Path, fractions: Sequence[float] = LABELED_FRACTIONS, seed: int = 0) -> list[Path]:
+    """``meta/train_labeled_<100F>pct.txt`` from ``meta/train_labeled.txt``: the same class-balanced draw as
+    ``python -m burn.data.prepare --labeled-fraction`` (also for a dataset generated before they were
+    written). Returns the files written."""
+    from burn.data.prepare import labeled_subset, subset_name
+
+    meta = Path(root) / "meta"
+    lines = [line.split() for line in (meta / "train_labeled.txt").read_text().splitlines() if line.strip()]
+    label_of = {path.split("/", 1)[0]: int(label) for path, label in lines}
+    images: dict[str, list[str]] = {}
+    for path, _ in lines:
+        folder, name = path.split("/", 1)
+        images.setdefault(folder, []).append(name)
+    written = []
+    for fraction in fractions:
+        chosen, _ = labeled_subset(images, fraction, seed)
+        text = "".join(f"{folder}/{name} {label_of[folder]}\n" for folder in sorted(chosen) for name in chosen[folder])
+        path = meta / subset_name(fraction)
+        path.write_text(text)
+        written.append(path)
+    return written
 
 
 def generate_atomically(root: Path, **params) -> bool:

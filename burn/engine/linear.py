@@ -198,12 +198,15 @@ def linear_step(
 
 # ---- evaluation: during training and at the end ----------------------------------------------------
 @torch.no_grad()
-def evaluate_top_k(cfg: DictConfig, info: DistInfo, amp: AmpSettings, model: LinearEvalModel) -> dict[str, float]:
-    """Top-1 / top-5 (percent) over the whole validation list; every rank scores its shard (a collective)."""
+def evaluate_top_k(
+    cfg: DictConfig, info: DistInfo, amp: AmpSettings, model: nn.Module, batch_size: int | None = None
+) -> dict[str, float]:
+    """Top-1 / top-5 (percent) over the whole validation list; every rank scores its shard (a collective).
+    `batch_size`: images per forward (default linear.per_gpu_batch)."""
     val = build_eval_loader(
         cfg.data,
         split="val",
-        batch_size=cfg.linear.per_gpu_batch,
+        batch_size=batch_size or cfg.linear.per_gpu_batch,
         shard_id=info.rank,
         num_shards=info.world_size,
         seed=cfg.seed,
@@ -223,17 +226,21 @@ def evaluate_top_k(cfg: DictConfig, info: DistInfo, amp: AmpSettings, model: Lin
 
 
 def periodic_evaluation(
-    every: int, total_steps: int, evaluate: Callable[[], dict[str, float]], ddp: nn.Module
+    every: int,
+    total_steps: int,
+    evaluate: Callable[[], dict[str, float]],
+    ddp: nn.Module,
+    group: str = "linear/val",
 ) -> StepHook:
     """Every `every` steps (linear.eval_every_epochs epochs; 0: never), not at the last step (the finish
-    evaluates): top-1/top-5 in TensorBoard. Eval mode and a separate loader leave the training state
-    untouched."""
+    evaluates): top-1/top-5 in TensorBoard under `group`. Eval mode and a separate loader leave the
+    training state untouched."""
 
     def monitor(step: int, metrics: MetricLogger) -> None:
         if every and step % every == 0 and step < total_steps:
             results = evaluate()
             ddp.train()
-            metrics.scalars(step, {"top1": results["top1"], "top5": results["top5"]}, group="linear/val")
+            metrics.scalars(step, {"top1": results["top1"], "top5": results["top5"]}, group=group)
 
     return monitor
 

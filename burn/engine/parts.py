@@ -1,6 +1,7 @@
 """What a stage hands the loop: one `StageParts`, built by the stage's build function.
 
-A stage (pretraining: burn.engine.trainer; linear evaluation: burn.engine.linear) builds its model,
+A stage (pretraining: burn.engine.trainer; linear evaluation: burn.engine.linear; fine-tuning:
+burn.engine.finetune) builds its model,
 optimizer, schedule, scaler and loader, the function that runs one optimizer step, its monitors and
 its last act, and hands them to the loop (burn.engine.loop) in this one typed object. The loop owns
 what must be identical between stages for resume to be exact: progress, checkpoints (it saves and
@@ -64,7 +65,7 @@ class StageParts:
     """Everything a stage hands the loop, built once per process (after the resume point is known)."""
 
     stage: str
-    """"1", "2" or "linear": in checkpoints, progress.json and TensorBoard."""
+    """"1", "2", "linear" or "finetune": in checkpoints, progress.json and TensorBoard."""
     model: nn.Module
     """The stage's model."""
     ddp: nn.Module

@@ -154,6 +154,8 @@ def run_stage(cfg: DictConfig, environment: Environment | None = None) -> int:
             seed_everything(cfg.seed, info.rank)
             if stage == "linear":
                 from burn.engine.linear import LinearEvalTrainer as Loop
+            elif stage == "finetune":
+                from burn.engine.finetune import FinetuneTrainer as Loop
             else:
                 from burn.engine.trainer import PretrainTrainer as Loop
             loop = Loop(cfg, info, run_dir, preemption)

@@ -49,7 +49,7 @@ def record_failure(run_dir: Path, err: BaseException, state: str = "failed") -> 
 #: TensorBoard groups tags by their first part: one group per stage kind, so pretraining's and linear
 #: evaluation's curves never share a card (their lrs differ 30-fold). Within a group the loss sorts
 #: first, then its terms, the optimizer's values and the speed.
-STAGE_GROUPS = {"1": "pretrain", "2": "pretrain", "linear": "linear"}
+STAGE_GROUPS = {"1": "pretrain", "2": "pretrain", "linear": "linear", "finetune": "finetune"}
 TAGS = {
     "loss": "loss",
     "kl": "loss/kl",

@@ -12,6 +12,7 @@ stage::
     <run_dir>/stage2/   stage 2: backbone.pth when complete
     <run_dir>/linear/   linear evaluation: linear_eval.json when complete
     <run_dir>/baseline/ linear evaluation of a random student (compare_baseline=true)
+    <run_dir>/finetune/ fine-tuning of stage 2's backbone (chain_finetune=true): finetune_eval.json
 
 and each stage folder holds::
 
@@ -66,6 +67,8 @@ STAGE1_EXTRACTION = "stage1_extraction.pth"
 BACKBONE = "backbone.pth"
 #: Linear evaluation's product: top-1, top-5 and the evaluated file.
 LINEAR_RESULTS = "linear_eval.json"
+#: Fine-tuning's product: top-1, top-5, the backbone it started from, the labelled list, its size, the recipe.
+FINETUNE_RESULTS = "finetune_eval.json"
 #: Submitit's folder (one sub-folder per job id) and slurm/chain.sh's log folder.
 SLURM_DIR = "slurm"
 #: One JSON line per submitted job of a stage, in SLURM_DIR (launch/jobs.py, slurm/chain.sh).
@@ -83,18 +86,33 @@ CHECKPOINT_VERSION = 1
 
 # ---- the stage folders of a stage=all run --------------------------------------------------------
 
-#: Folder of each stage inside a stage=all run, in the order they run.
-STAGE_DIRS = {"1": "stage1", "2": "stage2", "linear": "linear"}
+#: Folder of each stage inside a stage=all run, in the order they run (finetune: with chain_finetune=true).
+STAGE_DIRS = {"1": "stage1", "2": "stage2", "linear": "linear", "finetune": "finetune"}
 #: Folder of the no-pretraining linear evaluation beside them (compare_baseline=true).
 BASELINE_DIR = "baseline"
 #: What a complete stage leaves in its folder.
-STAGE_PRODUCTS = {"1": STAGE1_EXTRACTION, "2": BACKBONE, "linear": LINEAR_RESULTS}
+STAGE_PRODUCTS = {"1": STAGE1_EXTRACTION, "2": BACKBONE, "linear": LINEAR_RESULTS, "finetune": FINETUNE_RESULTS}
+#: The results file of each evaluation stage (top1, top5, ...): read by launch/status.py and the launchers.
+RESULTS = {"linear": LINEAR_RESULTS, "finetune": FINETUNE_RESULTS}
 
 
 def stage_dir_name(stage: str) -> str:
-    """The folder of ``stage`` ("1", "2", "linear") inside a stage=all run: stage1, stage2, linear."""
+    """The folder of ``stage`` ("1", "2", "linear", "finetune") inside a stage=all run: stage1, stage2,
+    linear, finetune."""
     stage = str(stage)
     return STAGE_DIRS.get(stage, f"stage{stage}")
+
+
+def backbone_file(path: str | os.PathLike) -> Path | None:
+    """What ``pretrained=`` names as a backbone: a file as it is; a stage-2 run directory its backbone.pth,
+    a stage=all run directory its stage2/backbone.pth; None for a directory that holds neither (yet)."""
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    for candidate in (path / BACKBONE, path / STAGE_DIRS["2"] / BACKBONE):
+        if candidate.is_file():
+            return candidate
+    return None
 
 
 def jobs_file(stage_dir: str | os.PathLike) -> Path:

@@ -335,3 +335,49 @@ def test_the_suite_trains_from_prepared_lists(cli, tmp_path):
         "lin",
     ) == [0], cli.log("lin")
     assert "top-1" in cli.log("lin")
+
+
+def test_a_generic_class_folder_tree_gets_the_lists_in_sorted_class_order(tmp_path, capsys):
+    """Any folder names and image formats: labels 0..K-1 over the sorted class names, a class-balanced
+    subset drawn from the class's name (the same when another class is added)."""
+    root = tmp_path / "mine"
+    for split, count in (("train", 10), ("val", 2)):
+        for label, name in enumerate(("daisy", "Rose", "tulip")):
+            for index in range(count):
+                suffix = ".png" if index % 2 else ".jpg"
+                (root / split / name).mkdir(parents=True, exist_ok=True)
+                Image.fromarray(np.full((8, 8, 3), 40 * label + index, np.uint8)).save(
+                    root / split / name / f"img{index}{suffix}"
+                )
+    (root / "train" / "daisy" / "notes.txt").write_text("x")
+    code, out, err = run(capsys, "--root", root, "--labeled-fraction", "0.2")
+    assert code == 0, err
+    assert "class-folder tree at" in out and "train: 3 classes, 30 images" in out
+    assert "data.train_labeled_list=meta/train_labeled_20pct.txt linear.num_classes=3" in out
+    meta = root / "meta"
+    labelled = (meta / "train_labeled.txt").read_text().splitlines()
+    assert labelled[0] == "Rose/img0.jpg 0" and labelled[10] == "daisy/img0.jpg 1" and len(labelled) == 30
+    val = (meta / "val_labeled.txt").read_text().splitlines()
+    assert sorted(line.split()[1] for line in val) == ["0", "0", "1", "1", "2", "2"]
+    subset = (meta / "train_labeled_20pct.txt").read_text().splitlines()
+    assert [line.split()[1] for line in subset] == ["0"] * 2 + ["1"] * 2 + ["2"] * 2
+    # Another class does not change the draw of the others.
+    (root / "train" / "zinnia").mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / "train" / "zinnia" / "a.png")
+    (root / "val" / "zinnia").mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / "val" / "zinnia" / "a.png")
+    assert run(capsys, "--root", root, "--labeled-fraction", "0.2")[0] == 0
+    again = (meta / "train_labeled_20pct.txt").read_text().splitlines()
+    assert [line.split()[0] for line in again if not line.startswith("zinnia")] == [line.split()[0] for line in subset]
+
+
+def test_a_generic_tree_without_val_class_folders_is_refused_in_one_line(tmp_path, capsys):
+    root = tmp_path / "mine"
+    (root / "train" / "cats").mkdir(parents=True)
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / "train" / "cats" / "a.png")
+    (root / "val").mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / "val" / "a.png")
+    code, out, err = run(capsys, "--root", root)
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert "holds no class folders: a class-folder tree needs val/<class>/<image>" in err
+    assert not (root / "meta").exists()

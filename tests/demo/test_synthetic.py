@@ -51,7 +51,7 @@ def test_cli_output_is_byte_identical_for_a_seed(tiny_data, tmp_path):
         capture_output=True,
     )
     reference = _digest(tiny_data)
-    assert len(reference) == 500 + 4  # JPEGs + three lists + synthetic.json
+    assert len(reference) == 500 + 6  # JPEGs + three lists + the 1% and 10% subsets + synthetic.json
     assert _digest(again) == reference
 
 

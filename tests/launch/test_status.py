@@ -129,3 +129,38 @@ def test_requeues_are_shown_with_their_causes_oldest_first_a_refused_one_left_ou
     stage = status.read_stage(tmp_path)
     assert status.requeues_note(stage.requeues) == "requeued 4x: preempted; peer rank died at step 9; preempted (x2)"
     assert "requeued 4x: preempted; peer rank died" in status.stage_line(stage)
+
+
+def test_a_folder_of_finetune_runs_ends_with_the_grid_table_and_marks_the_best_point(tmp_path, capsys):
+    """The points of an lr grid (a sweep names each folder by its overrides): one table, the best by
+    validation top-1 marked, a point still running listed with its state."""
+    scores = {"finetune.lr=0.001": 31.0, "finetune.lr=0.01": 47.5, "finetune.lr=0.1": None}
+    for point, top1 in scores.items():
+        stage = write_stage(
+            tmp_path / f"data.root=_d,{point},pretrained=random" / "finetune",
+            progress("finetune", "done" if top1 is not None else "running", 40),
+            done=top1 is not None,
+        )
+        if top1 is not None:
+            lr = float(point.split("=")[1])
+            results = {
+                "top1": top1,
+                "top5": 90.0,
+                "labeled_images": 40,
+                "pretrained": "random",
+                "recipe": {"lr": lr, "head_lr_scale": 1.0, "weight_decay": 1e-4},
+            }
+            (stage / "finetune_eval.json").write_text(json.dumps(results))
+
+    assert status.main([str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "finetune grid: 3 points" in out and "2 complete" in out and "optimistic" in out
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in out.splitlines() if line.startswith("| finetune.lr")}
+    assert set(rows) == set(scores)  # the overrides the points share are left out of their names
+    assert rows["finetune.lr=0.01"].endswith("| 47.50 | 90.00 | <- best |")
+    assert (
+        rows["finetune.lr=0.001"].endswith("| 31.00 | 90.00 |  |")
+        and "| 0.001 | 1.0 | 0.0001 | random | 40 |" in rows["finetune.lr=0.001"]
+    )
+    assert rows["finetune.lr=0.1"].endswith("| - | - | running |")
+    assert f"best point: {tmp_path / 'data.root=_d,finetune.lr=0.01,pretrained=random' / 'finetune'}" in out

@@ -38,6 +38,23 @@ def test_stage_all_length_applies_to_pretraining_only():
     assert submit.plan_stages(compose_tiny("stage=linear", "steps=5"))[0].steps == 5  # one stage: as given
 
 
+def test_chain_finetune_adds_fine_tuning_of_stage_2s_backbone_after_linear(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    planned = submit.plan_stages(
+        compose_cfg("stage=all", "chain_finetune=true", "steps=5", "model.teacher_weights=null")
+    )
+    root = tmp_path / "runs" / "tiny"
+    assert [c.stage for c in planned] == ["1", "2", "linear", "finetune"]
+    finetune = planned[-1]
+    assert finetune.run_dir == str(root / "finetune")
+    assert finetune.pretrained == str(root / "stage2" / "backbone.pth")  # stage 2's, not linear's product
+    assert (finetune.steps, finetune.epochs) == (None, None)  # finetune.epochs, as linear keeps linear.epochs
+    # Fine-tuning may start from the backbone stage 2 of the same submission will write.
+    submit.validate(compose_cfg("stage=all", "chain_finetune=true"), planned, 1, with_data=False)
+    alone = submit.plan_stages(compose_cfg("stage=finetune", "pretrained=random"))
+    assert [(c.stage, c.run_dir) for c in alone] == [("finetune", str(root / "finetune"))]
+
+
 def test_single_stage_run_dir_is_the_stage_dir(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert submit.plan_stages(compose_tiny("stage=2"))[0].run_dir == str(tmp_path / "runs/tiny/stage2")

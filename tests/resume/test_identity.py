@@ -49,6 +49,10 @@ def test_a_changed_optim_lr_is_refused_in_one_line_naming_the_key_unless_forced(
         ("1", "optim.warmup_epochs=1", "optim.warmup_epochs"),
         ("linear", "linear.lr=0.1", "linear.lr"),
         ("linear", "data.aug.flip_prob=0", "data.aug.flip_prob"),
+        ("finetune", "finetune.lr=0.1", "finetune.lr"),
+        ("finetune", "finetune.head_lr_scale=100", "finetune.head_lr_scale"),
+        ("finetune", "linear.num_classes=20", "linear.num_classes"),
+        ("finetune", "data.train_labeled_list=meta/train_labeled_10pct.txt", "data.train_labeled_list"),
     ],
 )
 def test_identity_keys_name_the_leaf_that_changed(tmp_path, stage, override, key):
@@ -74,6 +78,9 @@ def test_what_may_change_on_resume_passes(tmp_path):
         check_resume_config(saved, tiny(override), tmp_path, force=False)  # a stage 1 reads no linear.*
     saved = OmegaConf.to_yaml(tiny("stage=linear"))
     check_resume_config(saved, tiny("stage=linear", "optim.lr=0.1", "train.global_batch=64"), tmp_path, force=False)
+    check_resume_config(saved, tiny("stage=linear", "finetune.lr=0.1"), tmp_path, force=False)  # not linear's
+    saved = OmegaConf.to_yaml(tiny("stage=finetune"))
+    check_resume_config(saved, tiny("stage=finetune", "linear.lr=0.1", "finetune.epochs=30"), tmp_path, force=False)
 
 
 def test_an_old_config_yaml_with_optim_temperature_is_the_same_run(tmp_path):
