@@ -11,11 +11,16 @@ from omegaconf import DictConfig
 from burn.config import CONF_DIR, register_configs
 
 
-def compose_tiny(*overrides: str) -> DictConfig:
-    """`launch/run.py preset=tiny OVERRIDES`'s config, composed in this process."""
+def compose_paper(*overrides: str) -> DictConfig:
+    """`launch/run.py OVERRIDES`'s config (the paper preset), composed in this process."""
     register_configs()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-        return compose("config", overrides=["preset=tiny", *overrides])
+        return compose("config", overrides=list(overrides))
+
+
+def compose_tiny(*overrides: str) -> DictConfig:
+    """`launch/run.py preset=tiny OVERRIDES`'s config, composed in this process."""
+    return compose_paper("preset=tiny", *overrides)
 
 
 def tiny_stage(data_root: Path, run_dir: Path, *overrides: str) -> DictConfig:

@@ -41,7 +41,7 @@ def test_stage_all_length_applies_to_pretraining_only():
 def test_chain_finetune_adds_fine_tuning_of_stage_2s_backbone_after_linear(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     planned = submit.plan_stages(
-        compose_cfg("stage=all", "chain_finetune=true", "steps=5", "model.teacher_weights=null")
+        compose_tiny("stage=all", "chain_finetune=true", "steps=5", "model.teacher_weights=null")
     )
     root = tmp_path / "runs" / "tiny"
     assert [c.stage for c in planned] == ["1", "2", "linear", "finetune"]
@@ -50,8 +50,8 @@ def test_chain_finetune_adds_fine_tuning_of_stage_2s_backbone_after_linear(tmp_p
     assert finetune.pretrained == str(root / "stage2" / "backbone.pth")  # stage 2's, not linear's product
     assert (finetune.steps, finetune.epochs) == (None, None)  # finetune.epochs, as linear keeps linear.epochs
     # Fine-tuning may start from the backbone stage 2 of the same submission will write.
-    submit.validate(compose_cfg("stage=all", "chain_finetune=true"), planned, 1, with_data=False)
-    alone = submit.plan_stages(compose_cfg("stage=finetune", "pretrained=random"))
+    submit.validate(compose_tiny("stage=all", "chain_finetune=true"), planned, 1, with_data=False)
+    alone = submit.plan_stages(compose_tiny("stage=finetune", "pretrained=random"))
     assert [(c.stage, c.run_dir) for c in alone] == [("finetune", str(root / "finetune"))]
 
 
