@@ -83,6 +83,7 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from burn.config import LAUNCH, PATH_KEYS, RANDOM_BACKBONE, STAGES, absolute_path, keys_with_role, register_configs  # noqa: E402
 from burn.demo.inputs import prepare_demo_inputs  # noqa: E402
+from burn.demo.teacher_report import teacher_quality  # noqa: E402
 from burn.resume.identity import check_resume_config  # noqa: E402
 from burn.runtime import rundir, slurm_cli  # noqa: E402
 from burn.runtime.environment import Environment  # noqa: E402
@@ -346,6 +347,7 @@ def compare_with_baseline(linear_cfg: DictConfig, burn_summary: dict, max_requeu
     baseline_cfg.run_dir = str(Path(linear_cfg.run_dir).parent / rundir.BASELINE_DIR)
     baseline = task.run_stages_here([baseline_cfg], max_requeues)[-1]
     if "top1" in burn_summary and "top1" in baseline:
+        print(f"teacher: {teacher_quality(linear_cfg.model.teacher_weights)}")
         print(
             f"linear top-1: BURN {burn_summary['top1']:.2f}% | no pretraining (random student) "
             f"{baseline['top1']:.2f}% | BURN - baseline: {burn_summary['top1'] - baseline['top1']:+.2f} points"
