@@ -201,6 +201,10 @@ def main() -> int:
     teacher = train_teacher_once(data_root, args.extra)
     print(f"teacher: {teacher}", flush=True)
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    report = json.loads(teacher.with_suffix(".json").read_text())
+    made = f"{report['epochs']} epochs, seed {report['seed']}, {report['seconds']:.0f} s"
+    print(f"teacher: {report['arch']}, {quality(report)} ({made})", flush=True)
+    print(f"runs: OMP_NUM_THREADS={threads} each, {args.jobs} side by side", flush=True)
     with ThreadPoolExecutor(args.jobs) as pool:
         futures = {
             (name, s): pool.submit(one, workdir, data_root, name, ov, s, args.extra, threads)
@@ -208,9 +212,6 @@ def main() -> int:
             for name, ov in variants.items()
         }
         results = {name: [futures[name, s].result() for s in seeds] for name in variants}
-    report = json.loads(teacher.with_suffix(".json").read_text())
-    print(f"teacher: {report['arch']}, {quality(report)} ({report['epochs']} epochs, seed {report['seed']})")
-    print(f"runs: OMP_NUM_THREADS={threads} each, {args.jobs} side by side")
 
     print(f"\n| variant | top-1 per seed ({', '.join(map(str, seeds))}) | mean | spread (sd) | stage-1 final KL |")
     print("| --- | --- | --- | --- | --- |")
