@@ -102,7 +102,7 @@ class ModelConfig:
     """torchvision ResNet used as the frozen teacher trunk (resnet18/34 only for tiny presets)."""
     teacher_weights: str | None = None
     """Teacher weights file (MoCo v2 release, original BURN teacher or torchvision state dict).
-    ``auto``: a small supervised teacher trained once on data.root's labelled train split and cached
+    ``auto``: a small teacher trained once, label-free by default, on data.root's train split and cached
     beside the data (burn/demo/auto_teacher.py, settings in ``auto_teacher.*``; the tiny preset's
     choice). The entry points (launch/run.py, launch/submit.py) train it if missing and write its path
     into the stage config before it is validated, saved or queued; a folder of more than
@@ -170,8 +170,8 @@ class SyntheticConfig:
 
 @dataclass
 class AutoTeacherConfig:
-    """model.teacher_weights=auto (burn/demo/auto_teacher.py): a small supervised teacher trained on
-    data.root's labelled train split (train_labeled; val for its reported top-1), all its images held in
+    """model.teacher_weights=auto (burn/demo/auto_teacher.py): a small teacher trained on data.root's
+    train split (train_labeled; label-free by default; val for its reported quality), all its images held in
     memory at one size, with the pretraining views' crop scale (data.aug.crop_scale) and a flip. Trained
     once and cached beside the data: these settings apply when the file is made (a cached teacher made
     otherwise is used as it is, with a warning). Not IDENTITY: a checkpoint keeps the file's sha256.
@@ -180,12 +180,24 @@ class AutoTeacherConfig:
     max_memory_mb it is refused with one line, before any image is read; a real dataset wants a real
     teacher file (model.teacher_weights=FILE)."""
 
-    epochs: int = 20
-    """Training epochs over the labelled train split."""
-    batch: int = 64
-    """Images per SGD step."""
-    lr: float = 0.1
-    """Peak learning rate of the one-cycle schedule (SGD, Nesterov momentum 0.9)."""
+    objective: str = "ssl"
+    """``ssl``: label-free, as the paper's MoCo v2 teacher (SimCLR-style contrastive learning on two
+    views, the student's crop + flip, burn/demo/contrastive.py); its report gives the k-NN top-1 of
+    its features. ``supervised``: a classifier trained on the train split's labels (an experiment: it
+    hands label knowledge to the student); its report gives its val top-1. Part of the cached file's
+    name: the two never mix."""
+    epochs: int | None = None
+    """Training epochs over the train split (None: the objective's, 20 for both)."""
+    batch: int | None = None
+    """Images per SGD step (None: the objective's, 32 ssl / 64 supervised)."""
+    lr: float | None = None
+    """Peak learning rate of the one-cycle schedule (SGD, Nesterov momentum 0.9; None: the
+    objective's, 0.06 ssl / 0.1 supervised)."""
+    temperature: float = 0.2
+    """NT-Xent temperature of the ssl objective."""
+    threads: int = 2
+    """torch threads while the teacher trains: the bits of a CPU convolution depend on the thread
+    count, so it is fixed for the same seed to give the same teacher on every machine."""
     load_side: int | None = None
     """Every image is held in memory resized (shorter side) and centre-cropped to this square side,
     so folders of mixed image sizes work; an image of that size already is kept as it is. None:

@@ -86,6 +86,7 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from burn.config import LAUNCH, PATH_KEYS, RANDOM_BACKBONE, STAGES, absolute_path, keys_with_role, register_configs  # noqa: E402
 from burn.demo.inputs import prepare_demo_inputs  # noqa: E402
+from burn.demo.teacher_report import teacher_quality  # noqa: E402
 from burn.resume.identity import check_resume_config  # noqa: E402
 from burn.runtime import rundir, slurm_cli  # noqa: E402
 from burn.runtime.environment import Environment  # noqa: E402
@@ -364,6 +365,7 @@ def compare_with_baseline(eval_cfg: DictConfig, burn_summary: dict, max_requeues
     baseline_cfg.run_dir = str(Path(eval_cfg.run_dir).parent / folder)
     baseline = task.run_stages_here([baseline_cfg], max_requeues)[-1]
     if "top1" in burn_summary and "top1" in baseline:
+        print(f"teacher: {teacher_quality(eval_cfg.model.teacher_weights)}")
         print(
             f"{stage} top-1: BURN {burn_summary['top1']:.2f}% | no pretraining (random student) "
             f"{baseline['top1']:.2f}% | BURN - baseline: {burn_summary['top1'] - baseline['top1']:+.2f} points"

@@ -1,15 +1,22 @@
-"""A small supervised teacher for the embedded default, the learning benchmark and small image folders.
+"""A small teacher for the embedded default, the learning benchmark and small image folders.
 
 BURN distils a *good* teacher. No weights can be downloaded here, so ``model.teacher_weights=auto``
-trains a torchvision ResNet (resnet18 in the tiny preset) on the labelled training split of the
-dataset, once, and caches it next to the data as a plain torchvision state dict
-(``<data.root>-teacher-<arch>-<crop>px.pth`` beside the dataset folder, plus a ``.json`` with its
-settings and validation top-1). It is the same kind of file a user would pass, read by the same code
+trains a torchvision ResNet (resnet18 in the tiny preset) on the training split of the dataset, once,
+and caches it next to the data as a plain torchvision state dict
+(``<data.root>-teacher-<arch>-<crop>px-<objective>.pth`` beside the dataset folder, plus a ``.json``
+with its settings and quality). It is the same kind of file a user would pass, read by the same code
 path (``burn.weights``). The entry points make it (burn/demo/inputs.py), never the stage runner.
+
+``auto_teacher.objective``: ``ssl`` (the default) learns *without labels*, as the paper's MoCo v2
+teacher did (SimCLR-style, burn/demo/contrastive.py; its quality is the k-NN top-1 of its features);
+``supervised`` trains a classifier on the labels, for experiments (its quality is its val top-1). The
+labels of the train split are read by ``ssl`` only for the k-NN score in the report.
 
 Pure PyTorch on in-memory tensors: every labelled image is held at one size (``auto_teacher.load_side``,
 its shorter side resized and centre-cropped), so a folder of mixed image sizes works, and the views are
-RandomResizedCrop at the pretraining views' ``data.aug.crop_scale`` + flip. For small folders only:
+RandomResizedCrop at the pretraining views' ``data.aug.crop_scale`` + flip (two of them per image for
+``ssl``). Trained with ``auto_teacher.threads`` threads: the same seed gives the same file (the bits
+of a CPU convolution depend on how many threads split it). For small folders only:
 above ``auto_teacher.max_images`` images or ``auto_teacher.max_memory_mb`` of them in memory it is
 refused with one line (:func:`check_fits`), from the lists alone, before any image is read.
 """
@@ -37,6 +44,7 @@ from torchvision.transforms.v2 import functional as TF
 from burn.config import AUTO_TEACHER, AutoTeacherConfig
 from burn.data.errors import DataError
 from burn.data.lists import SampleList, dataset_root, resolve_split, validate_dataset
+from burn.demo.teacher_report import quality
 from burn.runtime.errors import UsageError
 from burn.runtime.rundir import atomic_write
 
@@ -45,11 +53,13 @@ log = logging.getLogger("burn")
 AUTO = AUTO_TEACHER
 
 
-def teacher_path(data_cfg, arch: str) -> Path:
-    """Where the cached teacher of this dataset, architecture and crop size lives: beside the dataset
-    folder, not in it (the dataset stays exactly what its generator or owner wrote)."""
+def teacher_path(data_cfg, arch: str, settings=None) -> Path:
+    """Where the cached teacher of this dataset, architecture, crop size and objective
+    (auto_teacher.objective: a label-free and a supervised teacher never share a file) lives: beside
+    the dataset folder, not in it (the dataset stays exactly what its generator or owner wrote)."""
     root = dataset_root(data_cfg)
-    return root.parent / f"{root.name}-teacher-{arch}-{int(data_cfg.aug.image_size)}px.pth"
+    objective = _settings(settings).objective
+    return root.parent / f"{root.name}-teacher-{arch}-{int(data_cfg.aug.image_size)}px-{objective}.pth"
 
 
 def load_side(data_cfg, settings) -> int:
@@ -59,6 +69,22 @@ def load_side(data_cfg, settings) -> int:
 
 def _settings(settings) -> AutoTeacherConfig:
     return settings if settings is not None else OmegaConf.structured(AutoTeacherConfig)
+
+
+#: epochs, batch and peak lr of each objective where auto_teacher.epochs/batch/lr are None.
+RECIPES = {
+    "ssl": {"epochs": 20, "batch": 32, "lr": 0.06},
+    "supervised": {"epochs": 20, "batch": 64, "lr": 0.1},
+}
+
+
+def recipe(settings) -> dict:
+    """The objective's epochs, batch and lr, each overridden by its auto_teacher key when set."""
+    settings = _settings(settings)
+    if settings.objective not in RECIPES:
+        raise UsageError(f"auto_teacher.objective must be one of {sorted(RECIPES)}, got {settings.objective!r}")
+    defaults = RECIPES[settings.objective]
+    return {k: type(v)(settings[k]) if settings[k] is not None else v for k, v in defaults.items()}
 
 
 def check_fits(data_cfg, settings=None) -> dict[str, SampleList]:
@@ -158,17 +184,57 @@ def _eval_view(batch: torch.Tensor, resize: int, crop: int) -> torch.Tensor:
     return TF.center_crop(TF.resize(batch, [resize], antialias=True), [crop, crop])
 
 
+@contextmanager
+def _threads(count: int) -> Iterator[None]:
+    """torch's intra-op thread count fixed at `count` while the teacher trains, then restored. Why: a
+    CPU convolution's reduction is split by thread, so its float sums, and after a few hundred SGD
+    steps the teacher's weights and top-1, differ with the thread count (measured: 2 epochs on the
+    benchmark's data, 1 thread 22.5%, 2 threads 34.5%; two runs with the same count are bit-identical).
+    The benchmark trains the teacher in-process with every core; the demo's entry with whatever
+    OMP_NUM_THREADS says: both now get the same file for the same seed."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _features(net: torch.nn.Module, images: torch.Tensor, data_cfg, mean, std) -> torch.Tensor:
+    """`net`'s outputs on uint8 images at the eval view (resize + centre crop), 256 at a time (the
+    float views of all of them could outgrow the images)."""
+    resize, crop = int(data_cfg.eval_resize), int(data_cfg.eval_crop)
+    with torch.no_grad():
+        return torch.cat([net(_normalise(_eval_view(chunk, resize, crop), mean, std)) for chunk in images.split(256)])
+
+
 def train_teacher(
     data_cfg, arch: str, out: Path, settings=None, *, seed: int = 0, lists: dict[str, SampleList] | None = None
 ) -> dict[str, float]:
-    """Train ``arch`` supervised on the labelled train split as ``settings`` (auto_teacher.*; None: the
-    schema's defaults) say, write its state dict to ``out`` atomically and return ``{"val_top1",
-    "seconds", ...}`` (also written to ``out`` with suffix .json). `lists`: :func:`check_fits`'s, when
+    """Train ``arch`` as ``settings`` (auto_teacher.*; None: the schema's defaults) say, label-free
+    (objective ssl) or on the labels (supervised), on the train split; write its state dict to ``out``
+    atomically and return its report (also written to ``out`` with suffix .json): ``val_knn_top1``
+    (weighted k-NN top-1 of its features, val against train, both objectives), ``val_top1`` (its
+    classifier's, supervised only), ``seconds`` and the settings. `lists`: :func:`check_fits`'s, when
     the caller checked already."""
     settings = _settings(settings)
     lists = check_fits(data_cfg, settings) if lists is None else lists
     started = time.perf_counter()
-    epochs, batch, lr = int(settings.epochs), int(settings.batch), float(settings.lr)
+    with _threads(int(settings.threads)):
+        state, report = _train(data_cfg, arch, settings, seed, lists)
+    report["seconds"] = round(time.perf_counter() - started, 1)
+    _atomic_save(state, report, Path(out))
+    return report
+
+
+def _train(data_cfg, arch: str, settings, seed: int, lists: dict[str, SampleList]) -> tuple[dict, dict]:
+    """The trained teacher's state dict (torchvision names) and its report (without its time)."""
+    from burn.demo import contrastive
+    from burn.monitor.diagnostics import knn_predict
+
+    objective = settings.objective
+    made = recipe(settings)
+    epochs, batch, lr = made["epochs"], made["batch"], made["lr"]
     side, scale = load_side(data_cfg, settings), [float(v) for v in data_cfg.aug.crop_scale]
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # the model's initialisation
@@ -176,8 +242,12 @@ def train_teacher(
     val_x, val_y = _load_split(lists["val"], side)
     num_classes = int(train_y.max()) + 1
     size, mean, std = int(data_cfg.aug.image_size), list(data_cfg.aug.mean), list(data_cfg.aug.std)
+    supervised = objective == "supervised"
     model = getattr(torchvision.models, arch)(weights=None, num_classes=num_classes)
-    steps_per_epoch = math.ceil(len(train_x) / batch)
+    if not supervised:  # the projection head in place of the classifier; dropped from the saved file
+        model.fc = contrastive.ProjectionHead(model.fc.in_features)
+    # Whole batches only for ssl: a last batch of a few images gives a loss with almost no negatives.
+    steps_per_epoch = math.ceil(len(train_x) / batch) if supervised else max(1, len(train_x) // batch)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=epochs * steps_per_epoch)
     model.train()
@@ -185,33 +255,45 @@ def train_teacher(
         order = torch.randperm(len(train_x), generator=gen)
         for i in range(steps_per_epoch):
             idx = order[i * batch : (i + 1) * batch]
-            x = _normalise(_augment(train_x[idx], size, scale, gen), mean, std)
-            loss = F.cross_entropy(model(x), train_y[idx], label_smoothing=0.1)
+            if supervised:
+                x = _normalise(_augment(train_x[idx], size, scale, gen), mean, std)
+                loss = F.cross_entropy(model(x), train_y[idx], label_smoothing=0.1)
+            else:  # two views of each image, both through the trunk in one batch (its BatchNorm sees both)
+                views = [_augment(train_x[idx], size, scale, gen) for _ in range(2)]
+                z = model(_normalise(torch.cat(views), mean, std))
+                loss = contrastive.nt_xent(*z.chunk(2), float(settings.temperature))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
     model.eval()
-    correct = 0
-    with torch.no_grad():  # 256 images at a time: the float views of all of them could outgrow the images
-        for images, labels in zip(val_x.split(256), val_y.split(256)):
-            view = _normalise(_eval_view(images, int(data_cfg.eval_resize), int(data_cfg.eval_crop)), mean, std)
-            correct += int((model(view).argmax(1) == labels).sum())
-    report = {
-        "arch": arch,
-        "val_top1": 100.0 * correct / len(val_y),
-        "num_classes": num_classes,
-        "train_images": len(train_x),
-        "epochs": epochs,
-        "batch": batch,
-        "lr": lr,
-        "load_side": side,
-        "crop_scale": scale,
-        "seed": seed,
-        "seconds": round(time.perf_counter() - started, 1),
-    }
-    _atomic_save(model.state_dict(), report, Path(out))
-    return report
+    report = {"arch": arch, "objective": objective}
+    if supervised:
+        logits = _features(model, val_x, data_cfg, mean, std)  # with its classifier: the class scores
+        report["val_top1"] = 100.0 * float((logits.argmax(1) == val_y).float().mean())
+    head, model.fc = model.fc, torch.nn.Identity()
+    with torch.no_grad():
+        bank, queries = _features(model, train_x, data_cfg, mean, std), _features(model, val_x, data_cfg, mean, std)
+    knn = knn_predict(bank, train_y, queries, num_classes=num_classes)
+    report["val_knn_top1"] = 100.0 * float((knn == val_y).float().mean())
+    state = model.state_dict()  # the trunk: no fc (ssl) ...
+    if supervised:
+        state.update({f"fc.{k}": v for k, v in head.state_dict().items()})  # ... or torchvision's classifier
+    report.update(
+        {
+            "num_classes": num_classes,
+            "train_images": len(train_x),
+            "epochs": epochs,
+            "batch": batch,
+            "lr": lr,
+            **({} if supervised else {"temperature": float(settings.temperature)}),
+            "load_side": side,
+            "crop_scale": scale,
+            "threads": int(settings.threads),
+            "seed": seed,
+        }
+    )
+    return state, report
 
 
 def _atomic_save(state: dict, report: dict, out: Path) -> None:
@@ -223,7 +305,7 @@ def _atomic_save(state: dict, report: dict, out: Path) -> None:
 
 
 #: The report keys that record how a cached teacher was made (compared with the settings asked now).
-_MADE_WITH = ("epochs", "batch", "lr", "load_side", "crop_scale")
+_MADE_WITH = ("epochs", "batch", "lr", "temperature", "load_side", "crop_scale", "threads")
 
 
 def _warn_if_made_otherwise(path: Path, data_cfg, settings) -> None:
@@ -232,9 +314,9 @@ def _warn_if_made_otherwise(path: Path, data_cfg, settings) -> None:
         return
     saved = json.loads(report.read_text())
     asked = {
-        "epochs": int(settings.epochs),
-        "batch": int(settings.batch),
-        "lr": float(settings.lr),
+        **recipe(settings),
+        "temperature": float(settings.temperature),
+        "threads": int(settings.threads),
         "load_side": load_side(data_cfg, settings),
         "crop_scale": [float(v) for v in data_cfg.aug.crop_scale],
     }
@@ -269,7 +351,8 @@ def ensure_teacher(data_cfg, arch: str, settings=None) -> Path:
     auto_teacher section; None: the schema's defaults). Returns its path. An over-size or
     single-class dataset is refused (:func:`check_fits`) before any image is read."""
     settings = _settings(settings)
-    path = teacher_path(data_cfg, arch)
+    path = teacher_path(data_cfg, arch, settings)
+    recipe(settings)  # an unknown objective: one line, before anything is read
     if path.is_file():
         _warn_if_made_otherwise(path, data_cfg, settings)
         return path
@@ -279,17 +362,12 @@ def ensure_teacher(data_cfg, arch: str, settings=None) -> Path:
         if path.is_file():  # another rank of this job trained it meanwhile
             return path
         log.info(
-            "model.teacher_weights=auto: training a supervised %s teacher on %s (once; cached as %s)",
+            "model.teacher_weights=auto: training a %s %s teacher on %s (once; cached as %s)",
+            "label-free (self-supervised)" if settings.objective == "ssl" else "supervised",
             arch,
             dataset_root(data_cfg),
             path,
         )
         report = train_teacher(data_cfg, arch, path, settings=settings, lists=lists)
-        log.info(
-            "teacher %s: val top-1 %.1f%% after %d epochs (%.0f s)",
-            arch,
-            report["val_top1"],
-            report["epochs"],
-            report["seconds"],
-        )
+        log.info("teacher %s: %s after %d epochs (%.0f s)", arch, quality(report), report["epochs"], report["seconds"])
     return path

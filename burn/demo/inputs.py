@@ -54,7 +54,7 @@ def prepare_demo_inputs(
     for cfg in stage_cfgs:
         if cfg.model.teacher_weights != AUTO_TEACHER or not _root_of(cfg):
             continue
-        path = teacher_path(cfg.data, cfg.model.teacher_arch)
+        path = teacher_path(cfg.data, cfg.model.teacher_arch, cfg.auto_teacher)
         reads_it = any(cfg is c for c in needed) and str(cfg.stage) not in EVALUATIONS
         if reads_it and write:
             ensure_teacher(cfg.data, cfg.model.teacher_arch, cfg.auto_teacher)  # cached: returns its path

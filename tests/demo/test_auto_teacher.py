@@ -1,5 +1,6 @@
-"""model.teacher_weights=auto: a small supervised teacher trained on the labelled split, cached beside it;
-images of any size held at one side; an over-size or single-class folder refused before any image is read."""
+"""model.teacher_weights=auto: a small teacher trained on the train split, label-free by default (supervised
+by name), cached beside it, one file per objective; the same seed gives the same file; images of any size
+held at one side; an over-size or single-class folder refused before any image is read."""
 
 from __future__ import annotations
 
@@ -46,12 +47,29 @@ def _fake_train(calls: list, pause: float = 0.0):
 
 
 @pytest.mark.process  # tiny_data's set-up runs the dataset generator in a subprocess
-def test_trained_teacher_learns_and_loads_as_a_torchvision_teacher(tiny_data, tmp_path):
-    out = tmp_path / "teacher.pth"
+def test_the_default_teacher_never_saw_a_label_and_reports_its_knn_quality(tiny_data):
+    """The session's teacher (tests/conftest.py: the tiny preset's auto) is the label-free one; its
+    report gives the k-NN top-1 of its features, and no classifier top-1 (it has no classifier)."""
     cfg = _cfg(tiny_data)
-    report = train_teacher(cfg.data, "resnet18", out, cfg.auto_teacher, seed=0)  # the default 20 epochs
+    path = teacher_path(cfg.data, "resnet18")
+    assert path.name == "synthetic-tiny-teacher-resnet18-32px-ssl.pth"
+    report = json.loads(path.with_suffix(".json").read_text())
+    assert report["objective"] == "ssl" and "val_top1" not in report
+    # 10 classes: chance is 10%. Features learnt from two views of each image, never from a label.
+    assert report["val_knn_top1"] > 30, report
+    assert (report["epochs"], report["batch"], report["lr"]) == tuple(auto_teacher.RECIPES["ssl"].values())
+    assert not [k for k in torch.load(path, weights_only=True) if k.startswith("fc.")]  # the head is dropped
+    Teacher("resnet18").load_weights(path)  # a torchvision trunk, strictly
+
+
+@pytest.mark.process  # tiny_data
+def test_the_supervised_teacher_stays_available_by_name(tiny_data, tmp_path):
+    out = tmp_path / "teacher.pth"
+    cfg = _cfg(tiny_data, objective="supervised")
+    report = train_teacher(cfg.data, "resnet18", out, cfg.auto_teacher, seed=0)  # its recipe: 20 epochs
     # 10 classes: chance is 10%. The classes differ in shape and texture, which a ResNet-18 picks up.
-    assert report["val_top1"] > 40, report
+    assert report["objective"] == "supervised" and report["val_top1"] > 40, report
+    assert 0 <= report["val_knn_top1"] <= 100  # comparable with a label-free teacher's
     saved = json.loads(out.with_suffix(".json").read_text())
     assert saved["val_top1"] == report["val_top1"]
     assert (saved["load_side"], saved["crop_scale"], saved["epochs"]) == (48, [0.25, 1.0], 20)
@@ -110,6 +128,53 @@ def test_a_dry_run_makes_nothing_and_says_which_teacher_is_pending(mixed_folder,
     assert prepare_demo_inputs([generated, mine], write=False) == [generated, mine]
     assert not absent.exists() and not teacher_path(mine.data, "resnet18").exists()
     assert mine.model.teacher_weights == str(teacher_path(mine.data, "resnet18"))
+
+
+def _bits(path: Path) -> dict:
+    return torch.load(path, weights_only=True)
+
+
+def test_the_same_seed_gives_the_same_teacher_whatever_the_callers_thread_count(mixed_folder, tmp_path):
+    """The bits of a CPU convolution depend on the thread count: the teacher trains with
+    auto_teacher.threads whatever the process runs with (the benchmark: every core; a run: OMP_NUM_THREADS),
+    so the same seed gives the same file and report, and the caller's count is put back."""
+    cfg = _cfg(mixed_folder, epochs=2, batch=8)
+    before = torch.get_num_threads()
+    reports = []
+    for name, caller_threads in (("a", 1), ("b", 2)):
+        torch.set_num_threads(caller_threads)
+        try:
+            reports.append(train_teacher(cfg.data, "resnet18", tmp_path / f"{name}.pth", cfg.auto_teacher, seed=3))
+            assert torch.get_num_threads() == caller_threads
+        finally:
+            torch.set_num_threads(before)
+    a, b = _bits(tmp_path / "a.pth"), _bits(tmp_path / "b.pth")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert [{k: v for k, v in r.items() if k != "seconds"} for r in reports][0] == {
+        k: v for k, v in reports[1].items() if k != "seconds"
+    }
+    other = train_teacher(cfg.data, "resnet18", tmp_path / "c.pth", cfg.auto_teacher, seed=4)
+    assert not torch.equal(_bits(tmp_path / "c.pth")["conv1.weight"], a["conv1.weight"]), other  # the seed counts
+
+
+def test_the_objective_picks_the_cached_file_and_an_unknown_one_is_refused(mixed_folder):
+    ssl, supervised = _cfg(mixed_folder, epochs=1, batch=8), _cfg(mixed_folder, epochs=1, batch=8)
+    supervised.auto_teacher.objective = "supervised"
+    paths = {ensure_teacher(c.data, "resnet18", c.auto_teacher) for c in (ssl, supervised)}
+    assert {p.name for p in paths} == {f"mine-teacher-resnet18-32px-{o}.pth" for o in ("ssl", "supervised")}
+    for path in paths:
+        report = json.loads(path.with_suffix(".json").read_text())
+        assert path.name.endswith(f"-{report['objective']}.pth")
+        assert ("val_top1" in report) == (report["objective"] == "supervised") and "val_knn_top1" in report
+    for cfg in (ssl, supervised):  # auto resolves to its objective's file
+        cfg.model.teacher_weights = AUTO
+        prepare_demo_inputs([cfg])
+    assert ssl.model.teacher_weights.endswith("-ssl.pth")
+    assert supervised.model.teacher_weights.endswith("-supervised.pth")
+    wrong = _cfg(mixed_folder, objective="labels")
+    refusal = r"^auto_teacher.objective must be one of \['ssl', 'supervised'\], got 'labels'$"
+    with pytest.raises(UsageError, match=refusal):
+        ensure_teacher(wrong.data, "resnet18", wrong.auto_teacher)
 
 
 def test_images_of_mixed_sizes_are_held_at_the_load_side(mixed_folder):
@@ -271,4 +336,4 @@ def test_an_auto_nobody_resolved_is_refused_by_the_stage_checks(tmp_path):
 
 def test_cached_teacher_path_is_beside_the_data(tmp_path):
     cfg = _cfg(tmp_path / "mine")
-    assert teacher_path(cfg.data, "resnet18") == Path(tmp_path / "mine-teacher-resnet18-32px.pth")
+    assert teacher_path(cfg.data, "resnet18") == Path(tmp_path / "mine-teacher-resnet18-32px-ssl.pth")

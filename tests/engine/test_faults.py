@@ -112,7 +112,7 @@ def test_a_decode_failure_mid_training_is_the_last_line_and_status_shows_it(tiny
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # truncated: not empty, passes the start checks
     run_dir = tmp_path / "stage1"
 
-    teacher = tiny_data.parent / "synthetic-tiny-teacher-resnet18-32px.pth"  # trained on the intact data
+    teacher = tiny_data.parent / "synthetic-tiny-teacher-resnet18-32px-ssl.pth"  # trained on the intact data
     out = run_py(
         f"data.root={data}",
         f"run_dir={run_dir}",

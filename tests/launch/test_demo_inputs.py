@@ -67,8 +67,8 @@ def test_stage1_with_the_auto_teacher_on_a_folder_of_mixed_image_sizes(tmp_path)
         timeout=900,
     )  # fmt: skip
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    teacher = tmp_path / "mine-teacher-resnet18-32px.pth"  # beside the folder, not in it
-    assert f"training a supervised resnet18 teacher on {mine}" in out.stdout + out.stderr
+    teacher = tmp_path / "mine-teacher-resnet18-32px-ssl.pth"  # beside the folder, not in it
+    assert f"training a label-free (self-supervised) resnet18 teacher on {mine}" in out.stdout + out.stderr
     report = json.loads(teacher.with_suffix(".json").read_text())
     assert (report["train_images"], report["num_classes"], report["load_side"], report["epochs"]) == (20, 2, 48, 1)
     saved = OmegaConf.load(run_dir / "config.yaml")
@@ -109,12 +109,12 @@ def test_two_ranks_of_run_py_generate_the_data_and_train_the_teacher_once(tmp_pa
     codes = [p.wait(timeout=900) for p in procs]
     logs = [(tmp_path / f"rank{rank}.log").read_text() for rank in range(2)]
     assert codes == [0, 0], logs[0][-3000:] + logs[1][-3000:]
-    assert sum(log.count("training a supervised resnet18 teacher") for log in logs) == 1, logs
+    assert sum(log.count("training a label-free (self-supervised) resnet18 teacher") for log in logs) == 1, logs
     data = tmp_path / "data" / "synthetic-tiny"
     assert len((data / "meta" / "train.txt").read_text().splitlines()) == 60  # 10 classes x 6
     assert [p.name for p in data.parent.iterdir() if p.name.startswith(".")] == []  # no leftover scratch copy
     run_dir = tmp_path / "runs" / "tiny" / "stage1"
-    teacher = data.parent / "synthetic-tiny-teacher-resnet18-32px.pth"
+    teacher = data.parent / "synthetic-tiny-teacher-resnet18-32px-ssl.pth"
     assert OmegaConf.load(run_dir / "config.yaml").model.teacher_weights == str(teacher)
     assert (run_dir / "DONE").exists()
 

@@ -96,7 +96,7 @@ def test_readme_sequence_make_demo_then_run_stage1(tiny_data, tmp_path):
     `python launch/run.py stage=1 preset=tiny` in the same directory: the same run, not a refusal."""
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "synthetic-tiny").symlink_to(tiny_data)  # the preset's relative data.root
-    teacher = "synthetic-tiny-teacher-resnet18-32px.pth"
+    teacher = "synthetic-tiny-teacher-resnet18-32px-ssl.pth"
     (tmp_path / "data" / teacher).symlink_to(tiny_data.parent / teacher)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     demo = subprocess.run(
