@@ -384,6 +384,9 @@ def plan_and_prepare(cfg: DictConfig) -> tuple[list[DictConfig], list[DictConfig
 def launch(cfg: DictConfig) -> None:
     """Validate, then queue on SLURM, run here, or (inside a sweep job) run on every task."""
     prepare_config(cfg, STAGES)  # closed choices; absolute paths; a preset generates data at its own data.root only
+    # The launch keys need no data: refuse a bad one before the demo's inputs are generated and trained
+    # (minutes on a busy machine, and files written, for a command that then exits 2).
+    check_launch_keys(cfg)
     planned, pending = plan_and_prepare(cfg)
     if cfg.dry_run:
         validate(cfg, planned, cfg.nodes * cfg.gpus_per_node, pending=pending)

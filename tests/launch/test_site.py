@@ -209,6 +209,7 @@ def test_submit_refuses_an_owned_sbatch_option_exit_2_nothing_queued(tmp_path, f
             option,
         ],
         env=env,
+        cwd=tmp_path,  # the tiny preset's data.root is relative: nothing may be generated there either
         capture_output=True,
         text=True,
         timeout=120,
@@ -217,6 +218,7 @@ def test_submit_refuses_an_owned_sbatch_option_exit_2_nothing_queued(tmp_path, f
     (line,) = out.stderr.strip().splitlines()
     assert line.startswith("submit.py: slurm.sbatch.") and "the suite sets --" in line
     assert not calls.exists() and not (tmp_path / "run").exists()
+    assert not (tmp_path / "data").exists(), "the demo's inputs were made before the launch keys were checked"
 
 
 @pytest.mark.process
