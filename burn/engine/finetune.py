@@ -28,7 +28,7 @@ from burn.batch import split_global_batch
 from burn.config import RANDOM_BACKBONE
 from burn.data.lists import resolve_split
 from burn.engine.distributed import DistInfo, wrap_ddp
-from burn.engine.linear import build_loader, evaluate_top_k, linear_step, periodic_evaluation
+from burn.engine.linear import build_loader, evaluate_top_k, linear_step, periodic_evaluation, require_pretrained
 from burn.engine.loop import StageLoop
 from burn.engine.parts import Finish, StageParts
 from burn.engine.precision import build_amp
@@ -128,11 +128,7 @@ def build_finetuning(cfg: DictConfig, info: DistInfo, run_dir: Path, data_state:
 def build_model(cfg: DictConfig, info: DistInfo) -> FinetuneModel:
     """The fully binary student (pretrained=: a backbone file or a stage-2 run dir's; random: the
     no-pretraining baseline, seeded by the stage runner) with a new head."""
-    if not cfg.pretrained:
-        raise ValueError(
-            "stage=finetune needs pretrained=<backbone file or stage-2 run dir>, "
-            f"or pretrained={RANDOM_BACKBONE} for the no-pretraining baseline"
-        )
+    require_pretrained(cfg)
     backbone = ReActNetA(precision="binary", width=cfg.model.width)
     if cfg.pretrained == RANDOM_BACKBONE:
         log.info("pretrained=%s: fine-tuning a randomly initialised student (no pretraining)", cfg.pretrained)

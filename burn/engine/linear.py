@@ -107,9 +107,10 @@ def build_linear_evaluation(cfg: DictConfig, info: DistInfo, run_dir: Path, data
 
 # ---- the builders ----------------------------------------------------------------------------------
 def require_pretrained(cfg: DictConfig) -> None:
+    """The evaluations (linear, finetune) start from a backbone: refuse a config that names none."""
     if not cfg.pretrained:
         raise ValueError(
-            "stage=linear needs pretrained=<backbone file> (e.g. a stage-2 run's backbone.pth), "
+            f"stage={cfg.stage} needs pretrained=<backbone file or stage-2 run dir>, "
             f"or pretrained={RANDOM_BACKBONE} for the no-pretraining baseline"
         )
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,3 +113,27 @@ def slurm_cluster() -> SlurmCluster:
     if problem:
         pytest.skip(problem)
     return SlurmCluster()
+
+
+def submitit_sweep(cwd: Path, data_root: Path, *overrides: str) -> subprocess.CompletedProcess:
+    """`launch/submit.py -m` through the Submitit SLURM launcher, the tiny preset on `data_root`, run in
+    `cwd`: one job per point; it returns when every job has ended."""
+    return subprocess.run(
+        [
+            sys.executable,
+            str(Path(__file__).resolve().parents[2] / "launch" / "submit.py"),
+            "-m",
+            "hydra/launcher=submitit_slurm",
+            "hydra.launcher.timeout_min=10",
+            "hydra.launcher.cpus_per_task=1",
+            "preset=tiny",
+            f"data.root={data_root}",
+            "data.synthetic.generate=false",
+            "log.progress_bar=off",
+            *overrides,
+        ],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )

@@ -2,46 +2,28 @@
 launch/status.py's table marking the best point by validation top-1."""
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from launch import status
+from tests.slurm.conftest import submitit_sweep
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def test_a_two_point_finetune_grid_runs_one_job_per_point_and_the_report_picks_the_better(
     slurm_cluster, tiny_data, tmp_path, capsys
 ):
-    out = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "launch" / "submit.py"),
-            "-m",
-            "hydra/launcher=submitit_slurm",
-            "hydra.launcher.timeout_min=10",
-            "hydra.launcher.cpus_per_task=1",
-            "preset=tiny",
-            "name=grid",
-            "stage=finetune",
-            "pretrained=random",
-            "steps=4",
-            "finetune.eval_every_epochs=0",
-            "finetune.lr=0.0001,0.1",
-            "data.train_labeled_list=meta/train_labeled_10pct.txt",
-            f"data.root={tiny_data}",
-            "data.synthetic.generate=false",
-            "log.progress_bar=off",
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    out = submitit_sweep(
+        tmp_path,
+        tiny_data,
+        "name=grid",
+        "stage=finetune",
+        "pretrained=random",
+        "steps=4",
+        "finetune.eval_every_epochs=0",
+        "finetune.lr=0.0001,0.1",
+        "data.train_labeled_list=meta/train_labeled_10pct.txt",
     )
     assert out.returncode == 0, out.stdout + out.stderr
     # One SLURM array task per point, each finished with a result (the launcher blocks until then).
