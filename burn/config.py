@@ -34,7 +34,7 @@ CONTAINER_RUNTIMES = ("none", "pyxis", "apptainer", "podman")
 #: no-pretraining baseline that BURN must beat.
 RANDOM_BACKBONE = "random"
 #: model.teacher_classifier: trained with the student (the paper's moving target) or frozen at init.
-TEACHER_CLASSIFIER_MODES = ("joint", "frozen")
+TEACHER_CLASSIFIER_MODES = ("joint", "frozen", "ema")
 #: The other closed sets of values, declared once here: the schema's ``choices`` below and the code that
 #: acts on each value (burn/engine/precision.py, burn/data/loaders.py, burn/models/reactnet.py) read them.
 #: train.precision: mixed-precision mode of a stage.
@@ -115,7 +115,12 @@ class ModelConfig:
     a student that outputs one constant vector (the mean target) scores nothing: docs/moving-target.md."""
     teacher_classifier: str = setting("joint", choices=TEACHER_CLASSIFIER_MODES)
     """joint: the teacher classifier trains with the student (the paper's moving target) at
-    optim.teacher_classifier_lr_scale x the student's lr | frozen: it stays at its random init."""
+    optim.teacher_classifier_lr_scale x the student's lr | frozen: it stays at its random init | ema:
+    it trains as in joint, but the student's target is an exponential moving average of it
+    (model.target_momentum), a mean-teacher target that moves smoothly (docs/moving-target.md)."""
+    target_momentum: float = 0.99
+    """model.teacher_classifier=ema: after every optimizer step the target moves this much less than all the
+    way to the trained teacher classifier (target = m * target + (1 - m) * classifier)."""
     classifier_hidden: int = 2000
     """Hidden width of both classifiers (Linear-BN-ReLU-Linear)."""
     classifier_out: int = 2000
@@ -255,6 +260,13 @@ class OptimConfig:
     """The teacher classifier's lr as a multiple of optim.lr (model.teacher_classifier=joint). See
     docs/moving-target.md for why this is not 1: at the student's lr the two classifiers collapse onto
     one constant output within a few hundred steps."""
+    teacher_classifier_lr_scale_end: float | None = None
+    """When set, the teacher classifier's lr multiple moves from teacher_classifier_lr_scale at the stage's
+    first step to this at its last, on a cosine in log space (e.g. 0.1 -> 0.001: fast early, slow late).
+    None: a constant multiple."""
+    teacher_classifier_frozen_epochs: float = 0.0
+    """The teacher classifier stays where the stage starts it for this many epochs of each pretraining
+    stage, then trains (a frozen warm-up: the student first learns the target as it is)."""
 
 
 @dataclass

@@ -49,7 +49,25 @@ def check_values(cfg: DictConfig) -> None:
     for key in ("lr", "head_lr_scale", "gamma"):
         if cfg.finetune[key] <= 0:
             raise UsageError(f"finetune.{key}={cfg.finetune[key]}: must be positive")
+    check_target_movement(cfg)
     check_data_root_set(cfg)
+
+
+def check_target_movement(cfg: DictConfig) -> None:
+    """The teacher classifier's speed (docs/moving-target.md): positive lr multiples (the end one is on a
+    log scale), a warm-up that is not negative, an EMA momentum in [0, 1)."""
+    optim = cfg.optim
+    for key in ("teacher_classifier_lr_scale", "teacher_classifier_lr_scale_end"):
+        if optim[key] is not None and optim[key] <= 0:
+            raise UsageError(f"optim.{key}={optim[key]}: must be positive (model.teacher_classifier=frozen stops it)")
+    if optim.teacher_classifier_frozen_epochs < 0:
+        raise UsageError(
+            f"optim.teacher_classifier_frozen_epochs={optim.teacher_classifier_frozen_epochs}: must be >= 0"
+        )
+    if not 0 <= cfg.model.target_momentum < 1:
+        raise UsageError(
+            f"model.target_momentum={cfg.model.target_momentum}: must be in [0, 1) (0: the target is the classifier)"
+        )
 
 
 def check_data_root_set(cfg: DictConfig) -> None:

@@ -80,6 +80,23 @@ def warmup_cosine_factor(warmup_steps: int, total_steps: int, start_factor: floa
     return factor
 
 
+def target_speed_factor(
+    base: Callable[[int], float], start_scale: float, end_scale: float | None, frozen_steps: int, total_steps: int
+) -> Callable[[int], float]:
+    """The teacher classifier group's factor (its base lr is the student's times ``start_scale``): 0 for the
+    first ``frozen_steps`` (a frozen warm-up), then ``base`` times the multiple's change since the first
+    step, which moves from ``start_scale`` to ``end_scale`` on a cosine in log space (None: constant)."""
+    ratio = math.log(end_scale / start_scale) if end_scale is not None else 0.0
+
+    def factor(step: int) -> float:
+        if step < frozen_steps:
+            return 0.0
+        progress = min(step, total_steps) / max(total_steps, 1)
+        return base(step) * math.exp(ratio * (1.0 - math.cos(math.pi * progress)) / 2)
+
+    return factor
+
+
 def step_decay_factor(milestones: list[int], gamma: float) -> Callable[[int], float]:
     """``gamma`` to the power of the number of ``milestones`` (optimizer steps) reached."""
     milestones = sorted(milestones)
@@ -87,10 +104,17 @@ def step_decay_factor(milestones: list[int], gamma: float) -> Callable[[int], fl
 
 
 def build_warmup_cosine(
-    optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, start_factor: float
+    optimizer: torch.optim.Optimizer,
+    warmup_steps: int,
+    total_steps: int,
+    start_factor: float,
+    group_factors: dict[str, Callable[[Callable[[int], float]], Callable[[int], float]]] | None = None,
 ) -> StepFunctionLR:
-    """Per-iteration linear warmup from lr * start_factor, then cosine to 0 at total_steps."""
-    return StepFunctionLR(optimizer, warmup_cosine_factor(max(warmup_steps, 0), total_steps, start_factor))
+    """Per-iteration linear warmup from lr * start_factor, then cosine to 0 at total_steps; a group named in
+    ``group_factors`` gets that function of the shared factor instead (the teacher classifier's speed)."""
+    base = warmup_cosine_factor(max(warmup_steps, 0), total_steps, start_factor)
+    factors = [(group_factors or {}).get(group.get("name"), lambda f: f)(base) for group in optimizer.param_groups]
+    return StepFunctionLR(optimizer, factors)
 
 
 def build_step_decay(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ from burn.engine.loop import StageLoop
 from burn.engine.nonfinite import Applied
 from burn.engine.parts import LogHook, StageParts, StepContext, apply_update
 from burn.engine.precision import AmpSettings, LazyScale, build_amp
-from burn.engine.schedules import StepFunctionLR, build_warmup_cosine, stage_length
+from burn.engine.schedules import StepFunctionLR, build_warmup_cosine, stage_length, target_speed_factor
 from burn.engine.state import ModuleParts
 from burn.models.burn import BurnModel, build_burn_model
 from burn.monitor.diagnostics import CollapseAlarm, collapse_metrics
@@ -80,6 +80,7 @@ def build_pretraining(cfg: DictConfig, info: DistInfo, run_dir: Path, data_state
         accumulation=batch.accumulation,
         total_steps=total_steps,
         compiled=compiled,
+        after_update=model.update_target,
     )
     teacher = TeacherRecord(cfg, info, run_dir)
     return StageParts(
@@ -98,8 +99,14 @@ def build_pretraining(cfg: DictConfig, info: DistInfo, run_dir: Path, data_state
         after_log=[collapse_warning(alarm, step, info)] if alarm else [],
         after_step=[KnnEvaluation(knn, model.student, total_steps)] if knn else [],
         resume_checks=[teacher.check],
-        more_states={"teacher": teacher},  # the frozen teacher is referenced, not copied
+        # The frozen teacher is referenced, not copied; an EMA target (model.teacher_classifier=ema) is state.
+        more_states={"teacher": teacher, **target_state(model)},
     )
+
+
+def target_state(model: BurnModel) -> dict[str, torch.nn.Module]:
+    """The checkpoint entry of an EMA target, none for the other modes (their checkpoints are unchanged)."""
+    return {} if model.target_classifier is None else {"target_classifier": model.target_classifier}
 
 
 # ---- the builders ----------------------------------------------------------------------------------
@@ -120,6 +127,7 @@ def initialise_student(cfg: DictConfig, info: DistInfo, model: BurnModel) -> Non
         raise ValueError("pretrained= initialises stage 2 (from a stage-1 extraction); stage 1 starts from scratch.")
     if cfg.pretrained and cfg.pretrained != RANDOM_BACKBONE:
         model.load_trainable_state_dicts(load_stage1_init(cfg.pretrained))
+        model.reset_target()  # ema: the average starts at the teacher classifier stage 1 ended with
     elif stage == "2" and info.is_main:
         log.info(
             "stage 2 from a random init (pretrained=%s): single-stage pretraining from scratch, "
@@ -137,6 +145,8 @@ def cuda_layout(cfg: DictConfig, info: DistInfo, model: BurnModel) -> BurnModel:
     if info.distributed:
         model.student_classifier = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model.student_classifier)
         model.teacher_classifier = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model.teacher_classifier)
+        if model.target_classifier is not None:
+            model.target_classifier = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model.target_classifier)
     return model
 
 
@@ -207,9 +217,20 @@ def build_optimizer(cfg: DictConfig, info: DistInfo, model: BurnModel) -> torch.
 def build_scheduler(
     cfg: DictConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int, total_steps: int
 ) -> StepFunctionLR:
-    """Linear warmup over optim.warmup_epochs, then cosine to the last step."""
-    warmup = min(round(cfg.optim.warmup_epochs * steps_per_epoch), total_steps - 1)
-    return build_warmup_cosine(optimizer, warmup, total_steps, cfg.optim.warmup_start_factor)
+    """Linear warmup over optim.warmup_epochs, then cosine to the last step; the teacher classifier's lr
+    also follows its own speed (a frozen warm-up, a multiple that changes: docs/moving-target.md)."""
+    optim = cfg.optim
+    warmup = min(round(optim.warmup_epochs * steps_per_epoch), total_steps - 1)
+    frozen = round(optim.teacher_classifier_frozen_epochs * steps_per_epoch)
+
+    def teacher_speed(base):
+        return target_speed_factor(
+            base, optim.teacher_classifier_lr_scale, optim.teacher_classifier_lr_scale_end, frozen, total_steps
+        )
+
+    return build_warmup_cosine(
+        optimizer, warmup, total_steps, optim.warmup_start_factor, {"teacher_classifier": teacher_speed}
+    )
 
 
 def log_plan(
@@ -247,6 +268,8 @@ class PretrainStep:
     accumulation: int
     total_steps: int
     compiled: bool
+    after_update: Callable[[Applied], None]
+    """Runs after every optimizer step with whether it was applied (the EMA target's update)."""
     first_step_seconds: float | None = None
     """Wall time of this process's first step, measured when it compiles."""
     output_shape: tuple[int, ...] = ()
@@ -276,6 +299,7 @@ class PretrainStep:
             sums += torch.stack([out["loss"], out["kl"], out["fs"]]).detach().float() / accum
             ctx.notice_stop(f"micro-batch {micro + 1}/{accum} of step {ctx.step + 1}")
         grad_norm, applied, lr = apply_update(self.optimizer, self.scheduler, self.scaler, self.trainable)
+        self.after_update(applied)
         seconds = time.perf_counter() - started
         if self.compiled and self.first_step_seconds is None:
             # Compilation happens in this process's first step: a signal arriving then waits for it.

@@ -3,6 +3,7 @@ trainable teacher classifier (the paper's jointly trained "moving target")."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,6 +28,12 @@ class BurnModel(nn.Module):
     loss reaches the student, the student classifier and the teacher classifier; the teacher trunk
     runs in eval mode under ``no_grad`` and neither trains nor updates its BatchNorm statistics.
 
+    With ``target_momentum`` (model.teacher_classifier=ema) the student's target is not the teacher
+    classifier but ``target_classifier``, an exponential moving average of it (:meth:`update_target`
+    after every optimizer step), which no gradient reaches; the teacher classifier itself still trains on
+    the same objective, against the student's outputs detached. ``kl`` and ``fs`` are then the student's
+    terms (against the average) and ``loss`` the sum of both sides' losses.
+
     Batching of the two views: the student and both classifiers see each view as its own batch, so
     every BatchNorm normalises one view with that view's statistics over N images, as the original
     implementation did (it runs the views separately) and as the paper's per-GPU N assumes.
@@ -42,6 +49,7 @@ class BurnModel(nn.Module):
         teacher: Teacher,
         teacher_classifier: nn.Module,
         center_target: bool = False,
+        target_momentum: float | None = None,
     ):
         super().__init__()
         self.center_target = center_target
@@ -49,6 +57,10 @@ class BurnModel(nn.Module):
         self.student_classifier = student_classifier
         self.teacher = teacher
         self.teacher_classifier = teacher_classifier
+        self.target_momentum = target_momentum
+        self.target_classifier: nn.Module | None = None
+        if target_momentum is not None:
+            self.target_classifier = copy.deepcopy(teacher_classifier).requires_grad_(False)
 
     def forward(
         self, view1: torch.Tensor, view2: torch.Tensor, lam: float | torch.Tensor, temperature: float = 0.2
@@ -56,11 +68,15 @@ class BurnModel(nn.Module):
         if view1.shape != view2.shape:
             raise ValueError(f"views differ in shape: {tuple(view1.shape)} vs {tuple(view2.shape)}")
         teacher_features = self.teacher(torch.cat([view1, view2])).chunk(2)
-        t1, t2 = (self.teacher_classifier(f) for f in teacher_features)
-        if self.center_target:  # per view, like the classifiers' BatchNorm
-            t1, t2 = (t - t.mean(dim=0, keepdim=True) for t in (t1, t2))
+        t1, t2 = online = self._targets(self.teacher_classifier, teacher_features)
         p1, p2 = (self.student_classifier(self.student(v)) for v in (view1, view2))
-        loss, kl, fs = burn_loss(p1, p2, t1, t2, lam, temperature)
+        if self.target_classifier is None:
+            loss, kl, fs = burn_loss(p1, p2, t1, t2, lam, temperature)
+        else:  # the student learns the average; the teacher classifier the student as it is
+            with torch.no_grad():
+                t1, t2 = self._targets(self.target_classifier, teacher_features)
+            loss, kl, fs = burn_loss(p1, p2, t1, t2, lam, temperature)
+            loss = loss + burn_loss(p1.detach(), p2.detach(), *online, lam, temperature)[0]
         # Detached classifier outputs (both views) for the collapse monitor: no graph is kept alive.
         return {
             "loss": loss,
@@ -69,6 +85,33 @@ class BurnModel(nn.Module):
             "student_out": torch.cat([p1, p2]).detach(),
             "teacher_out": torch.cat([t1, t2]).detach(),
         }
+
+    def _targets(self, classifier: nn.Module, features: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        outs = tuple(classifier(f) for f in features)
+        if self.center_target:  # per view, like the classifiers' BatchNorm
+            outs = tuple(t - t.mean(dim=0, keepdim=True) for t in outs)
+        return outs
+
+    @torch.no_grad()
+    def update_target(self, applied: bool | torch.Tensor = True) -> None:
+        """After an optimizer step (ema): the target moves ``1 - target_momentum`` of the way to the teacher
+        classifier, not at all when the step was skipped (``applied``: a bool, or a device tensor under a
+        GradScaler, read without a host sync). BatchNorm's running statistics are copied: in training the
+        target normalises with batch statistics, as the classifier does."""
+        if self.target_classifier is None:
+            return
+        rate = 1.0 - self.target_momentum
+        weight = applied.to(torch.float32) * rate if torch.is_tensor(applied) else rate * bool(applied)
+        for target, current in zip(self.target_classifier.parameters(), self.teacher_classifier.parameters()):
+            target.lerp_(current, weight)
+        for target, current in zip(self.target_classifier.buffers(), self.teacher_classifier.buffers()):
+            target.copy_(current)
+
+    @torch.no_grad()
+    def reset_target(self) -> None:
+        """The target becomes the teacher classifier as it is (a stage's start, from its initial weights)."""
+        if self.target_classifier is not None:
+            self.target_classifier.load_state_dict(self.teacher_classifier.state_dict())
 
     def trainable_modules(self) -> dict[str, nn.Module]:
         return {name: getattr(self, name) for name in TRAINABLE_PARTS}
@@ -128,4 +171,5 @@ def build_burn_model(model_cfg, precision: str) -> BurnModel:
         teacher=teacher,
         teacher_classifier=teacher_classifier,
         center_target=bool(model_cfg.center_target),
+        target_momentum=float(model_cfg.target_momentum) if mode == "ema" else None,
     )

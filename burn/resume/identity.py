@@ -18,7 +18,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from burn.config import IDENTITY, PATH_KEYS, absolute_path, keys_with_role, load_saved_config
+from burn.config import IDENTITY, PATH_KEYS, BurnConfig, absolute_path, keys_with_role, load_saved_config
 from burn.resume.run_lock import ConfigMismatchError
 
 log = logging.getLogger("burn")
@@ -53,8 +53,13 @@ def identity(cfg: DictConfig) -> dict[str, Any]:
 
 def check_resume_config(saved_yaml: str, cfg: DictConfig, run_dir: Path, force: bool) -> None:
     """Refuse to continue a run directory whose saved config.yaml (written by this or an earlier version:
-    moved keys are read where they are now) differs from `cfg` in an IDENTITY key."""
+    moved keys are read where they are now, keys it lacks as their schema defaults) differs from `cfg` in
+    an IDENTITY key."""
     saved, now = identity(load_saved_config(saved_yaml)), identity(cfg)
+    schema = OmegaConf.structured(BurnConfig)
+    for key in now.keys() - saved.keys():
+        # A key added to an IDENTITY section after the run was saved: its default is what the run did.
+        saved[key] = OmegaConf.select(schema, key, default=None)
     changed = [k for k in dict.fromkeys([*saved, *now]) if saved.get(k) != now.get(k)]
     if not changed:
         return

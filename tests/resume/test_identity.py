@@ -141,3 +141,14 @@ def test_resume_refuses_a_changed_lr_or_teacher_file_unless_forced_and_reads_an_
     (run / "config.yaml").write_text(as_old_config_yaml(saved))
     assert resume("old-config") == 0, cli.log("old-config")
     assert "resuming from" in cli.log("old-config") and "different config" not in cli.log("old-config")
+
+
+def test_a_config_yaml_saved_before_a_key_was_added_resumes_as_that_keys_default(tmp_path):
+    """A run saved by a version without optim.teacher_classifier_frozen_epochs (or any key added to an IDENTITY
+    section since) did what the key's default does: it resumes, and a value other than the default is refused."""
+    old = OmegaConf.to_container(tiny())
+    del old["optim"]["teacher_classifier_frozen_epochs"], old["model"]["target_momentum"]
+    saved = OmegaConf.to_yaml(OmegaConf.create(old))
+    check_resume_config(saved, tiny(), tmp_path, force=False)
+    with pytest.raises(ConfigMismatchError, match=r"optim.teacher_classifier_frozen_epochs: 0.0 -> 1.0"):
+        check_resume_config(saved, tiny("optim.teacher_classifier_frozen_epochs=1"), tmp_path, force=False)
