@@ -7,7 +7,10 @@ For every checkpoint in R/checkpoints it runs both sides on the same fixed valid
 center crop, no augmentation) and prints, per classifier: the std of the L2-normalised outputs across
 images (x sqrt(K): ~1 spread out, 0 all equal), the number of distinct argmax dimensions, the norms of
 the output layer's weight and bias, and the mean |gamma| of its BatchNorm; and the mean cosine between
-the student's and the teacher's output of the same image. It shows *which way* a pair collapses.
+the student's and the teacher's output of the same image. It shows *which way* a pair collapses. The
+first row is the run's own initialisation (the model built from its seed, as the trainer builds it:
+stage 1's starting point), and ``drift`` the mean cosine between the target's output of an image now and
+at that initialisation: 1.000 for a frozen target, lower the further a trained one has moved.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from omegaconf import OmegaConf
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from burn.data.loaders import build_eval_loader  # noqa: E402
+from burn.engine.distributed import seed_everything  # noqa: E402
 from burn.models.burn import build_burn_model  # noqa: E402
 from burn.resume.checkpoint import CheckpointManager  # noqa: E402
 from burn.runtime.rundir import CHECKPOINTS  # noqa: E402
@@ -58,14 +62,15 @@ def main() -> int:
     if not paths:
         raise SystemExit(f"no checkpoints in {args.run_dir / CHECKPOINTS}")
     cfg = OmegaConf.create(manager.load(paths[0])["config"])
-    torch.manual_seed(0)
+    seed_everything(int(cfg.seed), 0)  # as the stage runner: the model below is the run's initialisation
     model = build_burn_model(cfg.model, "binact" if str(cfg.stage) == "1" else "binary")
     loader = build_eval_loader(cfg.data, split="val", batch_size=args.images, shard_id=0, num_shards=1, seed=0)
     images = next(iter(loader))[0][: args.images].cpu().float()
     with torch.no_grad():
         teacher_features = model.teacher(images)
     print(f"{len(images)} validation images; K={cfg.model.classifier_out}")
-    for path in [None, *paths]:  # None: a fresh initialisation (another seed), for reference
+    initial_target = None
+    for path in [None, *paths]:  # None: the initialisation
         state = manager.load(path) if path else {"step": 0}
         if path:
             model.load_trainable_state_dicts(state["model"])
@@ -76,11 +81,13 @@ def main() -> int:
         if cfg.model.get("center_target", False):  # the target the loss saw
             t = t - t.mean(dim=0, keepdim=True)
         agree = float(F.cosine_similarity(p, t, dim=1).mean())
+        initial_target = t if initial_target is None else initial_target
+        drift = float(F.cosine_similarity(t, initial_target, dim=1).mean())
         print(
             f"step {state['step']:5d}  student spread={spread(p):.3f} pc1={top_share(p):.2f} "
             f"argmax={p.argmax(1).unique().numel():3d}  teacher spread={spread(t):.3f} pc1={top_share(t):.2f} "
             f"argmax={t.argmax(1).unique().numel():3d} "
-            f"{head_stats(model.teacher_classifier)}  cos(p,t)={agree:.3f}"
+            f"{head_stats(model.teacher_classifier)}  cos(p,t)={agree:.3f} drift={drift:.3f}"
         )
     return 0
 
