@@ -149,11 +149,15 @@ def test_submitit_job_preempted_twice_requeues_itself_and_matches_uninterrupted_
     runs, reference, slurm_cluster, tiny_data
 ):
     stage_dir = runs / "preempted"
-    submit(tiny_data, stage_dir, "stage=1")
+    # Queued on hold: the second command then finds it queued however slowly it starts (a 20-step job
+    # outran it on a loaded 2-core machine), and the test releases it.
+    held = "slurm.sbatch={hold:true}"
+    submit(tiny_data, stage_dir, "stage=1", held)
     (record,) = job_records(stage_dir)
     job = record["job_id"]
-    again = submit(tiny_data, stage_dir, "stage=1")  # the same command while queued: no second writer
+    again = submit(tiny_data, stage_dir, "stage=1", held)  # the same command while queued: no second writer
     assert f"job {job} already queued" in again and len(job_records(stage_dir)) == 1
+    subprocess.run(["scontrol", "release", job], check=True)
 
     preempt_twice(stage_dir, ["scancel", "--signal=USR2", job], ["scancel", "--signal=USR2", job])
 
