@@ -20,6 +20,7 @@ from burn.engine.distributed import init_distributed, seed_everything
 from burn.engine.linear import LinearEvalTrainer
 from burn.resume.signals import REQUEUE_EXIT_CODE, PreemptionHandler
 from tests.configs import tiny_stage
+from tests.engine.in_process_resume import straight_and_resumed
 
 STEPS = 24
 # 2 ranks x 2 images x 4 micro-batches = 16 per optimizer step: most of a step is mid-accumulation.
@@ -132,27 +133,6 @@ def test_linear_stage_resumes_to_the_same_bits(tiny_data, tmp_path):
         loop.prepare()
         return loop
 
-    def train(loop: LinearEvalTrainer, until: int) -> list[list[float]]:
-        lrs = []
-        while loop.step < until:
-            lrs.append([group["lr"] for group in loop.optimizer.param_groups])  # the lr of the next step
-            loop.train_until(loop.step + 1)
-        return lrs
-
-    with PreemptionHandler() as preemption:
-        straight = trainer(tmp_path / "straight", preemption)
-        straight_lrs = train(straight, steps)
-        straight.metrics.close()
-        first = trainer(tmp_path / "interrupted", preemption)
-        first_lrs = train(first, stop_at)
-        first.save_checkpoint()
-        first.metrics.close()
-        resumed = trainer(tmp_path / "interrupted", preemption)
-        assert resumed.step == stop_at
-        resumed_lrs = train(resumed, steps)
-        resumed.metrics.close()
-
-    assert [resumed.scheduler.lr_lambdas[0](s) for s in (6, 7, 9, 10)] == [1.0, 0.1, 0.1, 0.1**2]  # milestones
-    assert first_lrs + resumed_lrs == straight_lrs  # ==: bit for bit
-    a, b = straight.model.state_dict(), resumed.model.state_dict()
-    assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
+    runs = straight_and_resumed(trainer, tmp_path, steps, stop_at)
+    assert [runs.resumed.scheduler.lr_lambdas[0](s) for s in (6, 7, 9, 10)] == [1.0, 0.1, 0.1, 0.1**2]  # milestones
+    runs.assert_same_bits()

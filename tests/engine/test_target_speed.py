@@ -19,6 +19,7 @@ from burn.resume.signals import PreemptionHandler
 from burn.runtime.errors import UsageError
 from burn.validation import check_values
 from tests.configs import compose_tiny, tiny_stage
+from tests.engine.in_process_resume import straight_and_resumed
 
 TINY = ModelConfig(width=0.125, teacher_arch="resnet18", classifier_hidden=32, classifier_out=16)
 
@@ -100,43 +101,24 @@ SPEEDS = [
 def test_a_stage_with_an_ema_target_a_frozen_warmup_and_a_moving_multiple_resumes_to_the_same_bits(tiny_data, tmp_path):
     info = init_distributed()
     steps, stop_at = 8, 5
+    initial = {}  # the teacher classifier as the first (straight) trainer starts it
 
     def trainer(run_dir: Path, preemption: PreemptionHandler) -> PretrainTrainer:
         cfg = tiny_stage(tiny_data, run_dir, "stage=1", "model.teacher_weights=null", f"steps={steps}", *SPEEDS)
         seed_everything(cfg.seed, info.rank)  # as the stage runner does
         loop = PretrainTrainer(cfg, info, run_dir, preemption)
         loop.prepare()
+        if not initial:
+            initial.update({k: v.clone() for k, v in loop.model.teacher_classifier.state_dict().items()})
         return loop
 
-    def train(loop: PretrainTrainer, until: int) -> list[float]:
-        teacher_lrs = []
-        while loop.step < until:
-            teacher_lrs.append(loop.optimizer.param_groups[1]["lr"])  # the teacher classifier's, next step
-            loop.train_until(loop.step + 1)
-        return teacher_lrs
-
-    with PreemptionHandler() as preemption:
-        straight = trainer(tmp_path / "straight", preemption)
-        initial = {k: v.clone() for k, v in straight.model.teacher_classifier.state_dict().items()}
-        straight_lrs = train(straight, steps)
-        straight.metrics.close()
-        first = trainer(tmp_path / "interrupted", preemption)
-        first_lrs = train(first, stop_at)
-        first.save_checkpoint()
-        first.metrics.close()
-        resumed = trainer(tmp_path / "interrupted", preemption)
-        assert resumed.step == stop_at
-        resumed_lrs = train(resumed, steps)
-        resumed.metrics.close()
-
-    assert straight.optimizer.param_groups[1]["name"] == "teacher_classifier"
-    assert straight_lrs[:2] == [0.0, 0.0] and all(lr > 0 for lr in straight_lrs[2:])  # the frozen warm-up
-    assert first_lrs + resumed_lrs == straight_lrs  # ==: bit for bit
-    a, b = straight.model.state_dict(), resumed.model.state_dict()
-    assert any(k.startswith("target_classifier.") for k in a)
-    assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a), [
-        k for k in a if not torch.equal(a[k], b[k])
-    ]
+    runs = straight_and_resumed(trainer, tmp_path, steps, stop_at)
+    straight = runs.straight
+    assert [g["name"] for g in straight.optimizer.param_groups] == ["student", "teacher_classifier"]
+    teacher_lrs = [lrs[1] for lrs in runs.straight_lrs]
+    assert teacher_lrs[:2] == [0.0, 0.0] and all(lr > 0 for lr in teacher_lrs[2:])  # the frozen warm-up
+    runs.assert_same_bits()
+    assert any(k.startswith("target_classifier.") for k in straight.model.state_dict())
     # The classifier trained after the warm-up, and the target followed it part of the way.
     model = straight.model
     moved = [not torch.equal(v, initial[k]) for k, v in model.teacher_classifier.state_dict().items()]
