@@ -238,10 +238,10 @@ def validate(
     with_data: bool = True,
     pending: Sequence[DictConfig] = (),
 ) -> None:
-    """Everything that can be known before queueing; raises LaunchConfigError naming the key. The
+    """Everything about the stages that can be known before queueing; raises LaunchConfigError naming the
+    key. The launch keys were checked first, before the demo's inputs were made (:func:`launch`). The
     planned configs are final (prepare_demo_inputs ran): nothing here changes them. `pending`: the
     stages whose auto teacher a dry run left untrained (no file to check yet)."""
-    check_launch_keys(cfg)
     for stage_cfg in planned:
         check_values(stage_cfg)
     done = complete_stages(planned)
