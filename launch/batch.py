@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -168,15 +169,22 @@ def conclude_job(stage_dir: Path, max_requeues: int, status: int, environment: E
         step = decide_requeue(stage_dir, max_requeues, job_id, restarts, cause, noticed=noticed)
     except RequeueRefused as err:
         return _refuse(stage_dir, str(err))
-    slurm_cli.requeue(job_id)
     took = time.time() - noticed
     resume = f"step {step}" if step is not None else "the start (no checkpoint yet)"
+    # Said before `scontrol requeue`: SLURM cancels this very batch shell as it requeues the job, so a
+    # line printed after it is lost whenever the cancel wins the race (seen on a loaded machine).
     print(
         f"batch: job {job_id} requeued (restart {restarts + 1} of at most {max_requeues}) after {cause} "
         f"({detail}); resumes from {resume}; {took:.1f} s from the fault noticed "
         f"({time.strftime('%H:%M:%S', time.localtime(noticed))}) to the requeue",
         flush=True,
     )
+    try:
+        slurm_cli.requeue(job_id)
+    except (OSError, subprocess.SubprocessError) as err:
+        detail = getattr(err, "stderr", None) or err
+        print(f"batch: scontrol requeue {job_id} failed ({str(detail).strip()}); the job ends here", flush=True)
+        return status
     return 0
 
 

@@ -100,10 +100,11 @@ def conclude_task(cfg: DictConfig, code: int, max_requeues: int, environment: En
     if environment.rank == 0:
         restarts = environment.restarts
         step = decide_requeue(stage_dir, max_requeues, job_id, restarts)
-        slurm_cli.requeue(job_id)
+        # Logged first: SLURM may kill this task as it requeues the job (launch/batch.py says the same).
         log.warning(
             "job %s requeued (restart %d of at most %d), resumes from step %d", job_id, restarts + 1, max_requeues, step
         )
+        slurm_cli.requeue(job_id)
     # SystemExit is not an Exception: Submitit writes no result and the waiters keep waiting.
     sys.exit(REQUEUE_EXIT_CODE)
 

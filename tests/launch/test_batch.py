@@ -4,6 +4,11 @@ SLURM nothing). On the cluster: tests/slurm/test_faults_cluster.py."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+
+import pytest
 
 from burn.runtime import faults
 from burn.runtime.environment import Environment
@@ -64,3 +69,36 @@ def test_a_fault_before_the_first_checkpoint_requeues_from_the_start_and_crash_l
         ("88", None),
         ("77", "crash loop"),
     ]
+
+
+def conclude_with_scontrol(tmp_path, requeue_line: str):
+    """`python -m launch.batch end` after rank 1 died, beside a stand-in scontrol whose `requeue` does
+    `requeue_line` (the real cluster's run: tests/slurm/test_faults_cluster.py)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    scontrol = bin_dir / "scontrol"
+    scontrol.write_text(
+        '#!/bin/sh\ncase "$*" in\n  *show\\ job*) echo "JobId=77 JobState=RUNNING Restarts=1" ;;\n'
+        f"  requeue*) {requeue_line} ;;\nesac\n"
+    )
+    scontrol.chmod(0o755)
+    stage = tmp_path / "stage"
+    ending(stage, 0, faults.INFRA, faults.PEER_DIED, step=9, error="Connection reset by peer")
+    env = {**os.environ, **JOB, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    cmd = [sys.executable, "-m", "launch.batch", "end", "--status", "137", "--stage-dir", str(stage)]
+    return subprocess.run([*cmd, "--max-requeues", "20"], capture_output=True, text=True, env=env, timeout=120)
+
+
+@pytest.mark.process
+def test_the_requeue_is_said_before_slurm_cancels_the_batch_shell_that_asked_for_it(tmp_path):
+    # SLURM cancels the job's batch shell as it requeues the job: the line must already be out.
+    ended = conclude_with_scontrol(tmp_path, "kill -9 $PPID")
+    assert ended.returncode == -9
+    assert "batch: job 77 requeued (restart 2 of at most 20) after peer rank died at step 9" in ended.stdout
+
+
+@pytest.mark.process
+def test_a_refused_scontrol_requeue_fails_the_job_with_srun_status_and_says_why(tmp_path):
+    ended = conclude_with_scontrol(tmp_path, "echo 'Requested operation is presently disabled' >&2; exit 1")
+    assert ended.returncode == 137
+    assert "batch: scontrol requeue 77 failed (Requested operation is presently disabled); the job ends" in ended.stdout
