@@ -182,8 +182,8 @@ def conclude_job(stage_dir: Path, max_requeues: int, status: int, environment: E
     try:
         slurm_cli.requeue(job_id)
     except (OSError, subprocess.SubprocessError) as err:
-        detail = getattr(err, "stderr", None) or err
-        print(f"batch: scontrol requeue {job_id} failed ({str(detail).strip()}); the job ends here", flush=True)
+        why = getattr(err, "stderr", None) or err  # scontrol's own words when it answered
+        print(f"batch: scontrol requeue {job_id} failed ({str(why).strip()}); the job ends here", flush=True)
         return status
     return 0
 

@@ -103,20 +103,6 @@ def step_decay_factor(milestones: list[int], gamma: float) -> Callable[[int], fl
     return lambda step: gamma ** bisect.bisect_right(milestones, step)
 
 
-def build_warmup_cosine(
-    optimizer: torch.optim.Optimizer,
-    warmup_steps: int,
-    total_steps: int,
-    start_factor: float,
-    group_factors: dict[str, Callable[[Callable[[int], float]], Callable[[int], float]]] | None = None,
-) -> StepFunctionLR:
-    """Per-iteration linear warmup from lr * start_factor, then cosine to 0 at total_steps; a group named in
-    ``group_factors`` gets that function of the shared factor instead (the teacher classifier's speed)."""
-    base = warmup_cosine_factor(max(warmup_steps, 0), total_steps, start_factor)
-    factors = [(group_factors or {}).get(group.get("name"), lambda f: f)(base) for group in optimizer.param_groups]
-    return StepFunctionLR(optimizer, factors)
-
-
 def build_step_decay(
     optimizer: torch.optim.Optimizer, milestone_epochs: list[int], epochs: float, total_steps: int, gamma: float = 0.1
 ) -> StepFunctionLR:

@@ -27,7 +27,7 @@ from burn.engine.loop import StageLoop
 from burn.engine.nonfinite import Applied
 from burn.engine.parts import LogHook, StageParts, StepContext, apply_update
 from burn.engine.precision import AmpSettings, LazyScale, build_amp
-from burn.engine.schedules import StepFunctionLR, build_warmup_cosine, stage_length, target_speed_factor
+from burn.engine.schedules import StepFunctionLR, stage_length, target_speed_factor, warmup_cosine_factor
 from burn.engine.state import ModuleParts
 from burn.models.burn import BurnModel, build_burn_model
 from burn.monitor.diagnostics import CollapseAlarm, collapse_metrics
@@ -221,16 +221,12 @@ def build_scheduler(
     also follows its own speed (a frozen warm-up, a multiple that changes: docs/moving-target.md)."""
     optim = cfg.optim
     warmup = min(round(optim.warmup_epochs * steps_per_epoch), total_steps - 1)
+    shared = warmup_cosine_factor(max(warmup, 0), total_steps, optim.warmup_start_factor)
     frozen = round(optim.teacher_classifier_frozen_epochs * steps_per_epoch)
-
-    def teacher_speed(base):
-        return target_speed_factor(
-            base, optim.teacher_classifier_lr_scale, optim.teacher_classifier_lr_scale_end, frozen, total_steps
-        )
-
-    return build_warmup_cosine(
-        optimizer, warmup, total_steps, optim.warmup_start_factor, {"teacher_classifier": teacher_speed}
-    )
+    scale, scale_end = optim.teacher_classifier_lr_scale, optim.teacher_classifier_lr_scale_end
+    teacher = target_speed_factor(shared, scale, scale_end, frozen, total_steps)
+    groups = optimizer.param_groups
+    return StepFunctionLR(optimizer, [teacher if g.get("name") == "teacher_classifier" else shared for g in groups])
 
 
 def log_plan(

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, MultiStepLR, SequentialLR
 
-from burn.engine.schedules import build_step_decay, build_warmup_cosine, stage_length
+from burn.engine.schedules import StepFunctionLR, build_step_decay, stage_length, warmup_cosine_factor
 
 TOTAL = 40
 
@@ -34,7 +34,7 @@ def _run(optimizer, scheduler, steps: int) -> list[list[float]]:
 
 
 SCHEDULES = {
-    "warmup_cosine": lambda opt: build_warmup_cosine(opt, warmup_steps=6, total_steps=TOTAL, start_factor=1e-4),
+    "warmup_cosine": lambda opt: StepFunctionLR(opt, warmup_cosine_factor(6, TOTAL, start_factor=1e-4)),
     "step_decay": lambda opt: build_step_decay(opt, [12, 16], epochs=20, total_steps=TOTAL),
 }
 
